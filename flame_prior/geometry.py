@@ -1,0 +1,266 @@
+"""Rotations, pinhole cameras and frame conversions: plain, batched, typed tensor functions.
+
+Conventions (the single page is ``docs/conventions.md``; every function here follows it):
+
+* **World frame** = FLAME's own model frame, metres: +X to the subject's left, +Y up,
+  +Z out of the face (towards a camera that sees the face frontally).
+* **Camera frame inside flame-prior** = OpenCV: +X right, +Y down, +Z forward (viewing direction).
+  A camera is stored world-to-camera, ``x_cam = R @ x_world + t``.
+* **Pixels**: continuous image coordinates with the origin at the top-left *corner* of the
+  top-left pixel, x to the right, y down; the centre of pixel (column i, row j) is at
+  (i + 0.5, j + 0.5). This is COLMAP's and nerfstudio's convention, so ``cx, cy`` export unchanged
+  (``cx = W / 2`` for a centred principal point).
+* **Exports** use OpenGL camera axes (+X right, +Y up, +Z backwards) for camera-to-world
+  matrices (nerfstudio, GaussianAvatars/VHAP): see :func:`opencv_w2c_to_opengl_c2w`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_shape",
+    "axis_angle_to_rotation_matrix",
+    "rotation_matrix_to_axis_angle",
+    "PinholeCameras",
+    "project_points",
+    "opencv_w2c_to_opengl_c2w",
+    "opengl_c2w_to_opencv_w2c",
+    "rotation_angle_deg",
+]
+
+
+def check_shape(x: Tensor | np.ndarray, shape: list[str | int], name: str = "tensor") -> None:
+    """Raise ``ValueError`` unless ``x.shape`` matches ``shape``.
+
+    ``shape`` holds ints (exact sizes) or strings (any size; ``"*"`` as the first entry admits
+    any number of leading dimensions). Unlike ``assert``, this survives ``python -O``.
+    """
+    dims = list(x.shape)
+    want = list(shape)
+    if want and want[0] == "*":
+        want = want[1:]
+        dims = dims[len(dims) - len(want):] if len(dims) >= len(want) else None  # type: ignore[assignment]
+    ok = dims is not None and len(dims) == len(want)
+    if ok:
+        for d, w in zip(dims, want):
+            if isinstance(w, int) and d != w:
+                ok = False
+                break
+    if not ok:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
+
+
+def axis_angle_to_rotation_matrix(axis_angle: Tensor, eps: float = 1e-8) -> Tensor:
+    """Rodrigues' formula: axis-angle vectors (radians) to rotation matrices.
+
+    Args:
+        axis_angle: ``(*, 3)``, direction = axis, norm = angle in radians (right-handed).
+        eps: below this angle the first-order expansion ``I + [w]x`` is used, which keeps the
+            gradient exact at zero (the closed form is 0/0 there).
+
+    Returns:
+        ``(*, 3, 3)`` rotation matrices, same dtype and device.
+    """
+    check_shape(axis_angle, ["*", 3], "axis_angle")
+    theta2 = (axis_angle * axis_angle).sum(-1, keepdim=True)  # (*, 1)
+    small = theta2 < eps
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = torch.sqrt(theta2_safe)
+    # sin(t)/t and (1-cos(t))/t^2 with Taylor series near zero.
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2_safe)
+    x, y, z = axis_angle.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*axis_angle.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(K)
+    return eye + a[..., None] * K + b[..., None] * (K @ K)
+
+
+def rotation_matrix_to_axis_angle(R: Tensor) -> Tensor:
+    """Rotation matrices ``(*, 3, 3)`` to axis-angle ``(*, 3)`` (radians, angle in [0, pi]).
+
+    Goes through unit quaternions, which is stable at 0 and near pi.
+    """
+    check_shape(R, ["*", 3, 3], "R")
+    m = R
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    # Shepperd's method: pick the largest of 4 candidates for numerical stability.
+    cands = torch.stack(
+        [1 + tr, 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+         1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]],
+        dim=-1,
+    )
+    idx = cands.argmax(-1)
+    s = torch.sqrt(cands.gather(-1, idx[..., None]).clamp_min(1e-12))[..., 0] * 2  # 4 * |q_k|
+    qw = torch.stack([s / 4, (m[..., 2, 1] - m[..., 1, 2]) / s, (m[..., 0, 2] - m[..., 2, 0]) / s,
+                      (m[..., 1, 0] - m[..., 0, 1]) / s], -1)
+    qx = torch.stack([(m[..., 2, 1] - m[..., 1, 2]) / s, s / 4, (m[..., 0, 1] + m[..., 1, 0]) / s,
+                      (m[..., 0, 2] + m[..., 2, 0]) / s], -1)
+    qy = torch.stack([(m[..., 0, 2] - m[..., 2, 0]) / s, (m[..., 0, 1] + m[..., 1, 0]) / s, s / 4,
+                      (m[..., 1, 2] + m[..., 2, 1]) / s], -1)
+    qz = torch.stack([(m[..., 1, 0] - m[..., 0, 1]) / s, (m[..., 0, 2] + m[..., 2, 0]) / s,
+                      (m[..., 1, 2] + m[..., 2, 1]) / s, s / 4], -1)
+    q = torch.stack([qw, qx, qy, qz], -2).gather(-2, idx[..., None, None].expand(*idx.shape, 1, 4))[..., 0, :]
+    q = q * torch.where(q[..., :1] < 0, -1.0, 1.0)  # w >= 0 -> angle in [0, pi]
+    q = q / q.norm(dim=-1, keepdim=True)
+    vec = q[..., 1:]
+    sin_half = vec.norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, q[..., :1])
+    scale = torch.where(sin_half > 1e-8, angle / sin_half.clamp_min(1e-12), 2.0 / q[..., :1].clamp_min(1e-12))
+    return vec * scale
+
+
+def rotation_angle_deg(R_a: Tensor, R_b: Tensor) -> Tensor:
+    """Geodesic angle in degrees between rotations ``(*, 3, 3)`` and ``(*, 3, 3)``."""
+    rel = R_a.transpose(-1, -2) @ R_b
+    cos = ((rel[..., 0, 0] + rel[..., 1, 1] + rel[..., 2, 2] - 1) / 2).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos))
+
+
+@dataclass
+class PinholeCameras:
+    """N pinhole cameras, OpenCV axes, world-to-camera (see module docstring).
+
+    Attributes:
+        R: ``(N, 3, 3)`` world-to-camera rotation.
+        t: ``(N, 3)`` world-to-camera translation, metres (``x_cam = R x + t``).
+        fx, fy: ``(N,)`` focal lengths in pixels.
+        cx, cy: ``(N,)`` principal point, continuous pixel coordinates (corner origin).
+        width, height: per-view image size in pixels (views may differ in size).
+    """
+
+    R: Tensor
+    t: Tensor
+    fx: Tensor
+    fy: Tensor
+    cx: Tensor
+    cy: Tensor
+    width: list[int] = field(default_factory=list)
+    height: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = self.R.shape[0]
+        check_shape(self.R, [n, 3, 3], "PinholeCameras.R")
+        check_shape(self.t, [n, 3], "PinholeCameras.t")
+        for name in ("fx", "fy", "cx", "cy"):
+            check_shape(getattr(self, name), [n], f"PinholeCameras.{name}")
+        if len(self.width) != n or len(self.height) != n:
+            raise ValueError(f"PinholeCameras: need {n} widths and heights, got {len(self.width)}, {len(self.height)}")
+
+    def __len__(self) -> int:
+        return int(self.R.shape[0])
+
+    @property
+    def K(self) -> Tensor:
+        """``(N, 3, 3)`` intrinsic matrices."""
+        n = len(self)
+        K = torch.zeros(n, 3, 3, dtype=self.R.dtype, device=self.R.device)
+        K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = self.fx, self.fy, self.cx, self.cy, 1.0
+        return K
+
+    def world_to_camera(self) -> Tensor:
+        """``(N, 4, 4)`` world-to-camera matrices (OpenCV axes)."""
+        n = len(self)
+        M = torch.zeros(n, 4, 4, dtype=self.R.dtype, device=self.R.device)
+        M[:, :3, :3], M[:, :3, 3], M[:, 3, 3] = self.R, self.t, 1.0
+        return M
+
+    def camera_centers(self) -> Tensor:
+        """``(N, 3)`` camera centres in the world frame, ``-R^T t``."""
+        return -(self.R.transpose(1, 2) @ self.t[..., None])[..., 0]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "PinholeCameras":
+        conv = lambda x: x.to(device=device, dtype=dtype)  # noqa: E731
+        return PinholeCameras(conv(self.R), conv(self.t), conv(self.fx), conv(self.fy), conv(self.cx), conv(self.cy),
+                              list(self.width), list(self.height))
+
+    def detach(self) -> "PinholeCameras":
+        return PinholeCameras(self.R.detach(), self.t.detach(), self.fx.detach(), self.fy.detach(),
+                              self.cx.detach(), self.cy.detach(), list(self.width), list(self.height))
+
+    def subset(self, index: list[int]) -> "PinholeCameras":
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.R.device)
+        return PinholeCameras(self.R[idx], self.t[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
+                              [self.width[i] for i in index], [self.height[i] for i in index])
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Plain arrays (float64) for writers: R, t, fx, fy, cx, cy, width, height."""
+        out = {k: getattr(self, k).detach().cpu().double().numpy() for k in ("R", "t", "fx", "fy", "cx", "cy")}
+        out["width"] = np.asarray(self.width, dtype=np.int64)
+        out["height"] = np.asarray(self.height, dtype=np.int64)
+        return out
+
+    @staticmethod
+    def from_numpy(d: dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> "PinholeCameras":
+        t = lambda k: torch.as_tensor(np.asarray(d[k]), dtype=dtype)  # noqa: E731
+        return PinholeCameras(t("R"), t("t"), t("fx"), t("fy"), t("cx"), t("cy"),
+                              [int(w) for w in d["width"]], [int(h) for h in d["height"]])
+
+
+def world_to_camera_points(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """World points into camera frames.
+
+    Args:
+        points: ``(N, P, 3)`` or ``(P, 3)`` (shared by all views), world frame.
+        R: ``(N, 3, 3)``; t: ``(N, 3)``.
+
+    Returns:
+        ``(N, P, 3)`` camera-frame points (OpenCV axes).
+    """
+    if points.dim() == 2:
+        points = points[None].expand(R.shape[0], -1, -1)
+    return points @ R.transpose(1, 2) + t[:, None, :]
+
+
+def project_points(points: Tensor, cameras: PinholeCameras) -> tuple[Tensor, Tensor]:
+    """Perspective projection of world points to pixels.
+
+    Args:
+        points: ``(N, P, 3)`` or ``(P, 3)`` world points.
+        cameras: N cameras.
+
+    Returns:
+        ``uv`` ``(N, P, 2)`` continuous pixel coordinates (corner origin, y down) and
+        ``depth`` ``(N, P)`` camera-frame z in metres (positive in front of the camera).
+    """
+    pc = world_to_camera_points(points, cameras.R, cameras.t)
+    z = pc[..., 2]
+    z_safe = torch.where(z.abs() < 1e-9, torch.full_like(z, 1e-9), z)
+    u = cameras.fx[:, None] * pc[..., 0] / z_safe + cameras.cx[:, None]
+    v = cameras.fy[:, None] * pc[..., 1] / z_safe + cameras.cy[:, None]
+    return torch.stack([u, v], -1), z
+
+
+# OpenCV camera axes (x right, y down, z forward) -> OpenGL camera axes (x right, y up, z back).
+_CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+
+
+def opencv_w2c_to_opengl_c2w(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """OpenCV world-to-camera ``(N,3,3), (N,3)`` to OpenGL camera-to-world ``(N,4,4)``.
+
+    The world frame is unchanged (FLAME's); only the camera's own axes flip y and z:
+    ``c2w_gl = [[R^T diag(1,-1,-1), -R^T t], [0, 1]]``.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    n = R.shape[0]
+    c2w = np.zeros((n, 4, 4))
+    Rt = np.transpose(R, (0, 2, 1))
+    c2w[:, :3, :3] = Rt @ _CV_TO_GL
+    c2w[:, :3, 3] = -(Rt @ t[..., None])[..., 0]
+    c2w[:, 3, 3] = 1.0
+    return c2w
+
+
+def opengl_c2w_to_opencv_w2c(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`opencv_w2c_to_opengl_c2w`: ``(N,4,4)`` (or ``(N,3,4)``) to ``R, t``."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    Rc = c2w[:, :3, :3] @ _CV_TO_GL  # camera-to-world rotation with OpenCV camera axes
+    R = np.transpose(Rc, (0, 2, 1))
+    t = -(R @ c2w[:, :3, 3][..., None])[..., 0]
+    return R, t
