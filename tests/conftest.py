@@ -32,7 +32,7 @@ def shared():
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", action="store", default="cpu", help="cpu, cuda or all")
+    parser.addoption("--device", action="store", default="all", help="cpu, cuda or all (default: all; cuda skips when absent)")
 
 
 def _devices(config) -> list[str]:
