@@ -1,15 +1,110 @@
 """Stage 4 — the fit: one FLAME head and one camera per view, all in FLAME's frame.
 
-Public entry: :func:`fit_flame`. (Result types fixed here first; the fitter follows.)
+Public entry: :func:`fit_flame`. The head stays at FLAME's origin (global rotation and translation
+zero) and every view gets its own camera, so the cameras come out directly in FLAME's frame
+(metres, +Y up; see ``docs/conventions.md``). Three stages, each handing its state to the next:
+
+1. **rigid** — cameras (and one shared focal scale when the focal is unknown) on the landmarks of
+   the mean head: a closed-form start per view (PnP, over a grid of focal lengths when unknown),
+   then a few Levenberg-Marquardt steps with robust (Geman-McClure, IRLS) weights. The jaw-contour
+   landmarks of a dynamic embedding are re-selected from each view's yaw between rounds.
+2. **landmarks** — shape, expression, jaw/neck/eye pose, cameras and focal together on the
+   landmarks, with Gaussian priors, by L-BFGS (smooth, few dozen iterations). Only the vertices
+   the landmarks sit on are evaluated (:class:`FlameModel` ``vertex_index``), so this costs O(L).
+3. **photometric** — the renderer (``flame_prior.render``) on a square crop around each face:
+   albedo (texture space, or a free UV map), per-view SH lighting, geometry and cameras, with a
+   photometric L1 term inside the head mask, a two-sided mask term (model outside the head mask;
+   face region left uncovered) and the landmark term; Adam with early stopping.
+
+Landmark residuals are measured in pixels of the ORIGINAL image and normalised by each view's
+face size, so weights do not depend on resolution. Every stage rejects non-finite steps and
+restores the last good state (and says so in ``FitResult.notes``).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
+from typing import Callable, Literal
 
+import cv2
 import numpy as np
+import torch
+from torch import Tensor
 
-from flame_prior.geometry import PinholeCameras
+from flame_prior import render
+from flame_prior.errors import FitError
+from flame_prior.flame import (
+    FlameModel,
+    FlameParams,
+    LandmarkEmbedding,
+    TextureSpace,
+    head_yaw_deg,
+    landmarks_from_vertices,
+    sh_basis,
+    shade_sh,
+)
+from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+from flame_prior.intrinsics import Intrinsics
+from flame_prior.observe import ViewObservation
+
+
+@dataclass
+class FitterConfig:
+    """Fitting schedule, priors and loss weights."""
+
+    rigid_steps: int = 12
+    """Levenberg-Marquardt steps of the rigid stage (per yaw round)."""
+    landmark_steps: int = 60
+    """L-BFGS iterations of the landmark stage (per yaw round)."""
+    photometric_steps: int = 60
+    """Adam iterations of the photometric stage (0 skips it)."""
+    render_size: int = 160
+    """Side in pixels of the square face crop rendered in the photometric stage."""
+    texture_size: int = 256
+    """Side of the free UV texture map (when no texture space is given)."""
+    fit_shape: bool = True
+    """Fit the identity (shape) coefficients."""
+    fit_expression: bool = True
+    """Fit expression coefficients (when the model has an expression space)."""
+    fit_jaw: bool = True
+    """Fit the jaw rotation."""
+    fit_eyes: bool = True
+    """Fit both eye rotations (needs iris landmarks or the photometric stage)."""
+    fit_neck: bool = False
+    """Fit the neck rotation (it trades off with the cameras; off by default)."""
+    per_view_lighting: bool = True
+    """One SH lighting per view (the head may turn under fixed lights) instead of one for all."""
+    shape_prior: float = 2e-3
+    """Weight of the squared norm of the shape coefficients."""
+    expression_prior: float = 2e-3
+    """Weight of the squared norm of the expression coefficients."""
+    pose_prior: float = 1e-1
+    """Weight of the squared norm of the jaw/neck/eye rotations (radians)."""
+    robust_scale: float = 0.05
+    """Geman-McClure scale of landmark residuals, as a fraction of the face size."""
+    w_landmark: float = 1.0
+    """Landmark term weight in the photometric stage."""
+    w_photometric: float = 1.0
+    """Photometric L1 term weight."""
+    w_mask: float = 0.5
+    """Mask term weight."""
+    early_stop: float = 1e-4
+    """Stop a stage when its loss improved by less than this fraction over 10 iterations."""
+    seed: int = 0
+    """Seed for every random choice (the fit is deterministic for a given seed and device)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to fit: auto uses CUDA when present."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FitError("--device cuda was asked for, but torch sees no CUDA device.",
+                       hint="Use --device cpu or auto, or install a CUDA build of torch.")
+    return torch.device(name)
 
 
 @dataclass
@@ -31,7 +126,7 @@ class ViewFit:
     landmarks_detected: np.ndarray  # (L, 2) pixels, the detections the fit used
     landmarks_projected: np.ndarray  # (L, 2) pixels, the fitted model's landmarks projected
     landmark_weight: np.ndarray  # (L,) confidence * embedding weight used in the fit
-    landmark_error_px: float  # median over visible landmarks
+    landmark_error_px: float  # weighted median over the landmarks used
     eye_distance_px: float  # outer-eye-corner distance of the projected model (normaliser)
 
 
@@ -72,3 +167,594 @@ class FitResult:
     model_info: dict
     intrinsics_source: str
     notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Observations -> tensors
+
+
+def check_observation(view: ViewObservation, embedding: LandmarkEmbedding, min_face_px: float = 20.0) -> str | None:
+    """Why this view cannot be fitted (degenerate landmarks), or None when it can."""
+    if view.landmark_format != embedding.detector:
+        return f"landmarks are {view.landmark_format}, the embedding expects {embedding.detector}"
+    idx = embedding.detector_index.astype(np.int64)
+    if idx.max() >= len(view.landmarks):
+        return f"the embedding needs detector point {idx.max()}, the detection has {len(view.landmarks)}"
+    pts = view.landmarks[idx]
+    conf = view.confidence[idx] * embedding.weight
+    pts = pts[conf > 0.05]
+    if len(pts) < 6:
+        return f"only {len(pts)} usable landmarks (need 6)"
+    if not np.isfinite(pts).all():
+        return "landmarks contain NaN/Inf"
+    size = float(np.linalg.norm(pts.max(0) - pts.min(0)))
+    if size < min_face_px:
+        return f"face too small to fit ({size:.0f} px across, need {min_face_px:.0f})"
+    sv = np.linalg.svd(pts - pts.mean(0), compute_uv=False)
+    if sv[1] < 0.05 * sv[0]:
+        return "landmarks are (nearly) collinear: not a face"
+    return None
+
+
+@dataclass
+class _Targets:
+    """Landmark targets of N views as tensors."""
+
+    points: Tensor  # (N, L, 2) pixels
+    weight: Tensor  # (N, L)
+    scale: Tensor  # (N,) face size in pixels (landmark bounding-box diagonal)
+
+
+def _landmark_targets(views: list[ViewObservation], emb: LandmarkEmbedding, device, dtype) -> _Targets:
+    idx = emb.detector_index.astype(np.int64)
+    pts = np.stack([v.landmarks[idx] for v in views]).astype(np.float64)
+    w = np.stack([v.confidence[idx] for v in views]) * emb.weight[None]
+    scale = np.array([np.linalg.norm(p[wi > 0.05].max(0) - p[wi > 0.05].min(0)) for p, wi in zip(pts, w)])
+    t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    return _Targets(t(pts), t(w), t(scale))
+
+
+# --------------------------------------------------------------------------------------------
+# The state being fitted
+
+
+class _State:
+    """FLAME parameters (one head) and N cameras, as tensors that the stages optimise."""
+
+    def __init__(self, model: FlameModel, emb: LandmarkEmbedding, intr: Intrinsics, n_views: int, device, dtype):
+        self.model, self.emb = model, emb
+        t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)  # noqa: E731
+        self.fx0, self.fy0, self.cx, self.cy = t(intr.fx), t(intr.fy), t(intr.cx), t(intr.cy)
+        z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
+        self.cam_rot, self.cam_t, self.log_focal = z(n_views, 3), z(n_views, 3), z(1)
+        self.shape, self.expression = z(1, model.n_shape), z(1, model.n_expr)
+        self.jaw, self.eyes, self.neck = z(1, 3), z(1, 6), z(1, 3)
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+        # Landmark-only evaluation: the vertices the embedding's triangles use, and the triangle
+        # table remapped to that subset (triangles the embedding never uses map to vertex 0).
+        faces = model.faces.detach().cpu().numpy()
+        used = [emb.face_idx.reshape(-1)]
+        if emb.contour_face_idx is not None:
+            used.append(emb.contour_face_idx.reshape(-1))
+        used_faces = np.unique(np.concatenate(used))
+        vidx = np.unique(faces[used_faces].reshape(-1))
+        remap = np.zeros(faces.max() + 1, dtype=np.int64)
+        remap[vidx] = np.arange(len(vidx))
+        self.vertex_index = torch.as_tensor(vidx, device=device)
+        self.faces_local = torch.as_tensor(remap[faces], device=device)
+
+    names = ("cam_rot", "cam_t", "log_focal", "shape", "expression", "jaw", "eyes", "neck")
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k).detach().clone() for k in self.names}
+
+    def restore(self, snap: dict[str, Tensor]) -> None:
+        for k, v in snap.items():
+            setattr(self, k, v.clone())
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(getattr(self, k)).all()) for k in self.names)
+
+    def flame_params(self) -> FlameParams:
+        z3 = torch.zeros_like(self.jaw)
+        return FlameParams(shape=self.shape, expression=self.expression, rotation=z3, neck_pose=self.neck,
+                           jaw_pose=self.jaw, eye_pose=self.eyes, translation=z3)
+
+    def cameras(self) -> PinholeCameras:
+        f = torch.exp(self.log_focal)
+        return PinholeCameras(axis_angle_to_rotation_matrix(self.cam_rot), self.cam_t, self.fx0 * f, self.fy0 * f,
+                              self.cx, self.cy, list(self.widths), list(self.heights))
+
+    def yaw(self) -> Tensor:
+        with torch.no_grad():
+            return head_yaw_deg(axis_angle_to_rotation_matrix(self.cam_rot))
+
+    def landmarks3d(self, yaw: Tensor) -> Tensor:
+        """``(N, L, 3)`` world landmarks; contour rows picked by each view's yaw."""
+        verts = self.model(self.flame_params(), vertex_index=self.vertex_index).vertices  # (1, M, 3)
+        n = yaw.shape[0]
+        return landmarks_from_vertices(verts.expand(n, -1, -1), self.faces_local, self.emb, yaw)
+
+
+def _project(points: Tensor, rot: Tensor, t: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
+    """``(N, L, 3)`` world points to ``(N, L, 2)`` pixels with axis-angle cameras."""
+    R = axis_angle_to_rotation_matrix(rot)
+    pc = points @ R.transpose(1, 2) + t[:, None]
+    z = pc[..., 2].clamp_min(1e-6)
+    return torch.stack([fx[:, None] * pc[..., 0] / z + cx[:, None], fy[:, None] * pc[..., 1] / z + cy[:, None]], -1)
+
+
+def _gm_weights(e2: Tensor, c: float) -> Tensor:
+    """IRLS weights of the Geman-McClure loss rho(e) = e^2 c^2 / (e^2 + c^2), for squared residuals."""
+    return (c * c / (e2 + c * c)) ** 2
+
+
+def _landmark_energy(pred: Tensor, tg: _Targets, c: float) -> Tensor:
+    """Robust mean landmark energy (dimensionless: residuals as a fraction of face size, over c^2)."""
+    e2 = ((pred - tg.points) ** 2).sum(-1) / tg.scale[:, None] ** 2
+    rho = e2 / (e2 + c * c)
+    return (tg.weight * rho).sum() / tg.weight.sum().clamp_min(1e-9)
+
+
+def _per_view_error_px(pred: Tensor, tg: _Targets) -> np.ndarray:
+    err = (pred - tg.points).norm(dim=-1).detach().cpu().numpy()
+    w = tg.weight.detach().cpu().numpy()
+    return np.array([float(np.median(e[wi > 0.05])) if (wi > 0.05).any() else float("nan") for e, wi in zip(err, w)])
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: rigid
+
+
+def _pnp_init(X: np.ndarray, x: np.ndarray, w: np.ndarray, fx: float, fy: float, cx: float, cy: float):
+    """Closed-form-ish start of one camera: SQPnP on the reliable landmarks. Returns (rvec, t, rms px)."""
+    keep = w > 0.3
+    if keep.sum() < 6:
+        keep = w > 0.0
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    ok, rvec, tvec = cv2.solvePnP(X[keep].astype(np.float64), x[keep].astype(np.float64), K, None,
+                                  flags=cv2.SOLVEPNP_SQPNP)
+    if not ok:
+        return None
+    proj, _ = cv2.projectPoints(X[keep], rvec, tvec, K, None)
+    rms = float(np.sqrt(((proj[:, 0] - x[keep]) ** 2).sum(-1).mean()))
+    if tvec[2, 0] <= 0:
+        return None
+    return rvec[:, 0], tvec[:, 0], rms
+
+
+def _rigid_stage(st: _State, tg: _Targets, optimise_focal: bool, cfg: FitterConfig, tick: Callable[[], None]):
+    history: list[float] = []
+    n = tg.points.shape[0]
+    dtype, device = tg.points.dtype, tg.points.device
+    # The rigid stage holds the mean head: contour rows picked for a frontal view until the cameras exist.
+    with torch.no_grad():
+        X = st.landmarks3d(torch.zeros(n, dtype=dtype, device=device))
+    Xn, xn, wn = X.cpu().double().numpy(), tg.points.cpu().double().numpy(), tg.weight.cpu().double().numpy()
+    fx0, fy0 = st.fx0.cpu().double().numpy(), st.fy0.cpu().double().numpy()
+    cx, cy = st.cx.cpu().double().numpy(), st.cy.cpu().double().numpy()
+    scales = np.exp(np.linspace(np.log(0.25), np.log(4.0), 15)) if optimise_focal else np.array([1.0])
+    best = None
+    for s in scales:
+        sols = [_pnp_init(Xn[i], xn[i], wn[i], fx0[i] * s, fy0[i] * s, cx[i], cy[i]) for i in range(n)]
+        if any(r is None for r in sols):
+            continue
+        score = float(np.median([r[2] for r in sols]))
+        if best is None or score < best[0] - 1e-9:
+            best = (score, s, sols)
+    if best is None:
+        raise FitError("no camera could be initialised from the landmarks (PnP failed in every view).",
+                       hint="Check that every image shows one face and that the landmark embedding matches the detector.")
+    _, s, sols = best
+    st.log_focal = torch.tensor([math.log(s)], dtype=dtype, device=device)
+    st.cam_rot = torch.as_tensor(np.stack([r[0] for r in sols]), dtype=dtype, device=device)
+    st.cam_t = torch.as_tensor(np.stack([r[1] for r in sols]), dtype=dtype, device=device)
+    c = cfg.robust_scale
+    iterations = 0
+    for _round in range(2):  # the second round re-selects the jaw contour from each view's yaw
+        yaw = st.yaw()
+        with torch.no_grad():
+            X = st.landmarks3d(yaw)
+        nf = 1 if optimise_focal else 0
+
+        def residual(theta: Tensor) -> Tensor:
+            rot, t = theta[: 3 * n].reshape(n, 3), theta[3 * n: 6 * n].reshape(n, 3)
+            f = torch.exp(theta[6 * n:]).sum() if nf else torch.exp(st.log_focal[0])
+            pred = _project(X, rot, t, st.fx0 * f, st.fy0 * f, st.cx, st.cy)
+            return ((pred - tg.points) / tg.scale[:, None, None]).reshape(-1)
+
+        theta = torch.cat([st.cam_rot.reshape(-1), st.cam_t.reshape(-1)] + ([st.log_focal] if nf else []))
+        lam = 1e-3
+        for _ in range(cfg.rigid_steps):
+            r = residual(theta)
+            e2 = (r.reshape(n, -1, 2) ** 2).sum(-1)
+            w = (tg.weight * _gm_weights(e2, c))[..., None].expand(-1, -1, 2).reshape(-1)
+            cost = float((tg.weight * e2 / (e2 + c * c)).sum() / tg.weight.sum())
+            history.append(cost)
+            J = torch.func.jacfwd(residual)(theta)
+            JW = J * w[:, None]
+            A = J.T @ JW
+            g = JW.T @ r
+            improved = False
+            for _try in range(6):
+                step = torch.linalg.solve(A + lam * torch.diag(torch.diagonal(A).clamp_min(1e-9)), -g)
+                cand = theta + step
+                rc = residual(cand)
+                e2c = (rc.reshape(n, -1, 2) ** 2).sum(-1)
+                cost_c = float((tg.weight * e2c / (e2c + c * c)).sum() / tg.weight.sum())
+                if math.isfinite(cost_c) and cost_c <= cost:
+                    theta, lam, improved = cand, max(lam / 3, 1e-7), True
+                    break
+                lam *= 4
+            iterations += 1
+            tick()
+            if not improved or (cost - cost_c) < 1e-7 * max(cost, 1e-12):
+                break
+        st.cam_rot = theta[: 3 * n].reshape(n, 3).clone()
+        st.cam_t = theta[3 * n: 6 * n].reshape(n, 3).clone()
+        if nf:
+            st.log_focal = theta[6 * n:].clone()
+    return iterations, history
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: landmarks with shape, expression and pose
+
+
+def _prior(st: _State, cfg: FitterConfig) -> Tensor:
+    return (cfg.shape_prior * (st.shape ** 2).sum() + cfg.expression_prior * (st.expression ** 2).sum()
+            + cfg.pose_prior * ((st.jaw ** 2).sum() + (st.eyes ** 2).sum() + (st.neck ** 2).sum()))
+
+
+def _free_names(cfg: FitterConfig, st: _State, optimise_focal: bool) -> list[str]:
+    names = ["cam_rot", "cam_t"]
+    if optimise_focal:
+        names.append("log_focal")
+    if cfg.fit_shape and st.model.n_shape:
+        names.append("shape")
+    if cfg.fit_expression and st.model.n_expr:
+        names.append("expression")
+    if cfg.fit_jaw:
+        names.append("jaw")
+    if cfg.fit_eyes:
+        names.append("eyes")
+    if cfg.fit_neck:
+        names.append("neck")
+    return names
+
+
+def _landmark_stage(st: _State, tg: _Targets, optimise_focal: bool, cfg: FitterConfig, tick, notes: list[str]):
+    history: list[float] = []
+    names = _free_names(cfg, st, optimise_focal)
+    iterations = 0
+    for _round in range(2):
+        yaw = st.yaw()
+        good = st.snapshot()
+        params = [getattr(st, k).detach().requires_grad_(True) for k in names]
+        for k, p in zip(names, params):
+            setattr(st, k, p)
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=cfg.landmark_steps, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_change=1e-10, tolerance_grad=1e-9)
+
+        def closure():
+            nonlocal iterations
+            opt.zero_grad()
+            cams = st.cameras()
+            pred = _project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+            loss = _landmark_energy(pred, tg, cfg.robust_scale) + _prior(st, cfg)
+            loss.backward()
+            history.append(float(loss))
+            iterations += 1
+            tick()
+            return loss
+
+        opt.step(closure)
+        for k, p in zip(names, params):
+            setattr(st, k, p.detach())
+        if not st.finite():
+            st.restore(good)
+            notes.append("landmark stage: a step produced NaN/Inf; restored the last good state")
+            break
+    return iterations, history
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: photometric
+
+
+@dataclass
+class _Crops:
+    """Square face crops resampled to ``size``; crop-camera intrinsics follow from ``box``."""
+
+    image: Tensor  # (N, S, S, 3) in [0, 1]
+    head: Tensor  # (N, S, S) head mask in [0, 1]
+    face: Tensor  # (N, S, S) filled hull of the detected face landmarks
+    valid: Tensor  # (N, S, S) 1 where the crop lies inside the photo
+    box: Tensor  # (N, 3) x0, y0, side in original pixels
+    size: int
+
+
+def _make_crops(views: list[ViewObservation], tg: _Targets, size: int, device, dtype) -> _Crops:
+    imgs, heads, faces, valids, boxes = [], [], [], [], []
+    pts_all, w_all = tg.points.cpu().numpy(), tg.weight.cpu().numpy()
+    for v, pts, w in zip(views, pts_all, w_all):
+        p = pts[w > 0.05]
+        lo, hi = p.min(0), p.max(0)
+        centre = (lo + hi) / 2 - np.array([0.0, 0.12 * (hi - lo)[1]])  # a bit up: forehead and hair
+        side = 1.7 * float((hi - lo).max())
+        x0, y0 = centre - side / 2
+        s = size / side
+        # Affine map original pixel coords (corner origin) -> crop coords; OpenCV's warpAffine uses
+        # pixel-centre coordinates, which the +0.5/-0.5 terms account for.
+        M = np.array([[s, 0, -x0 * s + 0.5 * s - 0.5], [0, s, -y0 * s + 0.5 * s - 0.5]])
+        warp = lambda a, interp: cv2.warpAffine(a, M, (size, size), flags=interp, borderValue=0)  # noqa: E731
+        imgs.append(warp(v.image.pixels, cv2.INTER_AREA).astype(np.float32) / 255.0)
+        heads.append(warp(v.mask.astype(np.float32), cv2.INTER_LINEAR))
+        valids.append(warp(np.ones(v.mask.shape, np.float32), cv2.INTER_NEAREST))
+        hull = cv2.convexHull(((p - [x0, y0]) * s).astype(np.float32))
+        fm = np.zeros((size, size), np.uint8)
+        cv2.fillConvexPoly(fm, np.round(hull[:, 0]).astype(np.int32), 1)
+        faces.append(fm.astype(np.float32))
+        boxes.append([x0, y0, side])
+    t = lambda a: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
+    return _Crops(t(imgs), t(heads), t(faces), t(valids), t(boxes), size)
+
+
+def _render(st: _State, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
+            fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Render N views of the current head. Returns colour (N,S,S,3), coverage (N,S,S), rast."""
+    verts = st.model(st.flame_params()).vertices  # (1, V, 3)
+    n = st.cam_rot.shape[0]
+    R = axis_angle_to_rotation_matrix(st.cam_rot)
+    pc = verts.expand(n, -1, -1) @ R.transpose(1, 2) + st.cam_t[:, None]
+    pos = render.pinhole_to_clip(pc, fx, fy, cx, cy, size, size)
+    rast = render.rasterize(pos, faces, (size, size))
+    uv = render.interpolate(uvs, rast, uv_faces)
+    albedo = render.texture(albedo_map, uv)
+    normals = render.interpolate(render.vertex_normals(verts, faces).expand(n, -1, -1), rast, faces)
+    normals = torch.nn.functional.normalize(normals, dim=-1)
+    color = shade_sh(albedo, normals, sh)
+    cov = render.coverage(rast, pos, faces)[..., 0]
+    color = render.antialias(color, rast, pos, faces)
+    return color, cov, rast
+
+
+def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cfg: FitterConfig,
+                       appearance: "_Appearance", tick, notes: list[str]):
+    device, dtype = tg.points.device, tg.points.dtype
+    crops = _make_crops(views, tg, cfg.render_size, device, dtype)
+    ratio = crops.size / crops.box[:, 2]
+    names = [k for k in _free_names(cfg, st, optimise_focal) if k != "log_focal"]
+    geo = [getattr(st, k).detach().requires_grad_(True) for k in names]
+    for k, p in zip(names, geo):
+        setattr(st, k, p)
+    app_params = appearance.parameters()
+    lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3, "eyes": 5e-3, "neck": 2e-3}
+    opt = torch.optim.Adam([{"params": [p], "lr": lrs[k]} for k, p in zip(names, geo)]
+                           + [{"params": [p], "lr": lr} for p, lr in app_params])
+    history: list[float] = []
+    yaw = st.yaw()
+    good, good_app = st.snapshot(), appearance.snapshot()
+    it = 0
+    for it in range(1, cfg.photometric_steps + 1):
+        opt.zero_grad()
+        cams = st.cameras()
+        fx, fy = cams.fx * ratio, cams.fy * ratio
+        cx, cy = (st.cx - crops.box[:, 0]) * ratio, (st.cy - crops.box[:, 1]) * ratio
+        color, cov, rast = _render(st, st.model.faces, appearance.uvs, appearance.uv_faces, appearance.albedo(),
+                                   appearance.sh(), fx, fy, cx, cy, crops.size)
+        inside = (rast[..., 3] > 0).to(dtype) * crops.head * crops.valid
+        photo = ((color - crops.image).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
+        mask = ((cov * (1 - crops.head) * crops.valid).mean() + ((1 - cov) * crops.face).mean())
+        pred = _project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+        lmk = _landmark_energy(pred, tg, cfg.robust_scale)
+        loss = cfg.w_photometric * photo + cfg.w_mask * mask + cfg.w_landmark * lmk + _prior(st, cfg)
+        if not torch.isfinite(loss):
+            st.restore(good)
+            appearance.restore(good_app)
+            notes.append(f"photometric stage: non-finite loss at iteration {it}; restored the last good state")
+            break
+        loss.backward()
+        opt.step()
+        appearance.clamp_()
+        history.append(float(loss))
+        tick()
+        if it % 10 == 0:
+            good, good_app = st.snapshot(), appearance.snapshot()
+            if len(history) > 20 and history[-11] - history[-1] < cfg.early_stop * abs(history[-11]):
+                break
+    for k, p in zip(names, geo):
+        setattr(st, k, p.detach())
+    return it, history
+
+
+class _Appearance:
+    """Albedo (texture space coefficients, or a free UV map) and SH lighting being fitted."""
+
+    def __init__(self, n_views: int, cfg: FitterConfig, texture_space: TextureSpace | None,
+                 uv_layout: tuple[np.ndarray, np.ndarray], init_color: np.ndarray, device, dtype):
+        self.space = texture_space
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        if texture_space is not None:
+            self.uvs, self.uv_faces = t(texture_space.uvs), torch.as_tensor(texture_space.uv_faces, device=device)
+            self.mean, self.basis = t(texture_space.mean), t(texture_space.basis)
+            self.coeffs = torch.zeros(1, self.basis.shape[-1], dtype=dtype, device=device)
+            self.map = None
+        else:
+            self.uvs, self.uv_faces = t(uv_layout[0]), torch.as_tensor(uv_layout[1], device=device)
+            size = cfg.texture_size
+            self.map = t(np.broadcast_to(np.clip(init_color, 0.02, 0.98), (size, size, 3)).copy())
+            self.coeffs = None
+        y0 = float(sh_basis(torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))[0, 0])
+        n_sh = n_views if cfg.per_view_lighting else 1
+        self.shared_sh = not cfg.per_view_lighting
+        self.n_views = n_views
+        self.sh_coeffs = torch.zeros(n_sh, 9, 3, dtype=dtype, device=device)
+        self.sh_coeffs[:, 0, :] = 1.0 / y0  # unit ambient light
+
+    def parameters(self) -> list[tuple[Tensor, float]]:
+        self.sh_coeffs.requires_grad_(True)
+        if self.map is not None:
+            self.map.requires_grad_(True)
+            return [(self.map, 2e-2), (self.sh_coeffs, 1e-2)]
+        self.coeffs.requires_grad_(True)
+        return [(self.coeffs, 5e-2), (self.sh_coeffs, 1e-2)]
+
+    def albedo(self) -> Tensor:
+        if self.map is not None:
+            return self.map
+        return (self.mean + (self.basis * self.coeffs[0]).sum(-1)).clamp(0.0, 1.0)
+
+    def sh(self) -> Tensor:
+        return self.sh_coeffs.expand(self.n_views, -1, -1) if self.shared_sh else self.sh_coeffs
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        if self.map is not None:
+            self.map.clamp_(0.0, 1.0)
+
+    def snapshot(self) -> list[Tensor]:
+        return [x.detach().clone() for x in (self.map, self.coeffs, self.sh_coeffs) if x is not None]
+
+    @torch.no_grad()
+    def restore(self, snap: list[Tensor]) -> None:
+        live = [x for x in (self.map, self.coeffs, self.sh_coeffs) if x is not None]
+        for x, s in zip(live, snap):
+            x.copy_(s)
+
+
+def _init_color(views: list[ViewObservation], tg: _Targets) -> np.ndarray:
+    """Median colour inside the detected face landmarks' hull, over all views."""
+    samples = []
+    for v, pts, w in zip(views, tg.points.cpu().numpy(), tg.weight.cpu().numpy()):
+        hull = cv2.convexHull(pts[w > 0.05].astype(np.float32))
+        m = np.zeros(v.image.pixels.shape[:2], np.uint8)
+        cv2.fillConvexPoly(m, np.round(hull[:, 0]).astype(np.int32), 1)
+        samples.append(v.image.pixels[m > 0][::7])
+    return np.median(np.concatenate(samples), 0).astype(np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def fit_flame(
+    model: FlameModel,
+    embedding: LandmarkEmbedding,
+    views: list[ViewObservation],
+    intrinsics: Intrinsics,
+    config: FitterConfig,
+    *,
+    texture_space: TextureSpace | None = None,
+    uv_layout: tuple[np.ndarray, np.ndarray] | None = None,
+    model_info: dict | None = None,
+    progress=None,
+) -> FitResult:
+    """Fit one FLAME head and one camera per view to the observations.
+
+    Args:
+        model: the FLAME model (its device and dtype are used).
+        embedding: maps the detector's landmarks onto the mesh.
+        views: N observations (already checked with :func:`check_observation`).
+        intrinsics: initial intrinsics of the N views (original pixel grids).
+        config: schedule, priors and weights.
+        texture_space: fit albedo coefficients of this space; else a free UV map on ``uv_layout``.
+        uv_layout: ``(uvs (T,2), uv_faces (F,3))``, needed when no texture space is given.
+        model_info: copied into the result (which FLAME file).
+        progress: a ``rich.progress.Progress`` to report on, or None.
+
+    Returns:
+        The :class:`FitResult`, cameras in each view's original pixel grid.
+    """
+    if not views:
+        raise FitError("no view to fit: no image had a usable face.")
+    torch.manual_seed(config.seed)
+    device = model.faces.device
+    dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
+    n = len(views)
+    tg = _landmark_targets(views, embedding, device, dtype)
+    st = _State(model, embedding, intrinsics, n, device, dtype)
+    st.widths = [v.image.width for v in views]
+    st.heights = [v.image.height for v in views]
+    optimise_focal = bool(intrinsics.optimise_focal) and n > 1
+    notes: list[str] = []
+    stages: list[StageLog] = []
+
+    def run_stage(name: str, total: int, fn):
+        task = progress.add_task(f"fit: {name}", total=total) if progress is not None else None
+        tick = (lambda: progress.advance(task)) if task is not None else (lambda: None)
+        t0 = time.perf_counter()
+        iters, hist = fn(tick)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        with torch.no_grad():
+            cams = st.cameras()
+            pred = _project(st.landmarks3d(st.yaw()), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+        stages.append(StageLog(name, iters, secs, hist, _per_view_error_px(pred, tg)))
+        if task is not None:
+            progress.update(task, completed=total)
+
+    run_stage("rigid", 2 * config.rigid_steps, lambda tick: _rigid_stage(st, tg, optimise_focal, config, tick))
+    run_stage("landmarks", 2 * config.landmark_steps * 2,
+              lambda tick: _landmark_stage(st, tg, optimise_focal, config, tick, notes))
+    uv_layout = uv_layout if texture_space is None else None
+    if texture_space is None and uv_layout is None:
+        raise FitError("no UV layout: pass a texture space or a UV layout for the free texture map.")
+    appearance = _Appearance(n, config, texture_space, uv_layout, _init_color(views, tg), device, dtype)
+    if config.photometric_steps > 0:
+        run_stage("photometric", config.photometric_steps,
+                  lambda tick: _photometric_stage(st, tg, views, optimise_focal, config, appearance, tick, notes))
+    return _result(st, tg, views, appearance, stages, model_info or {}, intrinsics.source, notes)
+
+
+def _result(st: _State, tg: _Targets, views, appearance: _Appearance, stages, model_info, source, notes) -> FitResult:
+    with torch.no_grad():
+        cams = st.cameras()
+        pred = _project(st.landmarks3d(st.yaw()), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+        verts = st.model(st.flame_params()).vertices[0]
+        albedo = appearance.albedo()
+    errs = _per_view_error_px(pred, tg)
+    eye = _outer_eye_distance(pred, st.emb)
+    np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
+    view_fits = [
+        ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]), float(eye[i]))
+        for i, v in enumerate(views)
+    ]
+    flame = {
+        "shape": np_(st.shape[0]), "expression": np_(st.expression[0]), "rotation": np.zeros(3),
+        "neck_pose": np_(st.neck[0]), "jaw_pose": np_(st.jaw[0]), "eye_pose": np_(st.eyes[0]),
+        "translation": np.zeros(3),
+    }
+    return FitResult(
+        cameras=cams.detach().to(device="cpu", dtype=torch.float64),
+        flame=flame,
+        vertices=np_(verts),
+        faces=st.model.faces.cpu().numpy().astype(np.int64),
+        uvs=appearance.uvs.detach().cpu().numpy().astype(np.float32),
+        uv_faces=appearance.uv_faces.cpu().numpy().astype(np.int64),
+        texture=albedo.detach().cpu().float().numpy(),
+        texture_coeffs=None if appearance.coeffs is None else np_(appearance.coeffs[0]),
+        lighting=np_(appearance.sh()),
+        views=view_fits,
+        stages=stages,
+        model_info=model_info,
+        intrinsics_source=source,
+        notes=notes,
+    )
+
+
+def _outer_eye_distance(pred: Tensor, emb: LandmarkEmbedding) -> np.ndarray:
+    """Per view distance of the outer eye corners (iBUG 36/45, MediaPipe 33/263), pixels."""
+    corners = {"ibug68": (36, 45), "mediapipe478": (33, 263)}.get(emb.detector)
+    idx = emb.detector_index.astype(np.int64)
+    if corners is None or corners[0] not in idx or corners[1] not in idx:
+        return np.full(pred.shape[0], float("nan"))
+    a, b = int(np.flatnonzero(idx == corners[0])[0]), int(np.flatnonzero(idx == corners[1])[0])
+    return (pred[:, a] - pred[:, b]).norm(dim=-1).detach().cpu().numpy()
+
+
+def rotation_vectors(cameras: PinholeCameras) -> Tensor:
+    """Axis-angle of each camera's world-to-camera rotation (handy for reports)."""
+    return rotation_matrix_to_axis_angle(cameras.R)

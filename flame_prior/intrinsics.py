@@ -1,14 +1,56 @@
 """Stage 3 — intrinsics: COLMAP (pycolmap) when the views register, else EXIF, else fitted focal.
 
-Public entry: :func:`estimate_intrinsics`. (Interface fixed here; body by the intrinsics work.)
+Public entry: :func:`estimate_intrinsics`. Sources are tried in this order; the first that
+applies wins, and every source that is skipped leaves a note saying why:
+
+1. ``"given"``: :attr:`IntrinsicsConfig.focal_px`, in every view's own pixel grid.
+2. ``"colmap"``: structure from motion on the HEAD only (:func:`run_colmap`). The photos of a
+   multi-view head capture often come from one fixed camera while the person turns the head, so
+   torso and background are static and contradict the head's motion: SIFT features outside
+   ``view.mask`` are discarded. One shared SIMPLE_PINHOLE camera (all views must have one size),
+   a low SIFT peak threshold (skin has weak texture), exhaustive matching, incremental mapping;
+   the largest reconstruction is taken when it registers at least half of the views.
+3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
+4. ``"optimised"`` (two views or more): the focal starts at :attr:`IntrinsicsConfig.prior_fov_deg`
+   and the fitter refines one shared focal scale (``Intrinsics.optimise_focal``).
+5. ``"prior"`` (one view): focal and distance trade off in a single view, so the focal is the
+   documented prior FOV, fixed.
+
+Conventions (docs/conventions.md): pixels have a corner origin with pixel centres at +0.5, as in
+COLMAP, so COLMAP's ``cx, cy`` are used unchanged (``W / 2, H / 2`` for a centred principal point).
+FOVs are VERTICAL, in degrees: ``focal = (H / 2) / tan(fov / 2)``. COLMAP poses are
+world-to-camera with OpenCV axes, in COLMAP's arbitrary frame and scale.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import tempfile
+import time
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Literal
 
 import numpy as np
+
+from flame_prior.geometry import check_shape
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from flame_prior.observe import ViewObservation
+
+__all__ = [
+    "Intrinsics",
+    "IntrinsicsConfig",
+    "ColmapResult",
+    "estimate_intrinsics",
+    "run_colmap",
+    "focal_from_fov",
+    "fov_from_focal",
+    "rotation_residuals_deg",
+]
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given"]
 
@@ -37,3 +79,383 @@ class Intrinsics:
     colmap: dict | None = None
     colmap_w2c: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IntrinsicsConfig:
+    """Where the focal length comes from (stage 3)."""
+
+    focal_px: float | None = None
+    """Focal length in pixels, the same for every view in its own pixel grid; skips every estimate (source "given")."""
+    optimise_focal: Literal["auto", "yes", "no"] = "auto"
+    """Let the fitter refine one shared focal scale: auto = only when no focal was measured and there are 2+ views."""
+    use_colmap: bool = True
+    """Try COLMAP structure from motion on the head masks (needs 2+ views of one size that register)."""
+    colmap_min_views: int = 3
+    """Fewest views for which COLMAP is tried; fewer views go straight to EXIF or the prior."""
+    colmap_min_registered: float = 0.5
+    """Fraction of the views COLMAP's largest reconstruction must register for its focal to be used."""
+    colmap_peak_threshold: float = 0.002
+    """SIFT peak threshold (COLMAP's default is 0.0067): low, because skin has weak texture."""
+    colmap_max_features: int = 4096
+    """Most SIFT features per image (before the head mask discards the rest)."""
+    colmap_mask_erode_px: int = 4
+    """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
+    colmap_seed: int = 0
+    """Random seed of COLMAP's RANSAC and mapper, for repeatable runs."""
+    use_exif: bool = True
+    """Use the EXIF focal length when every view has one."""
+    prior_fov_deg: float = 20.0
+    """Vertical FOV (degrees) assumed without a measured focal: the start of a multi-view focal fit, or the
+    fixed single-view focal. Portrait lenses (85 mm full frame) give 16-24 degrees and face crops of wider
+    shots are narrower still; 20 sits in the middle of the 14-30 degree range of head photographs."""
+
+
+@dataclass
+class ColmapResult:
+    """COLMAP's reconstruction of the head, indexed like the input views.
+
+    Attributes:
+        w2c: ``(N, 4, 4)`` world-to-camera (OpenCV axes, COLMAP's frame and scale); NaN rows for
+            views that did not register.
+        registered: ``(N,)`` bool.
+        focal_px: the shared SIMPLE_PINHOLE focal length, pixels.
+        cx, cy: the shared principal point, pixels (corner origin).
+        figures: ``registered``, ``total``, ``mean_reprojection_error_px`` (COLMAP's own),
+            ``reprojection_check_px`` (recomputed here from ``w2c`` and the intrinsics: the same
+            number when the conventions agree), ``points3d``, ``focal_px``, ``vertical_fov_deg``,
+            ``seconds`` (``total``, ``extract``, ``match``, ``map``).
+    """
+
+    w2c: np.ndarray
+    registered: np.ndarray
+    focal_px: float
+    cx: float
+    cy: float
+    figures: dict
+
+
+def focal_from_fov(fov_deg: float, height: float) -> float:
+    """Focal length in pixels of a pinhole camera with vertical FOV ``fov_deg`` (degrees) and image ``height``."""
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg}")
+    return 0.5 * float(height) / math.tan(math.radians(fov_deg) / 2.0)
+
+
+def fov_from_focal(focal_px: float, height: float) -> float:
+    """Vertical FOV in degrees of a pinhole camera with focal ``focal_px`` and image ``height`` (pixels)."""
+    if focal_px <= 0:
+        raise ValueError(f"focal_px must be positive, got {focal_px}")
+    return math.degrees(2.0 * math.atan(0.5 * float(height) / focal_px))
+
+
+def estimate_intrinsics(
+    views: list[ViewObservation],
+    config: IntrinsicsConfig,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+) -> Intrinsics:
+    """Initial intrinsics for every view, from the first source that applies (see module docstring).
+
+    Args:
+        views: the observed views (``view.image.pixels`` upright, ``view.mask`` the head).
+        config: sources and COLMAP settings.
+        workdir: where COLMAP writes its database, images and masks (kept); a temporary folder
+            (deleted) when None.
+        progress: a running ``rich`` progress to add COLMAP's tasks to; a status spinner when None.
+
+    Returns:
+        :class:`Intrinsics` with ``(N,)`` float64 ``fx, fy, cx, cy`` in each view's own pixel grid.
+        Failures of COLMAP never raise: they become a note and the next source is used.
+    """
+    if not views:
+        raise ValueError("estimate_intrinsics: no views")
+    heights = np.array([v.image.height for v in views], dtype=np.float64)
+    widths = np.array([v.image.width for v in views], dtype=np.float64)
+    n = len(views)
+    notes: list[str] = []
+
+    def result(focal: np.ndarray, source: IntrinsicsSource, measured: bool, **kw) -> Intrinsics:
+        if config.optimise_focal == "auto":
+            optimise = not measured and n > 1
+        else:
+            optimise = config.optimise_focal == "yes"
+        if not measured:
+            source = "optimised" if optimise else "prior"
+        focal = np.asarray(focal, dtype=np.float64)
+        cx = kw.pop("cx", widths / 2.0)
+        cy = kw.pop("cy", heights / 2.0)
+        return Intrinsics(fx=focal.copy(), fy=focal.copy(), cx=np.asarray(cx, np.float64),
+                          cy=np.asarray(cy, np.float64), source=source, optimise_focal=optimise, notes=notes, **kw)
+
+    if config.focal_px is not None:
+        if config.focal_px <= 0:
+            raise ValueError(f"IntrinsicsConfig.focal_px must be positive, got {config.focal_px}")
+        notes.append(f"focal {config.focal_px:.1f} px given by the user")
+        return result(np.full(n, float(config.focal_px)), "given", measured=True)
+
+    colmap = _try_colmap(views, config, workdir, progress, notes)
+    if colmap is not None:
+        f = np.full(n, colmap.focal_px)
+        return result(f, "colmap", measured=True, cx=np.full(n, colmap.cx), cy=np.full(n, colmap.cy),
+                      colmap=colmap.figures, colmap_w2c=colmap.w2c)
+
+    if config.use_exif:
+        exif = [v.image.exif_focal_px for v in views]
+        missing = [v.image.name for v, f in zip(views, exif) if f is None or not f > 0]
+        if not missing:
+            fovs = [fov_from_focal(f, h) for f, h in zip(exif, heights)]
+            notes.append(f"focal from EXIF (vertical FOV {min(fovs):.1f}-{max(fovs):.1f} deg)")
+            return result(np.array(exif, dtype=np.float64), "exif", measured=True)
+        if len(missing) < n:
+            notes.append(f"EXIF focal not used: {len(missing)} of {n} views lack it ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''})")
+
+    focal = np.array([focal_from_fov(config.prior_fov_deg, h) for h in heights])
+    out = result(focal, "prior", measured=False)
+    if out.source == "optimised":
+        out.notes.append(f"no measured focal: the fit optimises it, starting from a {config.prior_fov_deg:g} deg vertical FOV")
+    else:
+        out.notes.append(f"no measured focal: prior vertical FOV {config.prior_fov_deg:g} deg, fixed")
+    return out
+
+
+def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[str]) -> ColmapResult | None:
+    """:func:`run_colmap` when the config and the views allow it and it registers enough views, else None (+ a note)."""
+    n = len(views)
+    if not config.use_colmap:
+        return None
+    if n < max(2, config.colmap_min_views):
+        if n > 1:
+            notes.append(f"COLMAP skipped: {n} views, fewer than colmap_min_views={config.colmap_min_views}")
+        return None
+    sizes = {(v.image.width, v.image.height) for v in views}
+    if len(sizes) > 1:
+        notes.append(f"COLMAP skipped: one shared camera needs one image size, the views have {len(sizes)}")
+        return None
+    try:
+        rec = run_colmap(views, config, workdir=workdir, progress=progress)
+    except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
+        notes.append(f"COLMAP failed ({type(exc).__name__}: {exc}); falling back")
+        return None
+    fig = rec.figures
+    summary = (f"COLMAP registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
+               f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
+               f"({fig['vertical_fov_deg']:.1f} deg vertical FOV)")
+    if fig["registered"] < config.colmap_min_registered * n or fig["registered"] < 2:
+        notes.append(f"{summary}: too few registered, not used")
+        return None
+    notes.append(summary)
+    return rec
+
+
+@contextlib.contextmanager
+def _quiet_colmap() -> Iterator[None]:
+    """Silence COLMAP's glog INFO chatter on stderr for the duration (warnings and errors stay)."""
+    import pycolmap
+
+    old = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 1
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+@contextlib.contextmanager
+def _phases(progress: Progress | None, total: int) -> Iterator:
+    """Yield ``step(description, advance=0)``: a task on ``progress``, or a status spinner when None."""
+    if progress is not None:
+        task = progress.add_task("COLMAP", total=total)
+        try:
+            yield lambda desc, advance=0: progress.update(task, description=f"COLMAP: {desc}", advance=advance)
+        finally:
+            progress.remove_task(task)
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("COLMAP") as status:
+        yield lambda desc, advance=0: status.update(f"COLMAP: {desc}")
+
+
+def run_colmap(
+    views: list[ViewObservation],
+    config: IntrinsicsConfig | None = None,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+) -> ColmapResult:
+    """Structure from motion on the head: SIFT inside ``view.mask``, one SIMPLE_PINHOLE camera.
+
+    All views must have one image size. The upright pixels are written as PNG with a mask PNG per
+    image (``<name>.png.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``) so that
+    torso and background, static while the head turns, give no features. Exhaustive matching and
+    incremental mapping follow; the reconstruction with the most registered views is returned.
+
+    Args:
+        views: ``N >= 2`` views of one size.
+        config: COLMAP settings (defaults when None).
+        workdir: kept working folder; a temporary one when None.
+        progress: see :func:`estimate_intrinsics`.
+
+    Returns:
+        :class:`ColmapResult`, indexed like ``views``.
+
+    Raises:
+        ValueError: fewer than 2 views or views of several sizes.
+        RuntimeError: COLMAP produced no reconstruction (or pycolmap's own errors).
+    """
+    import cv2
+    import pycolmap
+
+    config = config or IntrinsicsConfig()
+    n = len(views)
+    if n < 2:
+        raise ValueError(f"run_colmap: need at least 2 views, got {n}")
+    sizes = {(v.image.width, v.image.height) for v in views}
+    if len(sizes) != 1:
+        raise ValueError(f"run_colmap: views must share one image size, got {sorted(sizes)}")
+    (width, height), = sizes
+    t0 = time.perf_counter()
+
+    with contextlib.ExitStack() as stack:
+        root = Path(workdir) if workdir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        image_dir, mask_dir, out_dir = root / "images", root / "masks", root / "sparse"
+        for d in (image_dir, mask_dir, out_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        database = root / "database.db"
+        database.unlink(missing_ok=True)
+        step = stack.enter_context(_phases(progress, total=n + 3))
+        stack.enter_context(_quiet_colmap())
+
+        # Image names by index: view names may hold anything the filesystem allows.
+        names = [f"{i:05d}.png" for i in range(n)]
+        kernel = None
+        if config.colmap_mask_erode_px > 0:
+            k = 2 * config.colmap_mask_erode_px + 1
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        step("writing images and head masks")
+        for name, view in zip(names, views):
+            check_shape(view.mask, [height, width], f"{view.image.name}: mask")
+            cv2.imwrite(str(image_dir / name), cv2.cvtColor(view.image.pixels, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            mask = (view.mask >= 0.5).astype(np.uint8) * 255
+            if kernel is not None:
+                mask = cv2.erode(mask, kernel)
+            cv2.imwrite(str(mask_dir / f"{name}.png"), mask)
+        step("extracting SIFT features on the head", advance=1)
+
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = "SIMPLE_PINHOLE"
+        reader.mask_path = str(mask_dir)
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.sift.peak_threshold = config.colmap_peak_threshold
+        extraction.sift.max_num_features = config.colmap_max_features
+        extraction.use_gpu = False
+        pycolmap.set_random_seed(config.colmap_seed)
+        pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+        t_extract = time.perf_counter()
+        step("matching all pairs", advance=1)
+
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.use_gpu = False
+        verification = pycolmap.TwoViewGeometryOptions()
+        verification.ransac.random_seed = config.colmap_seed
+        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu)
+        t_match = time.perf_counter()
+        step("registering views", advance=1)
+
+        mapping = pycolmap.IncrementalPipelineOptions()
+        mapping.random_seed = config.colmap_seed
+        mapping.extract_colors = False
+        reconstructions = pycolmap.incremental_mapping(
+            database, image_dir, out_dir, options=mapping,
+            next_image_callback=lambda: step("registering views", advance=1))
+        if not reconstructions:
+            raise RuntimeError("COLMAP reconstructed nothing (too few matches on the head)")
+        rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+        result = _read_reconstruction(rec, names, width, height)
+    t_end = time.perf_counter()
+    result.figures["seconds"] = {"total": round(t_end - t0, 1), "extract": round(t_extract - t0, 1),
+                                 "match": round(t_match - t_extract, 1), "map": round(t_end - t_match, 1)}
+    return result
+
+
+def _read_reconstruction(rec, names: list[str], width: int, height: int) -> ColmapResult:
+    """Poses, camera and figures of a pycolmap ``Reconstruction`` whose images are ``names`` (by index)."""
+    n = len(names)
+    index = {name: i for i, name in enumerate(names)}
+    w2c = np.full((n, 4, 4), np.nan)
+    registered = np.zeros(n, dtype=bool)
+    (camera,) = rec.cameras.values()  # CameraMode.SINGLE
+    if camera.model_name != "SIMPLE_PINHOLE" or (camera.width, camera.height) != (width, height):
+        raise RuntimeError(f"COLMAP camera is {camera.model_name} {camera.width}x{camera.height}, "
+                           f"expected SIMPLE_PINHOLE {width}x{height}")
+    f, cx, cy = (float(p) for p in camera.params)
+
+    for image in rec.images.values():
+        if image.has_pose:
+            i = index[image.name]
+            registered[i] = True
+            w2c[i] = np.eye(4)
+            w2c[i, :3, :] = image.cam_from_world().matrix()
+
+    # Reproject every 3D point into its track with our own pinhole maths, averaged like COLMAP
+    # (per point over its track, then over points): it matches COLMAP's figure only when
+    # COLMAP's conventions (world-to-camera, OpenCV axes, pixel centres at +0.5) are ours.
+    image_index = {image_id: index[image.name] for image_id, image in rec.images.items()}
+    point_errors = []
+    for point in rec.points3D.values():
+        errs = []
+        for el in point.track.elements:
+            i = image_index[el.image_id]
+            uv = rec.images[el.image_id].points2D[el.point2D_idx].xy
+            pc = w2c[i, :3, :3] @ point.xyz + w2c[i, :3, 3]
+            errs.append(np.hypot(f * pc[0] / pc[2] + cx - uv[0], f * pc[1] / pc[2] + cy - uv[1]))
+        point_errors.append(np.mean(errs))
+    rec.update_point_3d_errors()
+    figures = {
+        "registered": int(registered.sum()),
+        "total": n,
+        "mean_reprojection_error_px": float(rec.compute_mean_reprojection_error()),
+        "reprojection_check_px": float(np.mean(point_errors)) if point_errors else float("nan"),
+        "points3d": int(rec.num_points3D()),
+        "focal_px": f,
+        "vertical_fov_deg": fov_from_focal(f, height),
+    }
+    return ColmapResult(w2c=w2c, registered=registered, focal_px=f, cx=cx, cy=cy, figures=figures)
+
+
+def rotation_residuals_deg(colmap_w2c: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Per-view angle (degrees) between COLMAP's rotations and ``R`` after the best common change of world frame.
+
+    COLMAP's world frame is arbitrary; a similarity ``x_colmap = s A x + b`` between the two worlds
+    changes every world-to-camera rotation to ``R_colmap A``, whatever ``s`` and ``b``. ``A`` is the
+    chordal L2 mean ``argmin sum_i |R_colmap_i A - R_i|^2`` over the views COLMAP registered.
+
+    Args:
+        colmap_w2c: ``(N, 4, 4)`` from :attr:`Intrinsics.colmap_w2c` (NaN rows: not registered).
+        R: ``(N, 3, 3)`` world-to-camera rotations to compare (e.g. the fitted cameras in FLAME's frame).
+
+    Returns:
+        ``(N,)`` angles in degrees, NaN where COLMAP did not register the view.
+    """
+    import torch
+
+    from flame_prior.geometry import rotation_angle_deg
+
+    colmap_w2c = np.asarray(colmap_w2c, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    n = colmap_w2c.shape[0]
+    check_shape(colmap_w2c, [n, 4, 4], "colmap_w2c")
+    check_shape(R, [n, 3, 3], "R")
+    ok = np.isfinite(colmap_w2c).all(axis=(1, 2))
+    out = np.full(n, np.nan)
+    if not ok.any():
+        return out
+    Rc = colmap_w2c[ok, :3, :3]
+    U, _, Vt = np.linalg.svd(np.einsum("nji,njk->ik", Rc, R[ok]))  # sum_i Rc_i^T R_i
+    A = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    out[ok] = rotation_angle_deg(torch.from_numpy(Rc @ A), torch.from_numpy(R[ok])).numpy()
+    return out

@@ -1,15 +1,29 @@
 """Stage 2 — face observations: landmarks, confidences and a head mask per view, offline.
 
-Public entry: :func:`observe`. (Interface fixed here; body by the detection work.)
+Public entry: :func:`observe`, configured by :class:`DetectConfig`.
+
+Per image, the chosen backend (:mod:`flame_prior.detectors`) finds the largest face; views
+without one, or with a face smaller than ``min_face_px``, are returned as
+:class:`~flame_prior.images.SkippedInput` with the reason, never fitted silently. Detections are
+cached by image content (see :mod:`flame_prior.detectors.cache`), so re-runs skip detection.
+
+Coordinates follow docs/conventions.md: pixels of the upright ORIGINAL image, corner origin,
+pixel centres at +0.5.
 """
 
 from __future__ import annotations
 
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from flame_prior.images import InputImage
+from flame_prior.images import InputImage, SkippedInput
+
+__all__ = ["DetectConfig", "ViewObservation", "observe"]
 
 
 @dataclass
@@ -35,3 +49,110 @@ class ViewObservation:
     mask: np.ndarray
     face_box: tuple[float, float, float, float]
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DetectConfig:
+    """How faces are found in each photo (stage 2)."""
+
+    backend: Literal["mediapipe", "fan", "files"] = "mediapipe"
+    """Landmark detector: MediaPipe Face Mesh (478 points, bundled, offline), FAN (68 points, needs face_alignment and its weights) or user files."""
+    landmark_dir: Path | None = None
+    """For backend "files": folder with <stem>.npy or <stem>.txt (K, 2) pixel landmarks (K = 68 or 478) and optional <stem>_mask.png per image."""
+    min_face_px: float = 40
+    """Faces whose box is smaller than this many pixels (longer side) are left out as too small to fit."""
+    cache_dir: Path | None = None
+    """Detection cache folder; default $XDG_CACHE_HOME/flame-prior/detections (else ~/.cache/flame-prior/detections)."""
+    use_cache: bool = True
+    """Read and write cached detections (keyed by image content, backend and its version)."""
+
+
+def observe(
+    images: list[InputImage], config: DetectConfig, progress=None
+) -> tuple[list[ViewObservation], list[SkippedInput]]:
+    """Detect the face in every image: landmarks, per-landmark confidence and a head mask.
+
+    Args:
+        images: decoded photographs (:func:`flame_prior.images.load_images`).
+        config: backend and options.
+        progress: a running ``rich.progress.Progress`` to add a task to; None shows a progress bar
+            of its own on stderr; False shows none.
+
+    Returns:
+        ``(observations, skipped)``: one observation per view with a usable face, in input order,
+        and the views left out with the reason ("no face found", "face too small (N px) ...").
+
+    Raises:
+        InputError: the backend cannot run here (FAN not installed / no weights; "files" without
+            its folder or a file for an image).
+    """
+    from flame_prior.detectors import make_detector
+    from flame_prior.detectors.cache import CacheMiss, DetectionCache, default_cache_dir
+
+    detector = make_detector(config)
+    cache = None
+    if config.use_cache and detector.cacheable:
+        cache = DetectionCache(config.cache_dir if config.cache_dir is not None else default_cache_dir())
+
+    observations: list[ViewObservation] = []
+    skipped: list[SkippedInput] = []
+    try:
+        with _progress_context(progress) as bar:
+            task = bar.add_task(f"Detecting faces ({detector.name})", total=len(images)) if bar else None
+            for image in images:
+                notes: list[str] = []
+                shape = (image.height, image.width)
+                det = CacheMiss()
+                if cache is not None:
+                    det = cache.load(image.sha256, detector.name, detector.version, shape)
+                    if isinstance(det, CacheMiss) and det.note:
+                        notes.append(det.note)
+                if isinstance(det, CacheMiss):
+                    det = detector.detect(image)
+                    if cache is not None:
+                        try:
+                            cache.save(image.sha256, detector.name, detector.version, shape, det)
+                        except OSError as err:
+                            notes.append(f"detection not cached ({err})")
+                if bar:
+                    bar.advance(task)
+                if det is None:
+                    skipped.append(SkippedInput(image.path, "no face found"))
+                    continue
+                if det.face_size < config.min_face_px:
+                    skipped.append(
+                        SkippedInput(
+                            image.path,
+                            f"face too small ({det.face_size:.0f} px, below min_face_px={config.min_face_px:g}): too small to fit",
+                        )
+                    )
+                    continue
+                observations.append(
+                    ViewObservation(
+                        image=image,
+                        landmarks=np.asarray(det.landmarks, np.float32),
+                        confidence=np.asarray(det.confidence, np.float32),
+                        landmark_format=det.landmark_format,
+                        mask=np.asarray(det.mask, np.float32),
+                        face_box=tuple(float(v) for v in det.face_box),
+                        notes=notes + list(det.notes),
+                    )
+                )
+    finally:
+        detector.close()
+    return observations, skipped
+
+
+def _progress_context(progress):
+    """Yield a Progress to report to (the caller's, a new one on stderr, or None when ``progress`` is False)."""
+    if progress is False:
+        return nullcontext(None)
+    if progress is not None:
+        return nullcontext(progress)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(file=sys.stderr), transient=True,
+    )

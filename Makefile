@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
+#   make demo   installs flame-prior in .venv and runs the synthetic round trip
+#   make test   installs flame-prior (+ test extras) in .venv and runs the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-core test-nerfstudio benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The CPU wheel of torch first (small); the project's range then accepts it.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test]"
+
+demo: install
+	$(BIN)/flame-prior demo --output-dir outputs/demo
+
+test-core: install
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+test-nerfstudio:
+	bash scripts/ci_nerfstudio.sh
+
+test: test-core
+
+benchmark: install
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) .venv-ns outputs build *.egg-info

@@ -1,0 +1,107 @@
+"""Detection cache: one ``.npz`` per (image content, backend, backend version).
+
+File: ``<cache_dir>/<sha256 of the image file>-<backend>-<first 12 hex of sha256(version)>.npz``.
+Keys (all plain arrays, read with ``np.load(allow_pickle=False)``, nothing executed):
+
+=================  ==================  ==============================================
+``found``          bool ``()``         False: the backend found no face (cached too)
+``landmarks``      float32 ``(K, 2)``  pixels, upright original image
+``confidence``     float32 ``(K,)``
+``landmark_format``str ``()``
+``mask``           float32 ``(H, W)``  head mask in [0, 1]
+``face_box``       float64 ``(4,)``
+``notes``          str ``(n,)``
+``image_shape``    int64 ``(2,)``      ``(H, W)``, checked on read
+``version``        str ``()``          the backend version, checked on read
+=================  ==================  ==============================================
+
+Writes go to a temporary file in the same folder and are renamed into place (atomic), so a
+crash never leaves a half file under the real name. A file that cannot be read or does not match
+is ignored (the caller recomputes and overwrites it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from flame_prior.detectors import Detection
+
+__all__ = ["DetectionCache", "default_cache_dir", "CacheMiss"]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/flame-prior/detections``, else ``~/.cache/flame-prior/detections``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flame-prior" / "detections"
+
+
+class CacheMiss:
+    """Returned by :meth:`DetectionCache.load` when there is nothing usable; ``note`` says why if a file was bad."""
+
+    def __init__(self, note: str | None = None) -> None:
+        self.note = note
+
+
+class DetectionCache:
+    """Read and write cached detections under ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, sha256: str, backend: str, version: str) -> Path:
+        v = hashlib.sha256(version.encode()).hexdigest()[:12]
+        return self.root / f"{sha256}-{backend}-{v}.npz"
+
+    def load(self, sha256: str, backend: str, version: str, image_shape: tuple[int, int]) -> Detection | None | CacheMiss:
+        """The cached detection (None: cached "no face"), or :class:`CacheMiss`."""
+        path = self.path(sha256, backend, version)
+        if not path.is_file():
+            return CacheMiss()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["version"]) != version or tuple(int(v) for v in z["image_shape"]) != tuple(image_shape):
+                    raise ValueError("written for another backend version or image size")
+                if not bool(z["found"]):
+                    return None
+                lm = np.asarray(z["landmarks"], dtype=np.float32)
+                conf = np.asarray(z["confidence"], dtype=np.float32)
+                mask = np.asarray(z["mask"], dtype=np.float32)
+                box = tuple(float(v) for v in z["face_box"])
+                if lm.ndim != 2 or lm.shape[1] != 2 or conf.shape != (len(lm),) or mask.shape != tuple(image_shape) or len(box) != 4:
+                    raise ValueError("arrays of the wrong shape")
+                return Detection(lm, conf, str(z["landmark_format"]), mask, box, [str(n) for n in z["notes"]])
+        except Exception as err:  # noqa: BLE001 — any unreadable cache file is only a miss
+            return CacheMiss(f"cache file {path.name} was unreadable ({type(err).__name__}: {err}); detected again")
+
+    def save(self, sha256: str, backend: str, version: str, image_shape: tuple[int, int], det: Detection | None) -> Path:
+        """Write atomically (temporary file + rename); returns the path. Raises ``OSError`` if the folder is not writable."""
+        path = self.path(sha256, backend, version)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if det is None:
+            arrays = dict(
+                found=np.array(False), landmarks=np.zeros((0, 2), np.float32), confidence=np.zeros(0, np.float32),
+                landmark_format=np.array(""), mask=np.zeros((0, 0), np.float32), face_box=np.zeros(4),
+                notes=np.array([], dtype=str),
+            )
+        else:
+            arrays = dict(
+                found=np.array(True), landmarks=np.asarray(det.landmarks, np.float32),
+                confidence=np.asarray(det.confidence, np.float32), landmark_format=np.array(det.landmark_format),
+                mask=np.asarray(det.mask, np.float32), face_box=np.asarray(det.face_box, np.float64),
+                notes=np.array(det.notes, dtype=str),
+            )
+        arrays.update(image_shape=np.array(image_shape, np.int64), version=np.array(version))
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

@@ -1,0 +1,248 @@
+"""MediaPipe backend: Face Mesh (478 points with iris) + selfie-segmentation head mask, offline.
+
+Every model ships inside the mediapipe 0.10.9 wheel (legacy ``mp.solutions`` API); nothing is
+downloaded.
+
+Detection:
+
+1. Face Mesh (``static_image_mode=True``, ``refine_landmarks=True``, up to 4 faces) on the image,
+   downscaled to at most ``max_side`` pixels on the long side (coordinates are scaled back).
+2. No face? The full-range face detector (``model_selection=1``, small and distant faces) looks
+   for boxes, and Face Mesh runs on a crop around each box (largest first) at the original
+   resolution, resized so its long side is at most 768 px.
+3. The largest face (area of its landmarks' bounding box) is kept; a note says how many were seen.
+4. A face that is small in the downscaled image (under 256 px) is re-run on an original-resolution
+   crop, so a big photo does not lose precision to the downscale.
+
+Coordinates: Face Mesh's normalised ``x * W, y * H`` of the image (or crop) it was given is already
+the corner-origin, pixel-centre-at-+0.5 convention; crops map back by adding their integer corner.
+
+**Confidence (legacy Face Mesh has no per-point visibility): the facing rule.** The 468 mesh
+points are lifted to 3D as ``(x * W, y * H, z * W)`` (Face Mesh's ``z`` has the scale of ``x``;
+smaller is nearer the camera). Triangles are the 3-cliques of ``FACEMESH_TESSELATION``, each
+oriented to point away from a head centre placed ``0.6`` face widths behind the landmarks'
+centroid along the face's forward axis (``(263 − 33) × (10 − 152)``, signed to point out through the
+nose tip). A point's normal is the area-weighted sum of its triangles' normals; with the camera
+looking along +z, ``facing = −n_z`` is the cosine between the normal and the direction to the
+camera (orthographic approximation). Confidence is ``clip((facing − 0.1) / 0.3, 0, 1)``: 0 for
+points turned 84° or more away (the far cheek and jaw contour, the far side of the nose under
+yaw), 1 from 66° towards the camera. Each iris point takes the mean confidence of its eye's
+contour points.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from flame_prior.detectors import Detection
+from flame_prior.detectors.headmask import HeadMasker
+from flame_prior.images import InputImage
+
+__all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
+
+VERSION = "mediapipe-0.10.9/face-mesh-478/1"
+"""Cache version of this backend: bump it whenever its output for the same image changes."""
+
+_RIGHT_EYE = [7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246]
+_LEFT_EYE = [249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466]
+_RIGHT_IRIS = list(range(468, 473))
+_LEFT_IRIS = list(range(473, 478))
+
+
+_TRIANGLES: np.ndarray | None = None
+
+
+def mesh_triangles() -> np.ndarray:
+    """``(F, 3)`` int64 triangles of the 468-point Face Mesh: the 3-cliques of its tessellation edges."""
+    global _TRIANGLES
+    if _TRIANGLES is None:
+        from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+
+        adj: dict[int, set[int]] = {}
+        for a, b in FACEMESH_TESSELATION:
+            adj.setdefault(a, set()).add(b)
+            adj.setdefault(b, set()).add(a)
+        tris = {tuple(sorted((a, b, c))) for a, b in FACEMESH_TESSELATION for c in adj[a] & adj[b]}
+        _TRIANGLES = np.array(sorted(tris), dtype=np.int64)
+    return _TRIANGLES
+
+
+def facing_confidence(points3d: np.ndarray) -> np.ndarray:
+    """Per-point confidence of Face Mesh points by the facing rule (module docstring).
+
+    Args:
+        points3d: ``(478, 3)`` or ``(468, 3)`` as ``(x * W, y * H, z * W)``, pixels.
+
+    Returns:
+        ``(N,)`` float32 in [0, 1], same N as the input.
+    """
+    P = np.asarray(points3d, dtype=np.float64)
+    mesh = P[:468]
+    tri = mesh_triangles()
+    right = mesh[263] - mesh[33]
+    up = mesh[10] - mesh[152]
+    fwd = np.cross(right, up)
+    fwd /= np.linalg.norm(fwd) + 1e-12
+    centroid = mesh.mean(axis=0)
+    if np.dot(fwd, mesh[1] - centroid) < 0:  # out through the nose tip
+        fwd = -fwd
+    width = np.linalg.norm(mesh[454] - mesh[234])
+    centre = centroid - fwd * 0.6 * width
+
+    a, b, c = mesh[tri[:, 0]], mesh[tri[:, 1]], mesh[tri[:, 2]]
+    n = np.cross(b - a, c - a)  # length = 2 * area: area weighting for free
+    outward = (a + b + c) / 3 - centre
+    n *= np.sign(np.einsum("ij,ij->i", n, outward))[:, None]
+    vn = np.zeros_like(mesh)
+    for k in range(3):
+        np.add.at(vn, tri[:, k], n)
+    vn /= np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12
+    facing = -vn[:, 2]
+    conf = np.clip((facing - 0.1) / 0.3, 0.0, 1.0)
+    if len(P) > 468:
+        out = np.zeros(len(P))
+        out[:468] = conf
+        out[_RIGHT_IRIS] = conf[_RIGHT_EYE].mean()
+        out[_LEFT_IRIS] = conf[_LEFT_EYE].mean()
+        conf = out
+    return conf.astype(np.float32)
+
+
+class MediaPipeDetector:
+    """Face Mesh + head mask; holds the MediaPipe graphs (``close()`` frees them)."""
+
+    name = "mediapipe"
+    version = VERSION
+    cacheable = True
+
+    def __init__(self, max_side: int = 1600, min_detection_confidence: float = 0.5) -> None:
+        from mediapipe.python.solutions.face_mesh import FaceMesh
+
+        self.max_side = max_side
+        self._min_conf = min_detection_confidence
+        self._mesh = FaceMesh(
+            static_image_mode=True,
+            max_num_faces=4,
+            refine_landmarks=True,
+            min_detection_confidence=min_detection_confidence,
+        )
+        self._boxes = None  # full-range face detector, created when first needed
+        self._masker = HeadMasker()
+
+    def close(self) -> None:
+        self._mesh.close()
+        self._masker.close()
+        if self._boxes is not None:
+            self._boxes.close()
+
+    def __enter__(self) -> MediaPipeDetector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def detect(self, image: InputImage) -> Detection | None:
+        """The largest face of ``image``, or None when there is none."""
+        return self.detect_pixels(image.pixels)
+
+    def detect_pixels(self, pixels: np.ndarray) -> Detection | None:
+        """Landmarks, confidence and head mask of the largest face in ``pixels`` ``(H, W, 3)`` uint8 RGB, or None."""
+        H, W = pixels.shape[:2]
+        scale = min(1.0, self.max_side / max(H, W))
+        small = _resize(pixels, scale)
+        faces = self._run_mesh(small, (W, H))
+        n_seen = len(faces)
+        if not faces:
+            boxes = [b * np.array([W, H, W, H]) for b in self._face_boxes(small)]
+            n_seen = len(boxes)
+            for box in boxes:  # largest first
+                faces = self._mesh_on_crop(pixels, box, expand=2.5)
+                if faces:
+                    faces = faces[:1]
+                    break
+        if not faces:
+            return None
+        faces.sort(key=lambda f: -_box_area(f))
+        face = faces[0]
+        notes = [f"{n_seen} faces, took the largest"] if n_seen > 1 else []
+        if scale < 1.0 and _box_side(face) * scale < 256:
+            refined = self._mesh_on_crop(pixels, _box(face), expand=2.0)
+            centre = np.array(_centre(face))
+            refined = [f for f in refined if np.linalg.norm(np.array(_centre(f)) - centre) < 0.25 * _box_side(face)]
+            if refined:
+                face = refined[0]
+
+        landmarks = face[:, :2].astype(np.float32)
+        confidence = facing_confidence(face)
+        mask = self._masker(pixels, landmarks, "mediapipe478")
+        return Detection(landmarks, confidence, "mediapipe478", mask, _box(face), notes)
+
+    def _run_mesh(self, image: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+        """Face Mesh on ``image``: ``(478, 3)`` float64 ``(x * w, y * h, z * w)`` per face, ``(w, h) = size``.
+
+        ``size`` is the size of the grid ``image`` was resized from, so the normalised output maps
+        straight to it (no rounding of the resized size creeps in).
+        """
+        w, h = size
+        res = self._mesh.process(np.ascontiguousarray(image))
+        out = []
+        for lm in res.multi_face_landmarks or []:
+            a = np.array([(p.x, p.y, p.z) for p in lm.landmark], dtype=np.float64)
+            out.append(a * np.array([w, h, w]))
+        return out
+
+    def _face_boxes(self, image: np.ndarray) -> list[np.ndarray]:
+        """Full-range face detector boxes ``(x0, y0, x1, y1)`` normalised to [0, 1], largest first."""
+        if self._boxes is None:
+            from mediapipe.python.solutions.face_detection import FaceDetection
+
+            self._boxes = FaceDetection(model_selection=1, min_detection_confidence=self._min_conf)
+        res = self._boxes.process(np.ascontiguousarray(image))
+        boxes = []
+        for d in res.detections or []:
+            bb = d.location_data.relative_bounding_box
+            boxes.append(np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]))
+        boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+        return boxes
+
+    def _mesh_on_crop(self, pixels: np.ndarray, box, expand: float, max_side: int = 768) -> list[np.ndarray]:
+        """Face Mesh on a square crop ``expand`` times the box around its centre; results in original pixels."""
+        H, W = pixels.shape[:2]
+        x0, y0, x1, y1 = box
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, expand * max(x1 - x0, y1 - y0) / 2
+        cx0, cy0 = int(max(np.floor(cx - half), 0)), int(max(np.floor(cy - half), 0))
+        cx1, cy1 = int(min(np.ceil(cx + half), W)), int(min(np.ceil(cy + half), H))
+        if cx1 - cx0 < 8 or cy1 - cy0 < 8:
+            return []
+        crop = pixels[cy0:cy1, cx0:cx1]
+        s = min(1.0, max_side / max(crop.shape[:2]))
+        faces = self._run_mesh(_resize(crop, s), (cx1 - cx0, cy1 - cy0))
+        return [f + np.array([cx0, cy0, 0.0]) for f in faces]
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _box(face: np.ndarray) -> tuple[float, float, float, float]:
+    p = face[:468, :2]
+    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+
+
+def _box_area(face: np.ndarray) -> float:
+    x0, y0, x1, y1 = _box(face)
+    return (x1 - x0) * (y1 - y0)
+
+
+def _box_side(face: np.ndarray) -> float:
+    x0, y0, x1, y1 = _box(face)
+    return max(x1 - x0, y1 - y0)
+
+
+def _centre(face: np.ndarray) -> tuple[float, float]:
+    x0, y0, x1, y1 = _box(face)
+    return (x0 + x1) / 2, (y0 + y1) / 2

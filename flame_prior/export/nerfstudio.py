@@ -1,0 +1,158 @@
+"""nerfstudio export: ``transforms.json`` + ``images/`` + ``masks/`` + ``flame_points.ply``.
+
+Format (read by nerfstudio's ``nerfstudio-data`` dataparser, ``nerfstudio_dataparser.py``):
+
+* ``camera_model``: ``"PINHOLE"`` (no distortion keys are written; the fit is distortion-free).
+* ``frames``: one per fitted view, in the fit's order (nerfstudio re-sorts them by file name), each with
+
+  - ``file_path``: ``images/<name>.png``, a lossless PNG copy of the upright (EXIF-rotated) photo, the
+    exact pixel grid the camera refers to;
+  - ``mask_path``: ``masks/<name>.png``, single-channel 8-bit, 255 = head (mask >= 0.5), 0 = not head.
+    nerfstudio treats every non-zero pixel as "use", so the mask is written binary;
+  - ``transform_matrix``: 4x4 camera-to-world, **OpenGL camera axes** (+X right, +Y up, +Z backwards),
+    world = FLAME's model frame in metres (+Y up, +Z out of the face). It is
+    :func:`flame_prior.geometry.opencv_w2c_to_opengl_c2w` of the fitted OpenCV world-to-camera pose;
+  - ``fl_x, fl_y, cx, cy`` (pixels) and ``w, h`` (image size): this view's pinhole intrinsics, pixel
+    coordinates with the origin at the top-left corner, ``cy`` measured from the top row.
+
+  When every frame has the same ``fl_x, fl_y, cx, cy, w, h`` they are also written at the top level
+  (nerfstudio then uses those; they never disagree with the per-frame values).
+* ``applied_transform``: the 3x4 identity. No change of world axes was applied (unlike
+  ``ns-process-data``, whose COLMAP conversion swaps axes): the world is FLAME's frame as it is.
+* ``ply_file_path``: ``flame_points.ply``, the fitted FLAME mesh's vertices (binary PLY, float32
+  x y z in the world frame, uint8 red green blue from the texture), the seed point cloud splatfacto
+  reads as ``points3D_xyz``.
+* ``flame_param_path``: ``flame_params.npz`` (see :mod:`flame_prior.export.flame_params`).
+* ``flame_prior``: ``version``, ``convention`` (one line) and ``frame`` (each axis convention spelt
+  out), ``intrinsics_source``, and the dataparser settings that keep FLAME's frame.
+
+Keeping FLAME's frame in nerfstudio: its parser re-orients (``orientation_method="up"``), re-centres
+(``center_method="poses"``) and rescales (``auto_scale_poses=True``) by default. Pass
+``--pipeline.datamanager.dataparser.orientation-method none --pipeline.datamanager.dataparser.center-method
+none --pipeline.datamanager.dataparser.auto-scale-poses False`` to train in FLAME's frame and metres
+(the FLAME mesh then lines up with the scene without any transform).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flame_prior.export._common import (
+    CONVENTION,
+    CONVENTION_SHORT,
+    camera_arrays,
+    flame_prior_version,
+    mask_to_u8,
+    match_views,
+    save_png,
+    vertex_colours,
+    write_json,
+)
+from flame_prior.fit import FitResult
+from flame_prior.geometry import opencv_w2c_to_opengl_c2w
+from flame_prior.observe import ViewObservation
+
+__all__ = ["write_transforms", "write_images_and_masks", "write_point_ply", "INTRINSIC_KEYS"]
+
+INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+DATAPARSER_SETTINGS_KEEPING_FLAME_FRAME = {
+    "orientation_method": "none",
+    "center_method": "none",
+    "auto_scale_poses": False,
+    "scale_factor": 1.0,
+}
+
+
+def write_images_and_masks(out_dir: str | Path, views: list[ViewObservation], result: FitResult) -> list[tuple[str, str]]:
+    """Write ``images/<name>.png`` (RGB, the upright photo) and ``masks/<name>.png`` (L, 0/255).
+
+    Returns the relative ``(image_path, mask_path)`` of each fitted view, in ``result.views`` order.
+    """
+    out_dir = Path(out_dir)
+    rel = []
+    for obs in match_views(views, result):
+        img_rel, mask_rel = f"images/{obs.image.name}.png", f"masks/{obs.image.name}.png"
+        pixels = np.asarray(obs.image.pixels)
+        if pixels.shape[:2] != np.asarray(obs.mask).shape:
+            raise ValueError(f"export: view {obs.image.name}: mask {np.asarray(obs.mask).shape} "
+                             f"does not match image {pixels.shape[:2]}")
+        save_png(out_dir / img_rel, pixels.astype(np.uint8))
+        save_png(out_dir / mask_rel, mask_to_u8(obs.mask))
+        rel.append((img_rel, mask_rel))
+    return rel
+
+
+def write_point_ply(path: str | Path, points: np.ndarray, colours: np.ndarray) -> Path:
+    """Binary little-endian PLY: ``vertex`` with float32 x, y, z and uint8 red, green, blue."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    p = np.asarray(points, dtype=np.float32)
+    c = np.asarray(colours, dtype=np.uint8)
+    rec = np.empty(p.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                      ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    rec["x"], rec["y"], rec["z"] = p[:, 0], p[:, 1], p[:, 2]
+    rec["red"], rec["green"], rec["blue"] = c[:, 0], c[:, 1], c[:, 2]
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment flame-prior: fitted FLAME vertices, FLAME frame, metres\n"
+        f"element vertex {p.shape[0]}\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(rec.tobytes())
+    return path
+
+
+def write_transforms(out_dir: str | Path, views: list[ViewObservation], result: FitResult) -> Path:
+    """Write ``transforms.json`` and its ``images/``, ``masks/`` and ``flame_points.ply`` into ``out_dir``.
+
+    See the module docstring for the format. ``flame_params.npz``, which ``flame_param_path`` names, is
+    written by :func:`flame_prior.export.flame_params.write_flame_params`.
+
+    Returns:
+        the path of ``transforms.json``.
+    """
+    out_dir = Path(out_dir)
+    paths = write_images_and_masks(out_dir, views, result)
+    cam = camera_arrays(result)
+    c2w = opencv_w2c_to_opengl_c2w(cam["R"], cam["t"])
+
+    frames = []
+    for i, (vf, (img_rel, mask_rel)) in enumerate(zip(result.views, paths)):
+        frames.append({
+            "file_path": img_rel,
+            "mask_path": mask_rel,
+            "transform_matrix": c2w[i].tolist(),
+            "fl_x": float(cam["fx"][i]),
+            "fl_y": float(cam["fy"][i]),
+            "cx": float(cam["cx"][i]),
+            "cy": float(cam["cy"][i]),
+            "w": int(cam["width"][i]),
+            "h": int(cam["height"][i]),
+            "flame_prior_view": vf.name,
+        })
+
+    ply_rel = "flame_points.ply"
+    write_point_ply(out_dir / ply_rel, result.vertices, vertex_colours(result))
+
+    meta: dict = {"camera_model": "PINHOLE"}
+    if frames and all(all(f[k] == frames[0][k] for k in INTRINSIC_KEYS) for f in frames):
+        meta.update({k: frames[0][k] for k in INTRINSIC_KEYS})
+    meta.update({
+        "applied_transform": np.eye(4)[:3].tolist(),
+        "ply_file_path": ply_rel,
+        "flame_param_path": "flame_params.npz",
+        "flame_prior": {
+            "version": flame_prior_version(),
+            "convention": CONVENTION_SHORT,
+            "frame": CONVENTION,
+            "units": "metres",
+            "intrinsics_source": result.intrinsics_source,
+            "applied_transform_note": "identity: the world is FLAME's frame, no axes were changed",
+            "dataparser_settings_to_keep_flame_frame": DATAPARSER_SETTINGS_KEEPING_FLAME_FRAME,
+        },
+        "frames": frames,
+    })
+    return write_json(out_dir / "transforms.json", meta)

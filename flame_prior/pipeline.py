@@ -1,0 +1,300 @@
+"""The one path through flame-prior: images → observations → intrinsics → fit → exports.
+
+:func:`run` is what ``flame-prior fit`` and ``ns-process-data flame-face`` call. The output is
+written to a temporary directory beside the target and renamed only when complete, so an
+interrupted or failed run leaves the previous output intact and no partial directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flame_prior import render
+from flame_prior.config import FitConfig
+from flame_prior.errors import FitError, InputError, ModelFileError
+from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
+from flame_prior.flame import (
+    FlameModel,
+    FlameModelData,
+    LandmarkEmbedding,
+    TextureSpace,
+    check_embedding,
+    load_flame_model,
+    load_landmark_embedding,
+    read_obj_uv_layout,
+    shade_sh,
+)
+from flame_prior.flame.uv_unwrap import cylindrical_uv_layout
+from flame_prior.images import SkippedInput, load_images
+from flame_prior.intrinsics import estimate_intrinsics
+from flame_prior.observe import ViewObservation, observe
+
+FLAME_DOWNLOAD_HINT = (
+    "FLAME is obtained (after registration) from https://flame.is.tue.mpg.de; pass the file with "
+    "--flame-model or set FLAME_PRIOR_MODEL."
+)
+
+
+def default_model_path() -> Path:
+    """The bundled FLAME 2023 Open subset (CC BY 4.0)."""
+    return Path(str(resources.files("flame_prior") / "data" / "flame2023_open_subset.npz"))
+
+
+def default_embedding_path() -> Path:
+    """flame-prior's own 468-point MediaPipe embedding (derived from Apache-2.0 data)."""
+    return Path(str(resources.files("flame_prior") / "data" / "mediapipe468_embedding.npz"))
+
+
+@dataclass
+class Assets:
+    """Model files, loaded and checked against each other."""
+
+    model: FlameModel
+    embedding: LandmarkEmbedding
+    texture_space: TextureSpace | None
+    uv_layout: tuple[np.ndarray, np.ndarray] | None
+    model_info: dict
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> Assets:
+    """Load the FLAME model, landmark embedding, texture space and UV layout the config names."""
+    paths = config.resolved_paths()
+    model_path = paths["flame_model"] or default_model_path()
+    if not Path(model_path).exists():
+        raise ModelFileError("FLAME model file not found.", model_path, hint=FLAME_DOWNLOAD_HINT)
+    data: FlameModelData = load_flame_model(model_path)
+    emb_path = paths["landmark_embedding"] or default_embedding_path()
+    if not Path(emb_path).exists():
+        raise ModelFileError("landmark embedding not found.", emb_path,
+                             hint="Pass --landmark-embedding or set FLAME_PRIOR_EMBEDDING.")
+    embedding = load_landmark_embedding(emb_path)
+    check_embedding(embedding, len(data.faces), emb_path)
+    texture_space = None
+    if paths["texture_space"] is not None:
+        from flame_prior.flame import load_texture_space
+
+        texture_space = load_texture_space(paths["texture_space"], n_faces=len(data.faces))
+    if paths["uv_layout"] is not None:
+        uv_layout = read_obj_uv_layout(paths["uv_layout"])
+        if len(uv_layout[1]) != len(data.faces):
+            raise ModelFileError(f"the OBJ has {len(uv_layout[1])} faces, the FLAME model {len(data.faces)}.",
+                                 paths["uv_layout"], hint="Use the template OBJ that belongs to this FLAME model.")
+    else:
+        uv_layout = cylindrical_uv_layout(data.v_template, data.faces)
+    is_default = paths["flame_model"] is None
+    notes = list(data.notes)
+    if is_default:
+        notes.append("bundled FLAME 2023 Open subset (CC BY 4.0): 60 identity components, no expression space")
+    if data.n_expr == 0:
+        notes.append("no expression space: expressions and an open jaw cannot be fitted; pass a full FLAME model")
+    info = {
+        "path": str(model_path), "sha256": data.sha256 or _sha256(Path(model_path)), "name": data.name,
+        "n_shape": int(data.n_shape), "n_expr": int(data.n_expr), "default": is_default, "notes": notes,
+        "embedding": str(emb_path), "embedding_points": int(len(embedding.face_idx)),
+        "texture_space": None if texture_space is None else str(paths["texture_space"]),
+    }
+    model = FlameModel(data, dtype=dtype).to(device)
+    return Assets(model, embedding, texture_space, uv_layout, info)
+
+
+# --------------------------------------------------------------------------------------------
+# Output directory: temporary, renamed when complete
+
+
+def check_output_dir(output_dir: Path, data: Path | None, overwrite: bool) -> Path:
+    """Refuse an output directory that exists (without overwrite), lies in the input, or can't be written."""
+    out = Path(output_dir).expanduser().resolve()
+    src = Path(data).expanduser().resolve() if data is not None else None
+    if src is not None and src.is_dir() and (out == src or out.is_relative_to(src)):
+        raise InputError("the output directory lies inside the input folder.", out,
+                         hint="Choose an --output-dir outside the folder of images.")
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path exists and is not a directory.", out, hint="Choose another --output-dir.")
+    if out.exists() and not overwrite:
+        raise InputError("the output directory already exists.", out,
+                         hint="Pass --overwrite to replace it, or choose another --output-dir.")
+    parent = out.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError("cannot write here (permission denied).", probe, hint="Choose a writable --output-dir.")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, overwrite: bool):
+    """Yield a temporary directory beside ``out``; rename it to ``out`` only if the block completes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError("the output directory appeared while the fit ran.", out, hint="Pass --overwrite.")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Preview renders for the report
+
+
+@torch.no_grad()
+def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
+    """The fitted, textured, lit head over each view: ``(H, W, 4)`` uint8 RGBA in the original grid."""
+    import cv2
+
+    verts = torch.as_tensor(result.vertices, dtype=torch.float32)[None]
+    faces = torch.as_tensor(result.faces)
+    uvs, uv_faces = torch.as_tensor(result.uvs), torch.as_tensor(result.uv_faces)
+    tex = torch.as_tensor(result.texture, dtype=torch.float32)
+    normals_v = render.vertex_normals(verts, faces)
+    cams = result.cameras.to(dtype=torch.float32)
+    out = []
+    for i in range(len(cams)):
+        W, H = cams.width[i], cams.height[i]
+        s = min(1.0, max_side / max(W, H))
+        w, h = max(1, round(W * s)), max(1, round(H * s))
+        sx, sy = w / W, h / H
+        pc = verts @ cams.R[i].T + cams.t[i]
+        pos = render.pinhole_to_clip(pc, cams.fx[i:i + 1] * sx, cams.fy[i:i + 1] * sy, cams.cx[i:i + 1] * sx,
+                                     cams.cy[i:i + 1] * sy, w, h)
+        rast = render.rasterize(pos, faces, (h, w))
+        albedo = render.texture(tex, render.interpolate(uvs, rast, uv_faces))
+        n = torch.nn.functional.normalize(render.interpolate(normals_v, rast, faces), dim=-1)
+        sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
+        color = shade_sh(albedo, n, sh).clamp(0, 1)
+        alpha = (rast[..., 3:] > 0).float()
+        rgba = (torch.cat([color, alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
+        out.append(cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def prepare_views(
+    config: FitConfig, embedding: LandmarkEmbedding, progress
+) -> tuple[list[ViewObservation], list[SkippedInput], dict[str, float]]:
+    """Intake and detection; views the fit cannot use are left out with a reason."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    images, skipped = load_images(config.data)
+    timings["intake"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    views, no_face = observe(images, config.detect, progress=progress)
+    timings["detection"] = time.perf_counter() - t0
+    skipped = skipped + no_face
+    usable = []
+    for v in views:
+        reason = check_observation(v, embedding, min_face_px=config.detect.min_face_px)
+        if reason is None:
+            usable.append(v)
+        else:
+            skipped.append(SkippedInput(v.image.path, reason))
+    if not usable:
+        reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped) or "no images"
+        raise FitError(f"no view can be fitted ({reasons}).", config.data,
+                       hint="Use photos that show one face, large enough (at least ~100 px across).")
+    return usable, skipped, timings
+
+
+def run(config: FitConfig, console: Console | None = None) -> Path:
+    """Do the whole job for ``config``; return the output directory."""
+    console = console or Console(stderr=True)
+    out = check_output_dir(config.output_dir, config.data, config.overwrite)
+    if not Path(config.data).exists():
+        raise InputError("no such file or folder.", config.data, hint="Pass --data <folder of images or one image>.")
+    device = resolve_device(config.fitter.device)
+    t_start = time.perf_counter()
+    assets = load_assets(config, device)
+    with _progress(console) as progress:
+        views, skipped, timings = prepare_views(config, assets.embedding, progress)
+        t0 = time.perf_counter()
+        intrinsics = estimate_intrinsics(views, config.intrinsics, progress=progress)
+        timings["intrinsics"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = fit_flame(assets.model, assets.embedding, views, intrinsics, config.fitter,
+                           texture_space=assets.texture_space, uv_layout=assets.uv_layout,
+                           model_info=assets.model_info, progress=progress)
+        timings["fit"] = time.perf_counter() - t0
+        for s in result.stages:
+            timings[f"fit.{s.name}"] = s.seconds
+        t0 = time.perf_counter()
+        write_all(out, views, intrinsics, result, skipped, timings, model_info=assets.model_info,
+                  overwrite=config.overwrite, avatar_format=config.avatar_format)
+        timings["export"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    print_summary(console, out, views, skipped, intrinsics, result, timings)
+    return out
+
+
+def write_all(out: Path, views, intrinsics, result: FitResult, skipped, timings, *, model_info: dict,
+              overwrite: bool, avatar_format: bool, extra_files: dict[str, str] | None = None) -> None:
+    """All exports, into a temporary directory renamed to ``out`` when complete."""
+    from flame_prior.export import write_outputs
+
+    with atomic_output_dir(out, overwrite) as tmp:
+        write_outputs(tmp, views, intrinsics, result, skipped, timings,
+                      model_path=model_info["path"], model_sha256=model_info["sha256"],
+                      avatar_format=avatar_format, renders=render_previews(result))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+
+
+def print_summary(console: Console, out: Path, views, skipped, intrinsics, result: FitResult, timings) -> None:
+    """The one-screen summary at the end of a run."""
+    table = Table(title=f"flame-prior: {len(views)} views fitted, {len(skipped)} left out")
+    for col in ("view", "landmark error px", "/ eye distance"):
+        table.add_column(col, justify="right" if col != "view" else "left")
+    for v in result.views:
+        rel = v.landmark_error_px / v.eye_distance_px if v.eye_distance_px > 0 else float("nan")
+        table.add_row(v.name, f"{v.landmark_error_px:.2f}", f"{rel:.3f}")
+    for s in skipped:
+        table.add_row(f"[red]{s.path.name}[/red]", "left out", s.reason)
+    console.print(table)
+    f = result.cameras.fx.numpy()
+    console.print(f"intrinsics: [bold]{intrinsics.source}[/bold] (focal {np.median(f):.1f} px)"
+                  + (f"; COLMAP registered {intrinsics.colmap.get('registered')}/{intrinsics.colmap.get('total')}"
+                     if intrinsics.colmap else ""))
+    for note in intrinsics.notes + result.notes + list(result.model_info.get("notes", [])):
+        console.print(f"note: {note}")
+    console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    console.print(f"output: [bold]{out}[/bold] (report: {out / 'report.html'})")
