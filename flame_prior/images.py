@@ -161,7 +161,11 @@ def _load_one(path: Path, max_pixels: int) -> tuple[np.ndarray, str, float | Non
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(raw))  # lazy: parses the header, decodes nothing yet
     except Image.DecompressionBombError as err:
-        raise _Unusable(f"refused before decoding: {err}") from None
+        size = _header_size(raw)
+        if size is None:
+            raise _Unusable(f"refused before decoding: {err}") from None
+        w, h = size
+        raise _Unusable(_too_large(w, h, max_pixels, "Pillow's limit")) from None
     except (OSError, SyntaxError, ValueError):
         raise _Unusable("not an image Pillow can read (expected JPEG or PNG)") from None
     if im.format not in SUPPORTED_FORMATS:
@@ -170,10 +174,7 @@ def _load_one(path: Path, max_pixels: int) -> tuple[np.ndarray, str, float | Non
     if w < 1 or h < 1:
         raise _Unusable(f"the header declares an empty image ({w}x{h})")
     if w * h > max_pixels:
-        raise _Unusable(
-            f"too large: the header declares {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,}"
-            " (refused before decoding); downscale it or raise max_pixels"
-        )
+        raise _Unusable(_too_large(w, h, max_pixels, f"max_pixels={max_pixels:,}"))
     try:
         focal = exif_focal_px(im)
         im.load()
@@ -182,6 +183,27 @@ def _load_one(path: Path, max_pixels: int) -> tuple[np.ndarray, str, float | Non
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         raise _Unusable(f"truncated or corrupt {im.format} data ({err})") from None
     return pixels, digest, focal
+
+
+def _too_large(w: int, h: int, max_pixels: int, limit: str) -> str:
+    return (
+        f"too large: the header declares {w}x{h} = {w * h:,} pixels, above {limit}"
+        " (refused before decoding); downscale it" + (" or raise max_pixels" if "max_pixels" in limit else "")
+    )
+
+
+def _header_size(raw: bytes) -> tuple[int, int] | None:
+    """The size a JPEG/PNG header declares, read by Pillow's format plugin without its bomb check."""
+    Image.init()
+    for fmt in SUPPORTED_FORMATS:
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None or (accept is not None and not accept(raw[:16])):
+            continue
+        try:
+            return factory(io.BytesIO(raw)).size  # parses the header only
+        except Exception:  # noqa: BLE001 — not this format
+            continue
+    return None
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:

@@ -124,7 +124,7 @@ class ColmapResult:
         figures: ``registered``, ``total``, ``mean_reprojection_error_px`` (COLMAP's own),
             ``reprojection_check_px`` (recomputed here from ``w2c`` and the intrinsics: the same
             number when the conventions agree), ``points3d``, ``focal_px``, ``vertical_fov_deg``,
-            ``seconds`` (``total``, ``extract``, ``match``, ``map``).
+            ``seconds`` (in all) and ``seconds_extract``, ``seconds_match``, ``seconds_map``.
     """
 
     w2c: np.ndarray
@@ -377,8 +377,8 @@ def run_colmap(
         rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
         result = _read_reconstruction(rec, names, width, height)
     t_end = time.perf_counter()
-    result.figures["seconds"] = {"total": round(t_end - t0, 1), "extract": round(t_extract - t0, 1),
-                                 "match": round(t_match - t_extract, 1), "map": round(t_end - t_match, 1)}
+    result.figures.update(seconds=round(t_end - t0, 1), seconds_extract=round(t_extract - t0, 1),
+                          seconds_match=round(t_match - t_extract, 1), seconds_map=round(t_end - t_match, 1))
     return result
 
 

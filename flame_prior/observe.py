@@ -38,6 +38,7 @@ class ViewObservation:
         confidence: ``(K,)`` float32 in [0, 1]; 0 for points the detector marks as hidden.
         landmark_format: ``"mediapipe478"`` (Face Mesh with iris) or ``"ibug68"`` (FAN / iBUG 68).
         mask: ``(H, W)`` float32 in [0, 1], the head (face, hair, ears; no torso, no background).
+            Quantised to steps of 1/255, so cached and fresh detections are identical.
         face_box: ``(x0, y0, x1, y1)`` pixels, the detected face.
         notes: remarks for the summary (e.g. "2 faces, took the largest").
     """
@@ -87,7 +88,7 @@ def observe(
             its folder or a file for an image).
     """
     from flame_prior.detectors import make_detector
-    from flame_prior.detectors.cache import CacheMiss, DetectionCache, default_cache_dir
+    from flame_prior.detectors.cache import CacheMiss, DetectionCache, default_cache_dir, quantise_mask_u8
 
     detector = make_detector(config)
     cache = None
@@ -133,7 +134,7 @@ def observe(
                         landmarks=np.asarray(det.landmarks, np.float32),
                         confidence=np.asarray(det.confidence, np.float32),
                         landmark_format=det.landmark_format,
-                        mask=np.asarray(det.mask, np.float32),
+                        mask=quantise_mask_u8(det.mask).astype(np.float32) / np.float32(255),
                         face_box=tuple(float(v) for v in det.face_box),
                         notes=notes + list(det.notes),
                     )

@@ -79,7 +79,8 @@ __all__ = [
 
 _SENTINEL = torch.iinfo(torch.int64).max
 _DEPTH_LEVELS = 2**31 - 2  # quantised depth occupies the upper 31 bits of the visibility key
-_CHUNK = 1 << 22  # candidate (triangle, pixel) pairs per rasterizer chunk: bounds memory
+_CHUNK = 1 << 22  # covered (face, pixel) pairs per rasterizer chunk: bounds memory
+_TOL = 1e-4  # pixel centres this close (in x, pixels) outside an edge count as inside: no cracks
 
 
 def pinhole_to_clip(points_cam: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, width: int, height: int,
@@ -111,6 +112,11 @@ def _screen(pos: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
     return (pos[..., 0] / pos[..., 3] + 1.0) * (0.5 * W), (pos[..., 1] / pos[..., 3] + 1.0) * (0.5 * H)
 
 
+def _gather_faces(x: Tensor, tri: Tensor) -> Tensor:
+    """Per-face vertex data ``(B, F, 3, C)`` from per-vertex ``x (B, V, C)`` and ``tri (F, 3)`` int64."""
+    return x.index_select(1, tri.reshape(-1)).reshape(x.shape[0], tri.shape[0], 3, x.shape[-1])
+
+
 def _check_inputs(pos: Tensor, tri: Tensor) -> None:
     check_shape(pos, ["B", "V", 4], "pos")
     check_shape(tri, ["F", 3], "tri")
@@ -120,97 +126,112 @@ def _check_inputs(pos: Tensor, tri: Tensor) -> None:
         raise ValueError(f"pos and tri on different devices: {pos.device}, {tri.device}")
 
 
+def _face_table(pos: Tensor, tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-face linear forms ``(B, F, 12)`` (differentiable), validity ``(B, F)`` and vertices ``(B, F, 3, 4)``.
+
+    With ``c_j = (x_j, y_j, w_j)`` the homogeneous 2D clip vertices and ``p = (xn, yn, 1)`` an NDC
+    point, ``bh = M^-1 p`` (``M = [c_0 c_1 c_2]``, rows ``(c_{k+1} x c_{k+2}) / det``) are the
+    perspective-correct barycentrics divided by the point's ``w``; they are linear in ``p``, so
+    ``bh_k = a_k dx + c_k dy + [k == 0] / w_0`` with ``(dx, dy) = p - ndc(v_0)`` (no cancellation
+    at the reference vertex), ``u, v = bh_0 / sum(bh), bh_1 / sum(bh)``; ``z/w = sum_k z_k bh_k``.
+    Columns: ``xn0, yn0, a0, a1, a2, c0, c1, c2, 1/w0, zw0, d(z/w)/dxn, d(z/w)/dyn``.
+    """
+    v = _gather_faces(pos, tri)  # (B, F, 3, 4)
+    x, y, z, w = v.unbind(-1)
+    ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
+    x1, y1, w1, x2, y2, w2 = x.roll(-1, -1), y.roll(-1, -1), w.roll(-1, -1), x.roll(-2, -1), y.roll(-2, -1), w.roll(-2, -1)
+    Px = y1 * w2 - w1 * y2  # rows of adj(M): c_{k+1} x c_{k+2}
+    Py = w1 * x2 - x1 * w2
+    Pw = x1 * y2 - y1 * x2
+    det = x[..., 0] * Px[..., 0] + y[..., 0] * Py[..., 0] + w[..., 0] * Pw[..., 0]
+    ok &= det != 0
+    det = torch.where(ok, det, torch.ones_like(det))[..., None]
+    w0 = torch.where(ok, w[..., 0], torch.ones_like(det[..., 0]))[..., None]
+    a, c = Px / det, Py / det
+    table = torch.cat([x[..., :1] / w0, y[..., :1] / w0, a, c, 1.0 / w0, z[..., :1] / w0,
+                       (z * a).sum(-1, keepdim=True), (z * c).sum(-1, keepdim=True)], -1)
+    return table, ok, v
+
+
 @torch.no_grad()
-def _visibility(pos: Tensor, tri: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
+def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
     """Winning face per pixel, ``(B*H*W,)`` int64, -1 = background. No gradient.
 
-    Per-triangle pixel-centre bounding boxes; every (triangle, candidate pixel) pair is enumerated
-    in chunks, tested against the three edge functions, and the nearest (quantised z/w, then lowest
-    face id) wins through ``scatter_reduce(amin)`` on packed int64 keys.
+    Scanline enumeration: every valid triangle is split into the pixel rows its bounding box
+    spans; in each row the span of pixel centres inside the three edges is solved exactly (each
+    edge is a line ``x = alpha + beta y`` bounding from the left or the right). Every covered
+    (face, pixel) pair then gets a packed int64 key, quantised z/w in the upper bits and the face id
+    in the lower 32, and ``scatter_reduce(amin)`` keeps the nearest (ties: lowest face id).
     """
-    B, Fn = pos.shape[0], tri.shape[0]
-    v = pos[:, tri]  # (B, F, 3, 4)
-    w, z = v[..., 3], v[..., 2]
-    ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
-    w = torch.where(ok[..., None], w, torch.ones_like(w))
-    sx, sy = _screen(torch.cat([v[..., :3], w[..., None]], -1), H, W)  # (B, F, 3)
-    zn = z / w
-    # Pixel-centre bounding box: columns i with xmin <= i + 0.5 <= xmax.
-    x0 = torch.ceil(sx.amin(-1) - 0.5).clamp(min=0)
-    x1 = torch.floor(sx.amax(-1) - 0.5).clamp(max=W - 1)
+    B, Fn, device = v.shape[0], v.shape[1], v.device
+    w = torch.where(ok[..., None], v[..., 3], torch.ones_like(v[..., 3]))
+    sx, sy = (v[..., 0] / w + 1.0) * (0.5 * W), (v[..., 1] / w + 1.0) * (0.5 * H)
+    zw = v[..., 2] / w
+    D = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sx[..., 2] - sx[..., 0]) * (sy[..., 1] - sy[..., 0])
+    ok = ok & (D != 0)
+    if cull_backfaces:
+        ok &= D < 0  # counter-clockwise as displayed (y down) = front-facing
     y0 = torch.ceil(sy.amin(-1) - 0.5).clamp(min=0)
     y1 = torch.floor(sy.amax(-1) - 0.5).clamp(max=H - 1)
-    ok &= (x1 >= x0) & (y1 >= y0)
-    # Edge k is opposite vertex k: E_k(p) = (xb - xa)(py - ya) - (yb - ya)(px - xa), a = k+1, b = k+2.
-    xa, ya, xb, yb = sx.roll(-1, -1), sy.roll(-1, -1), sx.roll(-2, -1), sy.roll(-2, -1)
-    A, Bc = -(yb - ya), xb - xa
-    D = (A * sx + Bc * sy - A * xa - Bc * ya)[..., 0]  # E_0(v0): twice the signed area, y down
-    ok &= D != 0
-    if cull_backfaces:
-        ok &= D < 0  # counter-clockwise as displayed = front-facing
-    sel = ok.reshape(-1).nonzero().squeeze(1)  # flat (b * F + f)
+    ok &= (y1 >= y0) & (sx.amax(-1) >= 0.5 - _TOL) & (sx.amin(-1) <= W - 0.5 + _TOL)
+    sel = ok.reshape(-1).nonzero().squeeze(1)  # flat b * F + f
     if sel.numel() == 0:
-        return torch.full((B * H * W,), -1, dtype=torch.long, device=pos.device)
-    pick = lambda t: t.reshape(B * Fn, *t.shape[2:])[sel]  # noqa: E731
-    x0, y0, D = pick(x0), pick(y0), pick(D)
-    bw = (pick(x1) - x0 + 1).long()
-    bh = (pick(y1) - y0 + 1).long()
-    A, Bc, xa, ya, zn = pick(A) / D[:, None], pick(Bc) / D[:, None], pick(xa), pick(ya), pick(zn)
-    # Barycentric k at the bbox origin pixel centre (x0 + .5, y0 + .5), then steps per dx, dy.
-    E0 = A * (x0[:, None] + 0.5 - xa) + Bc * (y0[:, None] + 0.5 - ya)
-    coef = torch.cat([A, Bc, E0, (A * zn).sum(-1, keepdim=True), (Bc * zn).sum(-1, keepdim=True),
-                      (E0 * zn).sum(-1, keepdim=True)], -1)  # (S, 12): bary steps/origin, depth steps/origin
-    b_idx = sel // Fn
-    base = b_idx * (H * W) + y0.long() * W + x0.long()
-    face = sel - b_idx * Fn
-    count = bw * bh
-    # Big triangles first would not help; split the face list so each chunk has <= _CHUNK candidates.
+        return torch.full((B * H * W,), -1, dtype=torch.long, device=device)
+    flat = lambda t: t.reshape(B * Fn, *t.shape[2:]).index_select(0, sel)  # noqa: E731
+    sx, sy, zw, D, y0, y1 = flat(sx), flat(sy), flat(zw), flat(D), flat(y0), flat(y1)
+    # Edge k (opposite vertex k) as x = alpha + beta * (y - y_ref), y_ref = the first row's centre;
+    # it bounds from the left when vertex k lies to its right. Horizontal edges bound nothing the
+    # row range does not already bound.
+    y_ref = y0 + 0.5
+    xa, ya, xb, yb = sx.roll(-1, -1), sy.roll(-1, -1), sx.roll(-2, -1), sy.roll(-2, -1)
+    dy = yb - ya
+    flat_edge = dy == 0
+    beta = (xb - xa) / torch.where(flat_edge, torch.ones_like(dy), dy)
+    alpha = xa + beta * (y_ref[:, None] - ya)
+    left = (sx - xa) > beta * (sy - ya)
+    lo, hi = left & ~flat_edge, ~left & ~flat_edge
+    inf = torch.full_like(alpha, float("inf"))
+    # z/w as a plane over the screen: value at (x = sx0, y = y_ref) and slopes.
+    e1x, e1y, e2x, e2y = sx[:, 1] - sx[:, 0], sy[:, 1] - sy[:, 0], sx[:, 2] - sx[:, 0], sy[:, 2] - sy[:, 0]
+    gzx = ((zw[:, 1] - zw[:, 0]) * e2y - (zw[:, 2] - zw[:, 0]) * e1y) / D
+    gzy = ((zw[:, 2] - zw[:, 0]) * e1x - (zw[:, 1] - zw[:, 0]) * e2x) / D
+    z_ref = zw[:, 0] + gzy * (y_ref - sy[:, 0])
+    tab = torch.cat([torch.where(lo, alpha, -inf), torch.where(hi, alpha, inf), torch.where(lo, beta, 0.0),
+                     torch.where(hi, beta, 0.0), torch.stack([sx[:, 0], z_ref, gzx, gzy], -1)], -1)  # (S, 16)
+    # (triangle, row) pairs: the span of pixel centres x = i + 0.5 in each row.
+    nrow = (y1 - y0 + 1).long()
+    t = torch.repeat_interleave(torch.arange(sel.numel(), device=device), nrow)
+    r = tab.index_select(0, t)
+    roff = torch.arange(t.numel(), device=device) - (nrow.cumsum(0) - nrow).index_select(0, t)
+    ro = roff.to(r.dtype)[:, None]
+    L = (r[:, 0:3] + r[:, 6:9] * ro).amax(-1)
+    U = (r[:, 3:6] + r[:, 9:12] * ro).amin(-1)
+    i0 = torch.ceil(L - 0.5 - _TOL).clamp(min=0)
+    i1 = torch.floor(U - 0.5 + _TOL).clamp(max=W - 1)
+    count = (i1 - i0 + 1).clamp(min=0).long()
+    d0 = r[:, 13] + r[:, 14] * (i0 + 0.5 - r[:, 12]) + r[:, 15] * ro[:, 0]
+    keep = (count > 0).nonzero().squeeze(1)
+    count, d0, t, gz = count[keep], d0[keep], t[keep], r[keep, 14]
+    sel_t = sel.index_select(0, t)
+    b_t = torch.div(sel_t, Fn, rounding_mode="floor")
+    face = sel_t - b_t * Fn
+    base = (b_t * H + y0.long().index_select(0, t) + roff[keep]) * W + i0[keep].long()
+    buf = torch.full((B * H * W,), _SENTINEL, dtype=torch.long, device=device)
     cum = count.cumsum(0)
-    buf = torch.full((B * H * W,), _SENTINEL, dtype=torch.long, device=pos.device)
     start = 0
-    total = int(cum[-1])
-    while start < count.numel():
+    while start < count.numel():  # chunks of at most ~_CHUNK pixels bound the memory
         done = int(cum[start - 1]) if start > 0 else 0
-        stop = int(torch.searchsorted(cum, done + _CHUNK, right=True))
-        stop = max(stop, start + 1)
-        _raster_chunk(buf, coef[start:stop], bw[start:stop], count[start:stop], base[start:stop],
-                      face[start:stop], W)
+        stop = max(int(torch.searchsorted(cum, done + _CHUNK, right=True)), start + 1)
+        n = int(cum[stop - 1]) - done
+        cnt = count[start:stop]
+        s = torch.repeat_interleave(torch.arange(stop - start, device=device), cnt, output_size=n)
+        off = torch.arange(n, device=device) - (cum[start:stop] - cnt - done).index_select(0, s)
+        depth = d0[start:stop].index_select(0, s) + gz[start:stop].index_select(0, s) * off.to(d0.dtype)
+        q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_LEVELS).long()
+        key = (q << 32) | face[start:stop].index_select(0, s)
+        buf.scatter_reduce_(0, base[start:stop].index_select(0, s) + off, key, reduce="amin")
         start = stop
-    del total
     return torch.where(buf == _SENTINEL, -1, buf & 0xFFFFFFFF)
-
-
-def _raster_chunk(buf: Tensor, coef: Tensor, bw: Tensor, count: Tensor, base: Tensor, face: Tensor, W: int) -> None:
-    n = int(count.sum())
-    t = torch.repeat_interleave(torch.arange(count.numel(), device=buf.device), count, output_size=n)
-    first = count.cumsum(0) - count
-    off = torch.arange(n, device=buf.device) - first[t]
-    bwt = bw[t]
-    dy = torch.div(off, bwt, rounding_mode="floor")
-    dx = off - dy * bwt
-    c = coef[t]
-    fx, fy = dx.to(c.dtype), dy.to(c.dtype)
-    bary = c[:, 0:3] * fx[:, None] + c[:, 3:6] * fy[:, None] + c[:, 6:9]
-    inside = (bary >= 0).all(-1)
-    idx = inside.nonzero().squeeze(1)
-    depth = (c[idx, 9] * fx[idx] + c[idx, 10] * fy[idx] + c[idx, 11])
-    q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_LEVELS).long()
-    key = (q << 32) | face[t[idx]]
-    pix = base[t[idx]] + dy[idx] * W + dx[idx]
-    buf.scatter_reduce_(0, pix, key, reduce="amin")
-
-
-def _perspective_bary(vert: Tensor, xn: Tensor, yn: Tensor) -> Tensor:
-    """Perspective-correct barycentrics ``(M, 3)`` of NDC points ``(xn, yn)`` in clip triangles ``(M, 3, 4)``.
-
-    The 3D point ``sum_k b_k V_k`` projects to ``(xn, yn)`` iff ``b`` is orthogonal to
-    ``d_x = x_k - xn w_k`` and ``d_y = y_k - yn w_k``, so ``b ~ d_x (cross) d_y``, normalised to sum 1.
-    """
-    w = vert[..., 3]
-    dx = vert[..., 0] - xn[:, None] * w
-    dy = vert[..., 1] - yn[:, None] * w
-    b = torch.cross(dx, dy, dim=-1)
-    return b / b.sum(-1, keepdim=True)
 
 
 def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfaces: bool = False) -> Tensor:
@@ -228,22 +249,25 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     """
     _check_inputs(pos, tri)
     H, W = int(resolution[0]), int(resolution[1])
-    B, V = pos.shape[:2]
+    B = pos.shape[0]
+    Fn = tri.shape[0]
     tri = tri.long()
-    fid = _visibility(pos.detach(), tri, H, W, cull_backfaces)
+    table, ok, v = _face_table(pos, tri)
+    fid = _visibility(v.detach(), ok, H, W, cull_backfaces)
     pix = (fid >= 0).nonzero().squeeze(1)
-    f = fid[pix]
+    f = fid.index_select(0, pix)
     b = torch.div(pix, H * W, rounding_mode="floor")
     rem = pix - b * (H * W)
     row = torch.div(rem, W, rounding_mode="floor")
-    col = rem - row * W
-    vert = pos.reshape(B * V, 4)[(tri[f] + (b * V)[:, None]).reshape(-1)].reshape(-1, 3, 4)
-    xn = (2.0 * col.to(pos.dtype) + 1.0) / W - 1.0
-    yn = (2.0 * row.to(pos.dtype) + 1.0) / H - 1.0
-    bary = _perspective_bary(vert, xn, yn)
-    zw = (bary * vert[..., 2]).sum(-1) / (bary * vert[..., 3]).sum(-1)
-    vals = torch.stack([bary[:, 0], bary[:, 1], zw, (f + 1).to(pos.dtype)], -1)
-    out = torch.zeros(B * H * W, 4, dtype=pos.dtype, device=pos.device).index_copy(0, pix, vals)
+    T = table.reshape(B * Fn, 12).index_select(0, b * Fn + f)  # (M, 12)
+    dx = ((2.0 * (rem - row * W) + 1.0) / W - 1.0).to(pos.dtype) - T[:, 0]
+    dy = ((2.0 * row + 1.0) / H - 1.0).to(pos.dtype) - T[:, 1]
+    bh = T[:, 2:5] * dx[:, None] + T[:, 5:8] * dy[:, None]
+    b0 = bh[:, 0] + T[:, 8]
+    s = b0 + bh[:, 1] + bh[:, 2]
+    zw = T[:, 9] + T[:, 10] * dx + T[:, 11] * dy
+    vals = torch.stack([b0 / s, bh[:, 1] / s, zw, (f + 1).to(pos.dtype)], -1)
+    out = torch.zeros(B * H * W, 4, dtype=pos.dtype, device=device).index_copy(0, pix, vals)
     return out.reshape(B, H, W, 4)
 
 
@@ -396,7 +420,7 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
     targets, deltas = [], []
     for horizontal in (True, False):
         with torch.no_grad():
-            grid = torch.arange(B * H * W, device=pos.device).reshape(B, H, W)
+            grid = torch.arange(B * H * W, device=device).reshape(B, H, W)
             pa = (grid[:, :, :-1] if horizontal else grid[:, :-1, :]).reshape(-1)
             pb = (grid[:, :, 1:] if horizontal else grid[:, 1:, :]).reshape(-1)
             ia, ib = ids[pa], ids[pb]

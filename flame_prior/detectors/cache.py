@@ -8,7 +8,7 @@ Keys (all plain arrays, read with ``np.load(allow_pickle=False)``, nothing execu
 ``landmarks``      float32 ``(K, 2)``  pixels, upright original image
 ``confidence``     float32 ``(K,)``
 ``landmark_format``str ``()``
-``mask``           float32 ``(H, W)``  head mask in [0, 1]
+``mask``           uint8 ``(H, W)``    head mask, 0..255 for [0, 1] (steps of 1/255)
 ``face_box``       float64 ``(4,)``
 ``notes``          str ``(n,)``
 ``image_shape``    int64 ``(2,)``      ``(H, W)``, checked on read
@@ -31,7 +31,12 @@ import numpy as np
 
 from flame_prior.detectors import Detection
 
-__all__ = ["DetectionCache", "default_cache_dir", "CacheMiss"]
+__all__ = ["DetectionCache", "default_cache_dir", "CacheMiss", "quantise_mask_u8"]
+
+
+def quantise_mask_u8(mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float mask in [0, 1] → uint8 0..255 (rounded); ``/ 255`` gives the cached value back."""
+    return np.round(np.clip(np.asarray(mask, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +75,7 @@ class DetectionCache:
                     return None
                 lm = np.asarray(z["landmarks"], dtype=np.float32)
                 conf = np.asarray(z["confidence"], dtype=np.float32)
-                mask = np.asarray(z["mask"], dtype=np.float32)
+                mask = np.asarray(z["mask"], dtype=np.float32) / np.float32(255)
                 box = tuple(float(v) for v in z["face_box"])
                 if lm.ndim != 2 or lm.shape[1] != 2 or conf.shape != (len(lm),) or mask.shape != tuple(image_shape) or len(box) != 4:
                     raise ValueError("arrays of the wrong shape")
@@ -85,14 +90,14 @@ class DetectionCache:
         if det is None:
             arrays = dict(
                 found=np.array(False), landmarks=np.zeros((0, 2), np.float32), confidence=np.zeros(0, np.float32),
-                landmark_format=np.array(""), mask=np.zeros((0, 0), np.float32), face_box=np.zeros(4),
+                landmark_format=np.array(""), mask=np.zeros((0, 0), np.uint8), face_box=np.zeros(4),
                 notes=np.array([], dtype=str),
             )
         else:
             arrays = dict(
                 found=np.array(True), landmarks=np.asarray(det.landmarks, np.float32),
                 confidence=np.asarray(det.confidence, np.float32), landmark_format=np.array(det.landmark_format),
-                mask=np.asarray(det.mask, np.float32), face_box=np.asarray(det.face_box, np.float64),
+                mask=quantise_mask_u8(det.mask), face_box=np.asarray(det.face_box, np.float64),
                 notes=np.array(det.notes, dtype=str),
             )
         arrays.update(image_shape=np.array(image_shape, np.int64), version=np.array(version))

@@ -111,27 +111,39 @@ class HeadMasker:
 
 
 def head_mask(person: np.ndarray, landmarks: np.ndarray, fmt: str, cut_margin_h: float = 0.04) -> np.ndarray:
-    """Steps 2–5 of the module rule: jaw cut, union with the face hull, keep the face's region, blur."""
+    """Steps 2–5 of the module rule: jaw cut, union with the face hull, keep the face's region, blur.
+
+    ``person`` ``(H, W)`` float32 in [0, 1]; returns ``(H, W)`` float32 in [0, 1]. The work is done
+    in the window that holds the person mask and the face hull (plus the blur's reach).
+    """
     H, W = person.shape
     pts = np.asarray(landmarks, dtype=np.float64)[: _N_FACE[fmt]]
     chin, u, r, h = face_frame(landmarks, fmt)
+    sigma = max(0.006 * h, 1.0)
+
+    hull_full = np.zeros((H, W), np.uint8)
+    cv2.fillConvexPoly(hull_full, _hull_int(pts), 1, lineType=cv2.LINE_8, shift=4)
+    ys_nz, xs_nz = np.nonzero((person > 0) | (hull_full > 0))
+    out = np.zeros((H, W), np.float32)
+    if len(xs_nz) == 0:
+        return out
+    pad = int(np.ceil(4 * sigma)) + 3
+    x0, x1 = max(int(xs_nz.min()) - pad, 0), min(int(xs_nz.max()) + 1 + pad, W)
+    y0, y1 = max(int(ys_nz.min()) - pad, 0), min(int(ys_nz.max()) + 1 + pad, H)
+    hull = hull_full[y0:y1, x0:x1]
 
     # Soft jaw cut: t (height along u) must exceed the jaw line at the pixel's s (position along r).
     jaw = np.asarray(landmarks, dtype=np.float64)[JAW_INDICES[fmt]] - chin
     js, jt = jaw @ r, jaw @ u
     order = np.argsort(js)
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xs + 0.5 - np.float32(chin[0]), ys + 0.5 - np.float32(chin[1])
     s = dx * np.float32(r[0]) + dy * np.float32(r[1])
     t = dx * np.float32(u[0]) + dy * np.float32(u[1])
-    t_cut = np.interp(s.ravel(), js[order], jt[order]).reshape(H, W).astype(np.float32) - np.float32(cut_margin_h * h)
+    t_cut = np.interp(s.ravel(), js[order], jt[order]).reshape(s.shape).astype(np.float32) - np.float32(cut_margin_h * h)
     soft = np.float32(max(0.02 * h, 1.0))
     keep = np.clip((t - t_cut) / soft + 0.5, 0.0, 1.0)
-    mask = person * keep
-
-    hull = np.zeros((H, W), np.uint8)
-    cv2.fillConvexPoly(hull, _hull_int(pts), 1, lineType=cv2.LINE_8, shift=4)
-    mask = np.maximum(mask, hull.astype(np.float32))
+    mask = np.maximum(person[y0:y1, x0:x1] * keep, hull.astype(np.float32))
 
     # Keep the connected regions that touch the face.
     n, labels = cv2.connectedComponents((mask >= 0.5).astype(np.uint8), connectivity=8)
@@ -141,9 +153,9 @@ def head_mask(person: np.ndarray, landmarks: np.ndarray, fmt: str, cut_margin_h:
         region = cv2.dilate(region, np.ones((5, 5), np.uint8))  # keep the soft rim beside kept regions
         mask = mask * region
 
-    sigma = max(0.006 * h, 1.0)
-    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    return np.clip(mask, 0.0, 1.0).astype(np.float32)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+    out[y0:y1, x0:x1] = np.clip(mask, 0.0, 1.0)
+    return out
 
 
 def _hull_int(pts: np.ndarray) -> np.ndarray:

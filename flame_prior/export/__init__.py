@@ -1,0 +1,82 @@
+"""Stage 5 — exports: every file the fit produces, in one folder.
+
+Public entry: :func:`write_outputs`. Layout of ``out_dir`` (each writer documents its format):
+
+=============================  ===============================================================
+``transforms.json``            nerfstudio: cameras (OpenGL c2w, FLAME frame) — :mod:`.nerfstudio`
+``images/``, ``masks/``        PNG copies of the upright photos and binary head masks
+``flame_points.ply``           fitted FLAME vertices, the seed point cloud for splatfacto
+``flame_params.npz``           FLAME parameters + cameras (no pickles) — :mod:`.flame_params`
+``fit_summary.json``           the same plus model identity, conventions, errors, stage logs
+``colmap_text/``               COLMAP text model (world-to-camera, OpenCV) — :mod:`.colmap`
+``mesh.obj/.mtl``, ``texture.png``  the textured fitted mesh — :mod:`.mesh`
+``avatar/``                    FLAME-avatar data set (GaussianAvatars / VHAP), when asked — :mod:`.avatar`
+``report.html``, ``report/``   the HTML report — :mod:`.report`
+=============================  ===============================================================
+
+Conventions throughout: world = FLAME's model frame in metres (+Y up, +Z out of the face), pixel
+coordinates with the origin at the image's top-left corner (pixel centres at +0.5); see
+``docs/conventions.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flame_prior.export.avatar import write_avatar_dataset
+from flame_prior.export.colmap import write_colmap_text
+from flame_prior.export.flame_params import write_flame_params
+from flame_prior.export.mesh import write_textured_mesh
+from flame_prior.export.nerfstudio import write_images_and_masks, write_transforms
+from flame_prior.export.report import write_report
+from flame_prior.fit import FitResult
+from flame_prior.images import SkippedInput
+from flame_prior.intrinsics import Intrinsics
+from flame_prior.observe import ViewObservation
+
+__all__ = [
+    "write_outputs",
+    "write_transforms",
+    "write_images_and_masks",
+    "write_flame_params",
+    "write_colmap_text",
+    "write_textured_mesh",
+    "write_avatar_dataset",
+    "write_report",
+    "AVATAR_SUBDIR",
+    "COLMAP_SUBDIR",
+]
+
+AVATAR_SUBDIR = "avatar"
+COLMAP_SUBDIR = "colmap_text"
+
+
+def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics: Intrinsics, result: FitResult,
+                  skipped: list[SkippedInput], timings: dict, *, model_path: str, model_sha256: str,
+                  avatar_format: bool, renders: list[np.ndarray] | None = None) -> None:
+    """Write every export of ``result`` into ``out_dir`` (created if missing; layout: module docstring).
+
+    The caller owns atomicity (write into a temporary folder, then rename).
+
+    Args:
+        out_dir: the output folder.
+        views: observations of (at least) the fitted views; matched to ``result.views`` by name.
+        intrinsics: the initial intrinsics, for the report.
+        result: the fit.
+        skipped: inputs left out, with reasons (report).
+        timings: seconds per pipeline stage (report).
+        model_path, model_sha256: the FLAME file the fit used (``fit_summary.json``).
+        avatar_format: also write the FLAME-avatar data set under ``avatar/``.
+        renders: optional per-view renders for the report (see :func:`write_report`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_transforms(out, views, result)
+    write_flame_params(out, result, model_path, model_sha256)
+    write_colmap_text(out / COLMAP_SUBDIR, result, [f"{vf.name}.png" for vf in result.views])
+    write_textured_mesh(out, result)
+    if avatar_format:
+        write_avatar_dataset(out / AVATAR_SUBDIR, views, result)
+    write_report(out, views, result, intrinsics, skipped, timings, renders=renders)

@@ -106,24 +106,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_model_dict(path: str | Path) -> dict:
-    """The dict stored in a FLAME-style ``.pkl``/``.npz``/``.npy`` file, read by content, not extension."""
+def read_model_dict(path: str | Path, hint: str = MODEL_HINT, keys: tuple[str, ...] | None = None) -> dict:
+    """The dict stored in a FLAME-style ``.pkl``/``.npz``/``.npy`` file, read by content, not extension.
+
+    ``hint`` ends the error messages (where to get the file, how to point flame-prior at it);
+    ``keys`` limits which ``.npz`` members are read (large texture spaces).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError("model file not found", path, MODEL_HINT)
+        raise ModelFileError("file not found", path, hint)
     with open(path, "rb") as f:
         head = f.read(8)
         f.seek(0)
         if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-            d = read_npz_safe(path)
+            d = read_npz_safe(path, keys)
         elif head.startswith(b"\x93NUMPY"):
             d = read_npy_safe(f, path)
         elif head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):
             d = safe_unpickle(f, path)
         else:
-            raise ModelFileError(f"not a pickle, .npz or .npy file (starts with {head!r})", path, MODEL_HINT)
+            raise ModelFileError(f"not a pickle, .npz or .npy file (starts with {head!r})", path, hint)
     if not isinstance(d, dict):
-        raise ModelFileError(f"expected a dict of arrays, found {type(d).__name__}", path, MODEL_HINT)
+        raise ModelFileError(f"expected a dict of arrays, found {type(d).__name__}", path, hint)
     return d
 
 

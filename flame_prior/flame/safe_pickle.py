@@ -312,13 +312,13 @@ def read_npy_safe(fileobj: BinaryIO, path: str | Path) -> Any:
     return arr.reshape(shape, order="F" if fortran else "C").copy()
 
 
-def read_npz_safe(path: str | Path) -> dict[str, Any]:
-    """All members of an ``.npz`` as ``{key: value}``, object members unpickled safely."""
+def read_npz_safe(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Members of an ``.npz`` as ``{key: value}`` (only ``keys`` when given), object members unpickled safely."""
     try:
         with zipfile.ZipFile(path) as zf:
             out = {}
             for name in zf.namelist():
-                if not name.endswith(".npy"):
+                if not name.endswith(".npy") or (keys is not None and name[:-4] not in keys):
                     continue
                 with zf.open(name) as member:
                     out[name[:-4]] = read_npy_safe(io.BufferedReader(member), f"{path}:{name}")

@@ -1,0 +1,399 @@
+"""HTML report: ``report.html`` plus its pictures in ``report/`` beside it (relative links, no scripts).
+
+Contents, top to bottom:
+
+* summary: views fitted and left out (with the reason for each), where the intrinsics came from (and
+  COLMAP's figures when it ran), the FLAME model used and what it lacks, time per stage;
+* a contact sheet of every fitted view with the model over it;
+* loss curves per fitting stage (matplotlib, Agg backend, log scale);
+* a per-view table: size, focal length, median landmark error in pixels and as a fraction of the
+  outer-eye-corner distance of the projected model, with a status colour;
+* per view, two pictures: (1) the photo with the head-mask outline (yellow), the detected landmarks
+  (green), the fitted model's projected landmarks (red) and a thin line joining each pair;
+  (2) the model over the photo: the caller's render when given (``renders``), else a flat-shaded
+  painter's-algorithm drawing of the projected mesh (back faces culled, no occlusion between parts).
+
+Pictures are drawn with their long side between ``MIN_SIDE`` and ``MAX_SIDE`` pixels (coordinates
+scale exactly, since pixel coordinates have their origin at the image corner). File names: ``report/<view>_landmarks.jpg``,
+``report/<view>_model.jpg``, ``report/contact_sheet.jpg``, ``report/loss_curves.png``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from flame_prior.export._common import flame_prior_version, match_views
+from flame_prior.fit import FitResult
+from flame_prior.geometry import project_points
+from flame_prior.images import SkippedInput
+from flame_prior.intrinsics import Intrinsics
+from flame_prior.observe import ViewObservation
+
+__all__ = ["write_report", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
+
+MAX_SIDE = 1024
+MIN_SIDE = 512
+GREEN = (40, 220, 80)
+RED = (240, 50, 50)
+YELLOW = (255, 220, 0)
+MESH_RGB = np.array([150, 185, 255], dtype=np.float64)
+MESH_OPACITY = 0.55
+#: Landmark error / eye-corner distance: below GOOD is green, below FAIR amber, else red.
+GOOD, FAIR = 0.03, 0.06
+
+
+def _scale_for(w: int, h: int) -> float:
+    """Display scale: long side at most MAX_SIDE, small photos enlarged to MIN_SIDE (crisp marks)."""
+    return min(MAX_SIDE / max(w, h), max(1.0, MIN_SIDE / max(w, h)))
+
+
+def _resized(pixels: np.ndarray, s: float) -> Image.Image:
+    im = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
+    if s != 1.0:
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
+    return im
+
+
+def _mask_outline(mask: np.ndarray, size: tuple[int, int], thickness: int) -> np.ndarray:
+    """Boolean ``(h, w)`` outline of ``mask >= 0.5`` at display size ``(w, h)``."""
+    m = Image.fromarray((np.asarray(mask) >= 0.5).astype(np.uint8) * 255).resize(size, Image.NEAREST)
+    b = np.asarray(m) > 127
+    inner = b.copy()
+    inner[1:] &= b[:-1]; inner[:-1] &= b[1:]; inner[:, 1:] &= b[:, :-1]; inner[:, :-1] &= b[:, 1:]  # noqa: E702
+    edge = b & ~inner
+    for _ in range(max(0, thickness - 1)):
+        grown = edge.copy()
+        grown[1:] |= edge[:-1]; grown[:-1] |= edge[1:]; grown[:, 1:] |= edge[:, :-1]; grown[:, :-1] |= edge[:, 1:]  # noqa: E702
+        edge = grown
+    return edge
+
+
+def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None) -> Image.Image:
+    """The photo with the mask outline (yellow), detected (green) and projected (red) landmarks."""
+    s = _scale_for(obs.image.width, obs.image.height) if s is None else s
+    im = _resized(obs.image.pixels, s).convert("RGB")
+    r = max(2.0, max(im.size) / 300)
+    edge = _mask_outline(obs.mask, im.size, max(1, round(r / 2)))
+    arr = np.asarray(im).copy()
+    arr[edge] = YELLOW
+    im = Image.fromarray(arr)
+    d = ImageDraw.Draw(im)
+    det = np.asarray(view.landmarks_detected, dtype=np.float64) * s
+    prj = np.asarray(view.landmarks_projected, dtype=np.float64) * s
+    wgt = np.asarray(view.landmark_weight, dtype=np.float64).reshape(-1)
+    use = np.isfinite(det).all(1) & np.isfinite(prj).all(1) & (wgt > 0)
+    for a, b in zip(det[use], prj[use]):
+        d.line([tuple(a), tuple(b)], fill=(255, 255, 255), width=1)
+    for x, y in det[use]:
+        d.ellipse([x - r, y - r, x + r, y + r], fill=GREEN, outline=(0, 0, 0))
+    for x, y in prj[use]:
+        d.ellipse([x - r, y - r, x + r, y + r], fill=RED, outline=(0, 0, 0))
+    return im
+
+
+def _shaded_mesh(result: FitResult, i: int, size: tuple[int, int], s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flat-shaded mesh of view ``i`` at display size: ``(h, w, 3)`` colour and ``(h, w)`` coverage."""
+    cams = result.cameras.subset([i]).to(dtype=torch.float64)
+    v = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float64)
+    uv, z = project_points(v, cams)
+    uv, z = uv[0].numpy() * s, z[0].numpy()
+    pc = (v @ cams.R[0].T + cams.t[0]).numpy()  # camera frame, OpenCV axes
+    f = np.asarray(result.faces, dtype=np.int64)
+    tri = pc[f]  # (F, 3, 3)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    cen = tri.mean(1)
+    nn = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    facing = -(nn * cen).sum(1) / np.maximum(np.linalg.norm(cen, axis=1), 1e-12)  # > 0: faces the camera
+    keep = (facing > 0) & (z[f] > 1e-6).all(1)
+    order = np.argsort(-cen[keep, 2])  # far to near
+    idx = np.nonzero(keep)[0][order]
+    shade = 0.35 + 0.65 * facing[idx]
+    layer = Image.new("RGB", size, (0, 0, 0))
+    cover = Image.new("L", size, 0)
+    dl, dc = ImageDraw.Draw(layer), ImageDraw.Draw(cover)
+    pts = uv[f[idx]]
+    cols = np.clip(MESH_RGB[None] * shade[:, None], 0, 255).astype(np.uint8)
+    for p, c in zip(pts.tolist(), cols.tolist()):
+        poly = [tuple(q) for q in p]
+        dl.polygon(poly, fill=tuple(c))
+        dc.polygon(poly, fill=255)
+    return np.asarray(layer, dtype=np.float64), np.asarray(cover, dtype=np.float64) / 255.0
+
+
+def draw_model_overlay(obs: ViewObservation, result: FitResult, i: int, render: np.ndarray | None = None,
+                       s: float | None = None) -> Image.Image:
+    """The model over the photo: ``render`` ((H, W, 3) or (H, W, 4) uint8, original grid) or a shaded mesh."""
+    s = _scale_for(obs.image.width, obs.image.height) if s is None else s
+    photo = _resized(obs.image.pixels, s).convert("RGB")
+    base = np.asarray(photo, dtype=np.float64)
+    if render is not None:
+        r = np.asarray(render)
+        if r.shape[:2] != (obs.image.height, obs.image.width) or r.ndim != 3 or r.shape[2] not in (3, 4):
+            raise ValueError(f"report: render of {obs.image.name} is {r.shape}, expected "
+                             f"({obs.image.height}, {obs.image.width}, 3 or 4)")
+        rs = np.asarray(_resized(r.astype(np.uint8), s), dtype=np.float64)
+        colour = rs[..., :3]
+        alpha = (rs[..., 3] / 255.0 if r.shape[2] == 4 else np.ones(base.shape[:2])) * MESH_OPACITY
+    else:
+        colour, cover = _shaded_mesh(result, i, photo.size, s)
+        alpha = cover * MESH_OPACITY
+    out = base * (1 - alpha[..., None]) + colour * alpha[..., None]
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+
+
+def _contact_sheet(images: list[Image.Image], labels: list[str], path: Path, cell: int = 240) -> Path:
+    cols = max(1, min(6, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    pad, label_h = 6, 18
+    sheet = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + label_h + pad) + pad), (250, 250, 250))
+    d = ImageDraw.Draw(sheet)
+    for k, (im, lab) in enumerate(zip(images, labels)):
+        t = im.copy()
+        t.thumbnail((cell, cell), Image.LANCZOS)
+        x0 = pad + (k % cols) * (cell + pad)
+        y0 = pad + (k // cols) * (cell + label_h + pad)
+        sheet.paste(t, (x0 + (cell - t.width) // 2, y0 + (cell - t.height) // 2))
+        d.text((x0 + 2, y0 + cell + 3), lab[:38], fill=(30, 30, 30))
+    sheet.save(path, quality=88)
+    return path
+
+
+def _loss_plot(result: FitResult, path: Path) -> Path | None:
+    stages = [s for s in result.stages if len(s.loss_history) > 0]
+    if not stages:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(stages)
+    fig, axes = plt.subplots(1, n, figsize=(min(4.0 * n, 16), 3.0), squeeze=False)
+    for ax, st in zip(axes[0], stages):
+        y = np.asarray(st.loss_history, dtype=np.float64)
+        ax.plot(np.arange(1, len(y) + 1), y, color="#2563eb", lw=1.5)
+        if np.all(y[np.isfinite(y)] > 0) and np.isfinite(y).any():
+            ax.set_yscale("log")
+        ax.set_title(f"{st.name}  ({st.iterations} it, {st.seconds:.1f} s)", fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("loss", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt_s(sec: float) -> str:
+    return f"{sec:.1f} s" if sec < 120 else f"{sec / 60:.1f} min"
+
+
+def _status(rel: float) -> tuple[str, str]:
+    if not np.isfinite(rel):
+        return "bad", "no value"
+    if rel < GOOD:
+        return "good", "good"
+    if rel < FAIR:
+        return "fair", "fair"
+    return "bad", "poor"
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;color:#1f2328}
+main{max-width:1320px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+h3{font-size:15px;margin:0 0 8px}
+.sub{color:#57606a;font-size:13px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(290px,1fr));gap:12px;margin-top:14px}
+.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:12px 14px;font-size:13px}
+.card dl{display:grid;grid-template-columns:max-content 1fr;gap:3px 10px;margin:0}
+.card dt{color:#57606a} .card dd{margin:0;word-break:break-all}
+.big{font-size:26px;font-weight:600}
+table{border-collapse:collapse;background:#fff;font-size:13px;width:100%}
+th,td{border:1px solid #d0d7de;padding:5px 8px;text-align:left} th{background:#f6f8fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.good{color:#1a7f37;font-weight:600} .fair{color:#9a6700;font-weight:600} .bad{color:#cf222e;font-weight:600}
+.warn{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:6px 10px;margin:6px 0;font-size:13px}
+.view{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:12px;margin:14px 0}
+.pair{display:flex;flex-wrap:wrap;gap:10px} .pair a{flex:0 1 auto}
+.pair img{display:block;max-width:min(100%,620px);max-height:540px;width:auto;height:auto;border-radius:4px}
+.pair figcaption{font-size:12px;color:#57606a;margin-top:2px}
+.legend span{display:inline-block;margin-right:14px;font-size:13px}
+.dot{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:4px;vertical-align:middle}
+img.sheet,img.plot{max-width:100%;border:1px solid #d0d7de;border-radius:6px;background:#fff}
+ul{margin:4px 0 0 18px;padding:0}
+"""
+
+
+def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitResult, intrinsics: Intrinsics,
+                 skipped: list[SkippedInput], timings: dict, renders: list[np.ndarray] | None = None) -> Path:
+    """Write ``report.html`` and ``report/`` into ``out_dir`` (contents: module docstring).
+
+    Args:
+        out_dir: the output folder.
+        views: observations of (at least) the fitted views.
+        result: the fit.
+        intrinsics: the initial intrinsics (source, COLMAP figures, notes).
+        skipped: inputs left out, with reasons.
+        timings: seconds per pipeline stage, e.g. ``{"images": 0.4, "observe": 3.1, ...}``.
+        renders: optional, one per fitted view in ``result.views`` order: ``(H, W, 3)`` or
+            ``(H, W, 4)`` uint8 in the original pixel grid; when None a shaded mesh is drawn.
+
+    Returns:
+        the path of ``report.html``.
+    """
+    out_dir = Path(out_dir)
+    rep = out_dir / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    obs = match_views(views, result)
+    if renders is not None and len(renders) != len(obs):
+        raise ValueError(f"report: {len(renders)} renders for {len(obs)} fitted views")
+
+    model_imgs, rows, blocks = [], [], []
+    model_caption = "rendered model over the photo" if renders is not None else "fitted mesh over the photo (flat-shaded)"
+    for i, (o, vf) in enumerate(zip(obs, result.views)):
+        s = _scale_for(o.image.width, o.image.height)
+        lm_name, md_name = f"{vf.name}_landmarks.jpg", f"{vf.name}_model.jpg"
+        draw_landmark_overlay(o, vf, s).save(rep / lm_name, quality=90)
+        mim = draw_model_overlay(o, result, i, None if renders is None else renders[i], s)
+        mim.save(rep / md_name, quality=90)
+        model_imgs.append(mim)
+        eye = float(vf.eye_distance_px)
+        rel = float(vf.landmark_error_px) / eye if eye > 0 else float("nan")
+        cls, word = _status(rel)
+        fx = float(result.cameras.fx[i])
+        fy = float(result.cameras.fy[i])
+        n_used = int((np.asarray(vf.landmark_weight) > 0).sum())
+        rows.append(
+            f"<tr><td class='num'>{i + 1}</td><td><a href='#view-{_esc(vf.name)}'>{_esc(vf.name)}</a></td>"
+            f"<td class='num'>{o.image.width}&times;{o.image.height}</td>"
+            f"<td class='num'>{fx:.1f}" + (f" / {fy:.1f}" if abs(fx - fy) > 1e-6 * fx else "") + "</td>"
+            f"<td class='num'>{n_used}</td>"
+            f"<td class='num'>{vf.landmark_error_px:.2f}</td><td class='num'>{eye:.1f}</td>"
+            f"<td class='num'>{100 * rel:.2f}%</td><td class='{cls}'>{word}</td></tr>")
+        notes = "".join(f"<div class='warn'>{_esc(n)}</div>" for n in o.notes)
+        blocks.append(
+            f"<div class='view' id='view-{_esc(vf.name)}'><h3>{i + 1}. {_esc(vf.name)} "
+            f"<span class='sub'>&mdash; landmark error {vf.landmark_error_px:.2f} px "
+            f"(<span class='{cls}'>{100 * rel:.2f}%</span> of the eye-corner distance), "
+            f"{_esc(o.image.path)}</span></h3>{notes}"
+            f"<div class='pair'><figure style='margin:0'><a href='report/{_esc(lm_name)}'><img src='report/{_esc(lm_name)}' "
+            f"alt='landmarks {_esc(vf.name)}'></a><figcaption>landmarks and head mask</figcaption></figure>"
+            f"<figure style='margin:0'><a href='report/{_esc(md_name)}'><img src='report/{_esc(md_name)}' "
+            f"alt='model {_esc(vf.name)}'></a><figcaption>{model_caption}</figcaption></figure></div></div>")
+
+    sheet = _contact_sheet(model_imgs, [vf.name for vf in result.views], rep / "contact_sheet.jpg") if model_imgs else None
+    plot = _loss_plot(result, rep / "loss_curves.png")
+
+    # ---- summary cards
+    n_fit = len(result.views)
+    errs = np.array([vf.landmark_error_px for vf in result.views], dtype=np.float64)
+    rels = np.array([vf.landmark_error_px / vf.eye_distance_px if vf.eye_distance_px > 0 else np.nan
+                     for vf in result.views])
+    skipped_html = ("<ul>" + "".join(f"<li><b>{_esc(Path(sk.path).name)}</b>: {_esc(sk.reason)}</li>" for sk in skipped)
+                    + "</ul>") if skipped else "<span class='sub'>none</span>"
+    views_card = (f"<div class='card'><h3>Views</h3><div class='big'>{n_fit} fitted</div>"
+                  f"<div class='sub'>{len(skipped)} left out</div>"
+                  + (f"<dl><dt>median error</dt><dd>{np.nanmedian(errs):.2f} px "
+                     f"({100 * np.nanmedian(rels):.2f}% of eye distance)</dd>"
+                     f"<dt>worst view</dt><dd>{_esc(result.views[int(np.nanargmax(rels))].name)} "
+                     f"({100 * np.nanmax(rels):.2f}%)</dd></dl>" if n_fit and np.isfinite(rels).any() else "")
+                  + f"<div style='margin-top:6px'><b>Left out</b>{skipped_html}</div></div>")
+
+    col = intrinsics.colmap or {}
+    colmap_rows = "".join(f"<dt>COLMAP {_esc(k.replace('_', ' '))}</dt><dd>{_esc(_short(v))}</dd>" for k, v in col.items())
+    intr_notes = "".join(f"<li>{_esc(n)}</li>" for n in intrinsics.notes)
+    fxs = result.cameras.fx.detach().cpu().double().numpy()
+    intr_card = (f"<div class='card'><h3>Intrinsics</h3><dl><dt>initial estimate</dt>"
+                 f"<dd><b>{_esc(intrinsics.source)}</b></dd>"
+                 f"<dt>in the fit</dt><dd>{_esc(result.intrinsics_source)}"
+                 f"{' (focal refined)' if intrinsics.optimise_focal else ' (focal held fixed)'}</dd>"
+                 f"<dt>initial focal</dt><dd>{_range(np.asarray(intrinsics.fx, dtype=float))} px</dd>"
+                 f"<dt>fitted focal</dt><dd>{_range(fxs)} px</dd>"
+                 + (colmap_rows or "<dt>COLMAP</dt><dd>not used / did not register</dd>")
+                 + "</dl>" + (f"<ul>{intr_notes}</ul>" if intr_notes else "") + "</div>")
+
+    mi = dict(result.model_info or {})
+    lacks = mi.get("notes") or []
+    lacks = [lacks] if isinstance(lacks, str) else list(lacks)
+    model_card = ("<div class='card'><h3>Model</h3><dl>"
+                  f"<dt>file</dt><dd>{_esc(mi.get('path', 'unknown'))}</dd>"
+                  f"<dt>sha256</dt><dd>{_esc(str(mi.get('sha256', 'unknown'))[:16])}&hellip;</dd>"
+                  f"<dt>shape / expr</dt><dd>{_esc(mi.get('n_shape', len(np.ravel(result.flame.get('shape', [])))))} / "
+                  f"{_esc(mi.get('n_expr', len(np.ravel(result.flame.get('expression', [])))))} components</dd>"
+                  f"<dt>texture</dt><dd>{'texture space' if result.texture_coeffs is not None else 'per-texel albedo / none'}</dd>"
+                  "</dl>" + ("<div style='margin-top:6px'><b>Lacks / notes</b><ul>"
+                             + "".join(f"<li>{_esc(n)}</li>" for n in lacks) + "</ul></div>" if lacks else "")
+                  + "</div>")
+
+    t_rows = "".join(f"<tr><td>{_esc(k)}</td><td class='num'>{_fmt_s(float(v))}</td></tr>" for k, v in timings.items())
+    total = sum(float(v) for v in timings.values())
+    st_rows = "".join(
+        f"<tr><td>fit: {_esc(s.name)}</td><td class='num'>{_fmt_s(float(s.seconds))} "
+        f"<span class='sub'>({s.iterations} it)</span></td></tr>" for s in result.stages)
+    time_card = ("<div class='card'><h3>Time</h3><table>" + t_rows
+                 + (f"<tr><th>total</th><th class='num'>{_fmt_s(total)}</th></tr>" if timings else "")
+                 + st_rows + "</table></div>")
+
+    notes_html = "".join(f"<div class='warn'>{_esc(n)}</div>" for n in result.notes)
+    legend = ("<div class='legend'><span><i class='dot' style='background:rgb(40,220,80)'></i>detected landmarks</span>"
+              "<span><i class='dot' style='background:rgb(240,50,50)'></i>model landmarks (projected)</span>"
+              "<span><i class='dot' style='background:rgb(255,220,0)'></i>head mask outline</span>"
+              "<span><i class='dot' style='background:rgb(150,185,255)'></i>"
+              + ("rendered model" if renders is not None else "fitted mesh (flat-shaded)") + "</span></div>")
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>flame-prior report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
+<body><main>
+<h1>flame-prior report</h1>
+<div class="sub">flame-prior {_esc(flame_prior_version())} &middot; {now} &middot; cameras in FLAME's frame (metres, +Y up)</div>
+{notes_html}
+<div class="cards">{views_card}{intr_card}{model_card}{time_card}</div>
+<h2>Contact sheet</h2>
+{f"<a href='report/contact_sheet.jpg'><img class='sheet' src='report/contact_sheet.jpg' alt='contact sheet'></a>" if sheet else "<p class='sub'>no views</p>"}
+<h2>Loss per stage</h2>
+{f"<img class='plot' src='report/loss_curves.png' alt='loss curves'>" if plot else "<p class='sub'>no loss history</p>"}
+<h2>Per view</h2>
+<p class="sub">Landmark error: median over the landmarks used, in pixels and as a fraction of the fitted model's
+outer-eye-corner distance in that view (<span class="good">good</span> &lt; {100 * GOOD:.0f}%,
+<span class="fair">fair</span> &lt; {100 * FAIR:.0f}%, else <span class="bad">poor</span>).</p>
+<table id="per-view"><thead><tr><th>#</th><th>view</th><th>size</th><th>focal px</th><th>landmarks</th>
+<th>error px</th><th>eye dist px</th><th>error / eye dist</th><th>status</th></tr></thead>
+<tbody>{''.join(rows)}</tbody></table>
+<h2>Views</h2>
+{legend}
+{''.join(blocks)}
+</main></body></html>
+"""
+    path = out_dir / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple, np.ndarray)) and len(v) > 6:
+        return f"[{len(v)} values]"
+    return str(v)
+
+
+def _range(a: np.ndarray) -> str:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return "&ndash;"
+    lo, hi = a.min(), a.max()
+    return f"{lo:.1f}" if hi - lo < 0.05 else f"{lo:.1f}&ndash;{hi:.1f}"

@@ -1,0 +1,110 @@
+"""Adds ``flame-face`` to nerfstudio's ``ns-process-data`` without editing nerfstudio.
+
+Why a hook at all: in nerfstudio 1.1.5, ``ns-process-data``'s subcommands are a fixed ``Union`` in
+``nerfstudio/scripts/process_data.py`` (``Commands``); unlike ``ns-train``'s methods and
+dataparsers there is no entry-point group for them. ``entrypoint()`` there reads the module
+global ``Commands`` when it runs, so extending that global after the module is imported and before
+``entrypoint()`` is called adds a subcommand.
+
+Mechanism (chosen over the alternatives, see ``nerfstudio_plugin/__init__.py``):
+
+* flame-prior's wheel installs ``flame_prior_nerfstudio.pth`` into site-packages. Its one line
+  imports this module (standard library only: no torch, no nerfstudio, well under a millisecond)
+  and calls :func:`install`, which puts a :class:`_ExtendProcessDataFinder` first on
+  ``sys.meta_path``. The finder answers for exactly one module name,
+  ``nerfstudio.scripts.process_data``; every other import passes straight through.
+* When that module is imported (by the ``ns-process-data`` console script), the finder lets the
+  normal finder locate it and wraps the loader: after nerfstudio's module body has run,
+  :func:`nerfstudio_plugin.process_data.extend_commands` appends
+  ``Annotated[FlameFaceProcessor, tyro.conf.subcommand(name="flame-face")]`` to ``Commands``.
+* Nothing in nerfstudio's installed files changes; ``pip uninstall flame-prior`` removes the
+  ``.pth`` (it is in the wheel's RECORD) and ``ns-process-data`` is nerfstudio's own again.
+* Failure is contained: if extending fails (say flame-prior's own imports are broken), a one-line
+  warning goes to stderr and nerfstudio's subcommands work as before. A ``.pth`` left behind
+  without this package is skipped silently (its line checks that the package exists).
+
+Limits: only the console script (and anything that imports ``nerfstudio.scripts.process_data``)
+sees the subcommand; ``python -m nerfstudio.scripts.process_data`` runs the module as ``__main__``
+before any hook can extend it. Editable installs (``pip install -e``) do not install ``.pth`` data
+files, so there ``ns-process-data flame-face`` is absent; ``flame-prior fit`` (the same config and
+``run``) or ``python -m nerfstudio_plugin.process_data`` do the same job.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+
+__all__ = ["TARGET_MODULE", "install", "uninstall", "PTH_LINE"]
+
+#: The one module whose import is intercepted.
+TARGET_MODULE = "nerfstudio.scripts.process_data"
+
+#: The line of ``flame_prior_nerfstudio.pth`` (a no-op when this package is not importable).
+PTH_LINE = (
+    "import importlib.util as _u; "
+    "_u.find_spec('nerfstudio_plugin') and __import__('nerfstudio_plugin.ns_process_data_hook').ns_process_data_hook.install()"
+)
+
+
+def _extend(module) -> None:
+    """Append ``flame-face`` to ``module.Commands``; on any failure warn and leave it as it was."""
+    try:
+        from nerfstudio_plugin.process_data import extend_commands
+
+        module.Commands = extend_commands(module.Commands)
+    except Exception as e:  # noqa: BLE001 - never break nerfstudio's own command
+        print(f"flame-prior: `ns-process-data flame-face` is unavailable ({type(e).__name__}: {e}); "
+              "nerfstudio's own subcommands are unaffected.", file=sys.stderr)
+
+
+class _ExtendingLoader(importlib.abc.Loader):
+    """Runs the real loader, then extends ``Commands``. Everything else is delegated."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _extend(module)
+
+    def __getattr__(self, name):  # get_source, get_code, is_package, ... for inspect and tracebacks
+        return getattr(self._loader, name)
+
+
+class _ExtendProcessDataFinder(importlib.abc.MetaPathFinder):
+    """Meta-path finder that only wraps the loader of :data:`TARGET_MODULE`."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != TARGET_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ExtendingLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (idempotent). Extends at once if already imported."""
+    if any(isinstance(f, _ExtendProcessDataFinder) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _ExtendProcessDataFinder())
+    module = sys.modules.get(TARGET_MODULE)
+    if module is not None:
+        _extend(module)
+
+
+def uninstall() -> None:
+    """Remove the finder (an already extended module keeps its ``flame-face``)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ExtendProcessDataFinder)]

@@ -1,0 +1,348 @@
+"""nerfstudio integration: ``ns-process-data flame-face``, the ``flame-face`` dataparser, ``ns-train``.
+
+Runs only where nerfstudio is installed (the ``[nerfstudio]`` extra, ``scripts/ci_nerfstudio.sh``
+builds ``.venv-ns``); elsewhere the whole module skips with that message.
+
+The installed-command tests need flame-prior installed as a wheel (``pip install '.[nerfstudio]'``):
+an editable install has no ``flame_prior_nerfstudio.pth``, so those tests skip there unless
+``FLAME_PRIOR_REQUIRE_NS_HOOK=1`` (set by the CI script) turns the skip into a failure.
+
+Offline LPIPS: every nerfstudio model builds an LPIPS metric whose AlexNet backbone torchvision
+downloads on first use (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``). The ns-train test
+points ``TORCH_HOME`` at a temporary folder holding a randomly initialised AlexNet under that name, so
+the metric builds without a network; LPIPS is only computed at evaluation, which these few iterations
+never reach. Users with a network get the real weights, downloaded once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "nerfstudio", reason="nerfstudio is not installed: these tests run in .venv-ns (scripts/ci_nerfstudio.sh)"
+)
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from flame_prior.geometry import axis_angle_to_rotation_matrix, opencv_w2c_to_opengl_c2w  # noqa: E402
+
+from conftest import shared_path  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PTH_NAME = "flame_prior_nerfstudio.pth"
+REQUIRE_HOOK = os.environ.get("FLAME_PRIOR_REQUIRE_NS_HOOK") == "1"
+
+
+def _cli(name: str, *args: str, timeout: float = 600, env: dict | None = None, cwd: Path | None = None):
+    exe = BIN / name
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def _require_installed_hook() -> None:
+    if not any((Path(p) / PTH_NAME).is_file() for p in site.getsitepackages()):
+        msg = (f"{PTH_NAME} is not in site-packages (editable install?): install flame-prior as a wheel, "
+               "pip install '.[nerfstudio]', to get `ns-process-data flame-face`")
+        if REQUIRE_HOOK:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# A synthetic flame-prior dataset (the layout of flame_prior.export.nerfstudio / flame_params)
+# ----------------------------------------------------------------------------------------------
+
+def write_synthetic_dataset(out: Path, n_views: int = 4, width: int = 40, height: int = 32, seed: int = 0) -> dict:
+    """Random cameras 0.6-1.2 m from FLAME's origin looking at it; noise images, disc masks."""
+    rng = np.random.default_rng(seed)
+    names = [f"view{i:02d}" for i in range(n_views)]
+    yaw = rng.uniform(-0.7, 0.7, n_views)
+    pitch = rng.uniform(-0.3, 0.3, n_views)
+    dist = rng.uniform(0.6, 1.2, n_views)
+    # OpenCV camera looking down -Z of the world (at the face, which looks along +Z): a 180 deg
+    # turn about X, then yaw/pitch of the head relative to the camera.
+    R_face = np.diag([1.0, -1.0, -1.0])
+    aa = np.stack([pitch, yaw, np.zeros(n_views)], -1)
+    R_head = axis_angle_to_rotation_matrix(torch.as_tensor(aa)).numpy()
+    R = R_face[None] @ R_head
+    t = np.stack([rng.normal(0, 0.01, n_views), rng.normal(0, 0.01, n_views), dist], -1)
+    f = np.full(n_views, 1.2 * width)
+    cx, cy = np.full(n_views, width / 2), np.full(n_views, height / 2)
+    c2w = opencv_w2c_to_opengl_c2w(R, t)
+
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    yy, xx = np.mgrid[:height, :width]
+    mask = (((xx + 0.5 - width / 2) / (0.35 * width)) ** 2 + ((yy + 0.5 - height / 2) / (0.45 * height)) ** 2) <= 1
+    frames = []
+    for i, name in enumerate(names):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(out / "images" / f"{name}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{name}.png")
+        frames.append({"file_path": f"images/{name}.png", "mask_path": f"masks/{name}.png",
+                       "transform_matrix": c2w[i].tolist(), "fl_x": float(f[i]), "fl_y": float(f[i]),
+                       "cx": float(cx[i]), "cy": float(cy[i]), "w": width, "h": height})
+    meta = {"camera_model": "PINHOLE", "applied_transform": np.eye(4)[:3].tolist(),
+            "flame_param_path": "flame_params.npz", "frames": frames}
+    (out / "transforms.json").write_text(json.dumps(meta, indent=1))
+    np.savez(out / "flame_params.npz", shape=rng.normal(size=60), expression=np.zeros(0), rotation=np.zeros(3),
+             neck_pose=np.zeros(3), jaw_pose=np.zeros(3), eye_pose=np.zeros(6), translation=np.zeros(3),
+             R=R, t=t, fx=f, fy=f, cx=cx, cy=cy, width=np.full(n_views, width, dtype=np.int64),
+             height=np.full(n_views, height, dtype=np.int64), view_names=np.array(names))
+    return {"names": names, "c2w": c2w}
+
+
+@pytest.fixture(scope="module")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ns_synth") / "dataset"
+    write_synthetic_dataset(out)
+    return out
+
+
+def _transforms_c2w(dataset: Path) -> dict[str, np.ndarray]:
+    meta = json.loads((dataset / "transforms.json").read_text())
+    return {Path(fr["file_path"]).stem: np.asarray(fr["transform_matrix"], dtype=np.float64) for fr in meta["frames"]}
+
+
+def _parse(config, split: str = "train"):
+    return config.setup().get_dataparser_outputs(split=split)
+
+
+def check_nerfstudio_data_keeps_frame(dataset: Path) -> None:
+    """nerfstudio's own parser, re-orienting/centring/scaling off, gives flame-prior's c2w to 1e-5."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    cfg = NerfstudioDataParserConfig(data=dataset, orientation_method="none", center_method="none",
+                                     auto_scale_poses=False, eval_mode="all")
+    out = _parse(cfg)
+    want = _transforms_c2w(dataset)
+    got = out.cameras.camera_to_worlds.numpy()
+    assert len(out.image_filenames) == len(want)
+    for fname, c2w in zip(out.image_filenames, got):
+        np.testing.assert_allclose(c2w, want[Path(fname).stem][:3], atol=1e-5)
+    np.testing.assert_allclose(out.dataparser_transform.numpy(), np.eye(4)[:3], atol=1e-7)
+    assert out.dataparser_scale == 1.0
+    assert out.mask_filenames is not None and len(out.mask_filenames) == len(want)
+
+
+def check_flame_face_parser(dataset: Path) -> None:
+    """The flame-face parser: same cameras, masks, scene box, FLAME parameters in metadata."""
+    from nerfstudio_plugin.dataparser import FlameFaceDataParserConfig
+
+    out = _parse(FlameFaceDataParserConfig(data=dataset, eval_mode="all"))
+    want = _transforms_c2w(dataset)
+    for fname, c2w in zip(out.image_filenames, out.cameras.camera_to_worlds.numpy()):
+        np.testing.assert_allclose(c2w, want[Path(fname).stem][:3], atol=1e-5)
+    assert out.mask_filenames is not None
+    aabb = out.scene_box.aabb.numpy()
+    np.testing.assert_allclose(aabb, [[-0.3] * 3, [0.3] * 3])
+    params = out.metadata["flame_params"]
+    for key in ("shape", "expression", "rotation", "neck_pose", "jaw_pose", "eye_pose", "translation",
+                "R", "t", "fx", "fy", "cx", "cy", "width", "height", "view_names"):
+        assert key in params, key
+    idx = out.metadata["flame_view_index"]
+    names = [str(params["view_names"][i]) for i in idx]
+    assert names == [Path(f).stem for f in out.image_filenames]
+    # The stored OpenCV w2c and the frame's OpenGL c2w agree, row by row.
+    c2w = opencv_w2c_to_opengl_c2w(params["R"][idx], params["t"][idx])
+    np.testing.assert_allclose(out.cameras.camera_to_worlds.numpy(), c2w[:, :3], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The ns-process-data hook
+# ----------------------------------------------------------------------------------------------
+
+def test_hook_is_cheap_and_standard_library_only():
+    """Importing the .pth's module must not pull in nerfstudio, torch or flame-prior."""
+    code = ("import sys, time; t = time.perf_counter(); import nerfstudio_plugin.ns_process_data_hook as h; "
+            "h.install(); dt = time.perf_counter() - t; "
+            "heavy = [m for m in ('torch', 'nerfstudio', 'flame_prior', 'tyro', 'numpy') if m in sys.modules]; "
+            "print(dt, heavy)")
+    res = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}; {code}"],
+                         capture_output=True, text=True, check=True)
+    dt, heavy = res.stdout.split(" ", 1)
+    assert heavy.strip() == "[]", heavy
+    assert float(dt) < 0.05, dt
+
+
+def test_hook_extends_process_data_commands():
+    """With the finder installed, importing nerfstudio's script module adds exactly one flame-face."""
+    code = ("import typing; import nerfstudio_plugin.ns_process_data_hook as h; h.install(); h.install(); "
+            "import nerfstudio.scripts.process_data as m; "
+            "from nerfstudio_plugin.process_data import _subcommand_names, FlameFaceProcessor; "
+            "names = _subcommand_names(m.Commands); "
+            "members = [typing.get_args(a)[0] for a in typing.get_args(m.Commands)]; "
+            "print(sorted(names), members.count(FlameFaceProcessor))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "'flame-face'" in res.stdout and "'images'" in res.stdout and res.stdout.strip().endswith(" 1"), res.stdout
+
+
+def test_processor_reuses_fit_config():
+    from flame_prior.config import FitConfig
+    from nerfstudio_plugin.process_data import FlameFaceProcessor
+
+    assert issubclass(FlameFaceProcessor, FitConfig)
+    cfg = FlameFaceProcessor(data=Path("in"), output_dir=Path("out"))
+    assert cfg.data == Path("in") and cfg.output_dir == Path("out") and not cfg.overwrite
+
+
+def test_installed_ns_process_data_lists_flame_face():
+    _require_installed_hook()
+    res = _cli("ns-process-data", "--help", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "flame-face" in res.stdout and "unavailable" not in res.stderr, res.stdout + res.stderr
+    res = _cli("ns-process-data", "flame-face", "--help", timeout=300)
+    assert res.returncode == 0, res.stderr
+    for flag in ("--data", "--output-dir", "--flame-model", "--overwrite"):
+        assert flag in res.stdout, flag
+    res = _cli("ns-process-data", "images", "--help", timeout=300)  # nerfstudio's own, unaffected
+    assert res.returncode == 0 and "--data" in res.stdout, res.stderr
+
+
+def test_installed_flame_face_fails_with_nonzero_status(tmp_path):
+    _require_installed_hook()
+    res = _cli("ns-process-data", "flame-face", "--data", str(tmp_path / "missing"), "--output-dir",
+               str(tmp_path / "out"), timeout=300)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataparsers on a synthetic dataset
+# ----------------------------------------------------------------------------------------------
+
+def test_flame_face_dataparser_is_registered():
+    from nerfstudio.plugins.registry_dataparser import discover_dataparsers
+
+    parsers, descriptions = discover_dataparsers()
+    from nerfstudio_plugin.dataparser import FlameFaceDataParserConfig
+
+    assert isinstance(parsers.get("flame-face"), FlameFaceDataParserConfig)
+    cfg = parsers["flame-face"]
+    assert (cfg.orientation_method, cfg.center_method, cfg.auto_scale_poses, cfg.scale_factor) == ("none", "none", False, 1.0)
+
+
+def test_nerfstudio_data_keeps_flame_frame_synthetic(synthetic_dataset):
+    check_nerfstudio_data_keeps_frame(synthetic_dataset)
+
+
+def test_flame_face_parser_synthetic(synthetic_dataset):
+    check_flame_face_parser(synthetic_dataset)
+
+
+def test_flame_face_parser_rejects_plain_dataset(tmp_path):
+    from nerfstudio_plugin.dataparser import FlameFaceDataParserConfig
+
+    write_synthetic_dataset(tmp_path / "d", n_views=2)
+    meta = json.loads((tmp_path / "d" / "transforms.json").read_text())
+    del meta["flame_param_path"]
+    (tmp_path / "d" / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="flame_param_path"):
+        _parse(FlameFaceDataParserConfig(data=tmp_path / "d", eval_mode="all"))
+
+
+# ----------------------------------------------------------------------------------------------
+# ns-train nerfacto, CPU, offline
+# ----------------------------------------------------------------------------------------------
+
+def _offline_torch_home(root: Path) -> Path:
+    """A TORCH_HOME whose hub cache holds a *random* AlexNet under torchvision's file name (see module doc)."""
+    import torchvision
+
+    ckpt = root / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    name = Path(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), ckpt / name)
+    return root
+
+
+TINY_NERFACTO = [
+    "--machine.device-type", "cpu", "--vis", "tensorboard", "--max-num-iterations", "4",
+    "--steps-per-save", "3", "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",
+    "--steps-per-eval-all-images", "1000", "--logging.local-writer.enable", "False",
+    "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.datamanager.eval-num-rays-per-batch", "256",
+    "--pipeline.model.eval-num-rays-per-chunk", "256", "--pipeline.model.num-levels", "4",
+    "--pipeline.model.log2-hashmap-size", "12", "--pipeline.model.max-res", "128",
+    "--pipeline.model.num-nerf-samples-per-ray", "16", "--pipeline.model.num-proposal-samples-per-ray", "16", "16",
+    "--pipeline.model.camera-optimizer.mode", "off",
+]
+
+
+def run_ns_train(dataset: Path, workdir: Path, dataparser_args: list[str]) -> Path:
+    env = {"TORCH_HOME": str(_offline_torch_home(workdir / "torch_home")), "WANDB_MODE": "disabled",
+           "CUDA_VISIBLE_DEVICES": ""}
+    t0 = time.perf_counter()
+    res = _cli("ns-train", "nerfacto", "--data", str(dataset), "--output-dir", str(workdir / "outputs"),
+               "--experiment-name", "flame", "--timestamp", "t", *TINY_NERFACTO, *dataparser_args,
+               timeout=900, env=env, cwd=workdir)
+    print(f"ns-train: {time.perf_counter() - t0:.1f}s")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ckpts = list((workdir / "outputs").rglob("*.ckpt"))
+    assert ckpts, res.stdout[-3000:]
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    assert state["step"] >= 3
+    tf = json.loads(next((workdir / "outputs").rglob("dataparser_transforms.json")).read_text())
+    np.testing.assert_allclose(tf["transform"], np.eye(4)[:3], atol=1e-7)
+    assert tf["scale"] == 1.0
+    return ckpts[0]
+
+
+def test_ns_train_nerfacto_flame_face_synthetic(synthetic_dataset, tmp_path):
+    run_ns_train(synthetic_dataset, tmp_path, ["flame-face", "--eval-mode", "all"])
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on real photographs: ns-process-data flame-face -> parsers -> ns-train
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory) -> Path:
+    src = shared_path("data/multiview/2-346/images")
+    _require_installed_hook()
+    root = tmp_path_factory.mktemp("ns_real")
+    (root / "photos").mkdir()
+    for name in ("1.jpg", "15.jpg", "30.jpg"):
+        shutil.copy(src / name, root / "photos" / name)
+    t0 = time.perf_counter()
+    res = _cli("ns-process-data", "flame-face", "--data", str(root / "photos"), "--output-dir",
+               str(root / "dataset"), timeout=1500)
+    print(f"ns-process-data flame-face (3 photos): {time.perf_counter() - t0:.1f}s")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return root / "dataset"
+
+
+@pytest.mark.slow
+def test_real_ns_process_data_output(real_dataset):
+    for rel in ("transforms.json", "flame_params.npz"):
+        assert (real_dataset / rel).is_file(), rel
+    meta = json.loads((real_dataset / "transforms.json").read_text())
+    assert len(meta["frames"]) == 3
+    for fr in meta["frames"]:
+        mask = np.asarray(Image.open(real_dataset / fr["mask_path"]))
+        assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.mark.slow
+def test_real_nerfstudio_data_keeps_flame_frame(real_dataset):
+    check_nerfstudio_data_keeps_frame(real_dataset)
+
+
+@pytest.mark.slow
+def test_real_flame_face_parser(real_dataset):
+    check_flame_face_parser(real_dataset)
+
+
+@pytest.mark.slow
+def test_real_ns_train_nerfacto(real_dataset, tmp_path):
+    run_ns_train(real_dataset, tmp_path, ["flame-face", "--eval-mode", "all"])
