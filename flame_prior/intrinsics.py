@@ -175,29 +175,29 @@ def estimate_intrinsics(
     n = len(views)
     notes: list[str] = []
 
-    def result(focal: np.ndarray, source: IntrinsicsSource, measured: bool, **kw) -> Intrinsics:
-        if config.optimise_focal == "auto":
-            optimise = not measured and n > 1
-        else:
-            optimise = config.optimise_focal == "yes"
+    def result(focal, source: IntrinsicsSource, cx=None, cy=None, **colmap) -> Intrinsics:
+        measured = source not in ("optimised", "prior")
+        optimise = (not measured and n > 1) if config.optimise_focal == "auto" else config.optimise_focal == "yes"
         if not measured:
             source = "optimised" if optimise else "prior"
+            notes.append(f"no measured focal: the fit optimises it, starting from a {config.prior_fov_deg:g} deg "
+                         "vertical FOV" if optimise else
+                         f"no measured focal: prior vertical FOV {config.prior_fov_deg:g} deg, fixed")
         focal = np.asarray(focal, dtype=np.float64)
-        cx = kw.pop("cx", widths / 2.0)
-        cy = kw.pop("cy", heights / 2.0)
-        return Intrinsics(fx=focal.copy(), fy=focal.copy(), cx=np.asarray(cx, np.float64),
-                          cy=np.asarray(cy, np.float64), source=source, optimise_focal=optimise, notes=notes, **kw)
+        return Intrinsics(fx=focal.copy(), fy=focal.copy(),
+                          cx=np.asarray(widths / 2.0 if cx is None else cx, dtype=np.float64),
+                          cy=np.asarray(heights / 2.0 if cy is None else cy, dtype=np.float64),
+                          source=source, optimise_focal=optimise, notes=notes, **colmap)
 
     if config.focal_px is not None:
         if config.focal_px <= 0:
             raise ValueError(f"IntrinsicsConfig.focal_px must be positive, got {config.focal_px}")
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
-        return result(np.full(n, float(config.focal_px)), "given", measured=True)
+        return result(np.full(n, float(config.focal_px)), "given")
 
     colmap = _try_colmap(views, config, workdir, progress, notes)
     if colmap is not None:
-        f = np.full(n, colmap.focal_px)
-        return result(f, "colmap", measured=True, cx=np.full(n, colmap.cx), cy=np.full(n, colmap.cy),
+        return result(np.full(n, colmap.focal_px), "colmap", cx=np.full(n, colmap.cx), cy=np.full(n, colmap.cy),
                       colmap=colmap.figures, colmap_w2c=colmap.w2c)
 
     if config.use_exif:
@@ -206,18 +206,13 @@ def estimate_intrinsics(
         if not missing:
             fovs = [fov_from_focal(f, h) for f, h in zip(exif, heights)]
             notes.append(f"focal from EXIF (vertical FOV {min(fovs):.1f}-{max(fovs):.1f} deg)")
-            return result(np.array(exif, dtype=np.float64), "exif", measured=True)
+            return result(np.array(exif, dtype=np.float64), "exif")
         if len(missing) < n:
             notes.append(f"EXIF focal not used: {len(missing)} of {n} views lack it ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''})")
 
-    focal = np.array([focal_from_fov(config.prior_fov_deg, h) for h in heights])
-    out = result(focal, "prior", measured=False)
-    if out.source == "optimised":
-        out.notes.append(f"no measured focal: the fit optimises it, starting from a {config.prior_fov_deg:g} deg vertical FOV")
-    else:
-        out.notes.append(f"no measured focal: prior vertical FOV {config.prior_fov_deg:g} deg, fixed")
-    return out
+    # "optimised" or "prior", decided by optimise_focal and the number of views.
+    return result([focal_from_fov(config.prior_fov_deg, h) for h in heights], "prior")
 
 
 def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[str]) -> ColmapResult | None:
@@ -236,7 +231,7 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
     try:
         rec = run_colmap(views, config, workdir=workdir, progress=progress)
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
-        notes.append(f"COLMAP failed ({type(exc).__name__}: {exc}); falling back")
+        notes.append(f"COLMAP not used ({type(exc).__name__}: {exc})")
         return None
     fig = rec.figures
     summary = (f"COLMAP registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
@@ -251,11 +246,11 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
 
 @contextlib.contextmanager
 def _quiet_colmap() -> Iterator[None]:
-    """Silence COLMAP's glog INFO chatter on stderr for the duration (warnings and errors stay)."""
+    """Silence COLMAP's glog INFO and WARNING chatter on stderr for the duration (errors stay)."""
     import pycolmap
 
     old = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 1
+    pycolmap.logging.minloglevel = 2
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ interrupted or failed run leaves the previous output intact and no partial direc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -33,7 +34,9 @@ from flame_prior.flame import (
     LandmarkEmbedding,
     TextureSpace,
     check_embedding,
+    load_bfm_albedo,
     load_flame_model,
+    load_flame_texture_space,
     load_landmark_embedding,
     read_obj_uv_layout,
     shade_sh,
@@ -91,11 +94,14 @@ def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = to
                              hint="Pass --landmark-embedding or set FLAME_PRIOR_EMBEDDING.")
     embedding = load_landmark_embedding(emb_path)
     check_embedding(embedding, len(data.faces), emb_path)
+    embedding = with_iris_landmarks(embedding, data.faces, emb_path)
     texture_space = None
     if paths["texture_space"] is not None:
-        from flame_prior.flame import load_texture_space
-
-        texture_space = load_texture_space(paths["texture_space"], n_faces=len(data.faces))
+        texture_space = load_texture_space(paths["texture_space"])
+        if len(texture_space.uv_faces) != len(data.faces):
+            raise ModelFileError(f"the texture space has {len(texture_space.uv_faces)} UV faces, the FLAME model "
+                                 f"{len(data.faces)}.", paths["texture_space"],
+                                 hint="Use the texture space that belongs to this FLAME topology.")
     if paths["uv_layout"] is not None:
         uv_layout = read_obj_uv_layout(paths["uv_layout"])
         if len(uv_layout[1]) != len(data.faces):
@@ -117,6 +123,47 @@ def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = to
     }
     model = FlameModel(data, dtype=dtype).to(device)
     return Assets(model, embedding, texture_space, uv_layout, info)
+
+
+def load_texture_space(path: Path) -> TextureSpace:
+    """FLAME_texture.npz (keys mean/tex_dir) or DECA's FLAME_albedo_from_BFM.npz (keys MU/PC)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError("texture space not found.", path, hint="Pass --texture-space or set FLAME_PRIOR_TEXTURE.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+    except Exception as e:  # not an npz at all
+        raise ModelFileError(f"not a readable .npz texture space ({type(e).__name__}: {e}).", path,
+                             hint="Pass FLAME_texture.npz or FLAME_albedo_from_BFM.npz.") from None
+    if {"mean", "tex_dir"} <= keys:
+        return load_flame_texture_space(path)
+    if {"MU", "PC"} <= keys:
+        return load_bfm_albedo(path)
+    raise ModelFileError(f"unknown texture space (keys {sorted(keys)}).", path,
+                         hint="Expected FLAME_texture.npz (mean, tex_dir, vt, ft) or FLAME_albedo_from_BFM.npz (MU, PC).")
+
+
+def with_iris_landmarks(emb: LandmarkEmbedding, faces: np.ndarray, path: Path) -> LandmarkEmbedding:
+    """Append the two iris centres (MediaPipe 468/473) as landmarks on the pupil vertices, when the
+    embedding file names them (flame-prior's own embedding does: ``iris_center_detector_index``,
+    ``pupil_vertex_index``). Pupils are mesh vertices that follow the eye joints, so the iris
+    detections drive the eye pose."""
+    if emb.detector != "mediapipe478" or Path(path).suffix != ".npz":
+        return emb
+    with np.load(path, allow_pickle=False) as z:
+        if "pupil_vertex_index" not in z.files or "iris_center_detector_index" not in z.files:
+            return emb
+        pupils, iris = z["pupil_vertex_index"].astype(np.int64), z["iris_center_detector_index"].astype(np.int64)
+    face_idx, bary = [], []
+    for v in pupils:
+        f, k = np.argwhere(faces == v)[0]
+        face_idx.append(f)
+        bary.append(np.eye(3)[k])
+    return dataclasses.replace(
+        emb, face_idx=np.concatenate([emb.face_idx, face_idx]), bary=np.concatenate([emb.bary, bary]),
+        detector_index=np.concatenate([emb.detector_index, iris]),
+        weight=np.concatenate([emb.weight, np.ones(len(iris), dtype=emb.weight.dtype)]))
 
 
 # --------------------------------------------------------------------------------------------

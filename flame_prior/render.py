@@ -267,7 +267,7 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     s = b0 + bh[:, 1] + bh[:, 2]
     zw = T[:, 9] + T[:, 10] * dx + T[:, 11] * dy
     vals = torch.stack([b0 / s, bh[:, 1] / s, zw, (f + 1).to(pos.dtype)], -1)
-    out = torch.zeros(B * H * W, 4, dtype=pos.dtype, device=device).index_copy(0, pix, vals)
+    out = torch.zeros(B * H * W, 4, dtype=pos.dtype, device=pos.device).index_copy(0, pix, vals)
     return out.reshape(B, H, W, 4)
 
 
@@ -420,7 +420,7 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
     targets, deltas = [], []
     for horizontal in (True, False):
         with torch.no_grad():
-            grid = torch.arange(B * H * W, device=device).reshape(B, H, W)
+            grid = torch.arange(B * H * W, device=pos.device).reshape(B, H, W)
             pa = (grid[:, :, :-1] if horizontal else grid[:, :-1, :]).reshape(-1)
             pb = (grid[:, :, 1:] if horizontal else grid[:, 1:, :]).reshape(-1)
             ia, ib = ids[pa], ids[pb]

@@ -9,7 +9,7 @@ global ``Commands`` when it runs, so extending that global after the module is i
 Mechanism (chosen over the alternatives, see ``nerfstudio_plugin/__init__.py``):
 
 * flame-prior's wheel installs ``flame_prior_nerfstudio.pth`` into site-packages. Its one line
-  imports this module (standard library only: no torch, no nerfstudio, well under a millisecond)
+  imports this module (only ``sys``: no torch, no nerfstudio, no ``importlib.abc``/``typing``; about a millisecond)
   and calls :func:`install`, which puts a :class:`_ExtendProcessDataFinder` first on
   ``sys.meta_path``. The finder answers for exactly one module name,
   ``nerfstudio.scripts.process_data``; every other import passes straight through.
@@ -21,7 +21,7 @@ Mechanism (chosen over the alternatives, see ``nerfstudio_plugin/__init__.py``):
   ``.pth`` (it is in the wheel's RECORD) and ``ns-process-data`` is nerfstudio's own again.
 * Failure is contained: if extending fails (say flame-prior's own imports are broken), a one-line
   warning goes to stderr and nerfstudio's subcommands work as before. A ``.pth`` left behind
-  without this package is skipped silently (its line checks that the package exists).
+  without this package is skipped silently (its line ignores an ``ImportError``).
 
 Limits: only the console script (and anything that imports ``nerfstudio.scripts.process_data``)
 sees the subcommand; ``python -m nerfstudio.scripts.process_data`` runs the module as ``__main__``
@@ -32,8 +32,6 @@ files, so there ``ns-process-data flame-face`` is absent; ``flame-prior fit`` (t
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
 
 __all__ = ["TARGET_MODULE", "install", "uninstall", "PTH_LINE"]
@@ -43,8 +41,8 @@ TARGET_MODULE = "nerfstudio.scripts.process_data"
 
 #: The line of ``flame_prior_nerfstudio.pth`` (a no-op when this package is not importable).
 PTH_LINE = (
-    "import importlib.util as _u; "
-    "_u.find_spec('nerfstudio_plugin') and __import__('nerfstudio_plugin.ns_process_data_hook').ns_process_data_hook.install()"
+    "import sys; exec('try: from nerfstudio_plugin.ns_process_data_hook import install\\n"
+    "except ImportError: pass\\nelse: install()')"
 )
 
 
@@ -59,7 +57,7 @@ def _extend(module) -> None:
               "nerfstudio's own subcommands are unaffected.", file=sys.stderr)
 
 
-class _ExtendingLoader(importlib.abc.Loader):
+class _ExtendingLoader:
     """Runs the real loader, then extends ``Commands``. Everything else is delegated."""
 
     def __init__(self, loader):
@@ -76,7 +74,7 @@ class _ExtendingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _ExtendProcessDataFinder(importlib.abc.MetaPathFinder):
+class _ExtendProcessDataFinder:
     """Meta-path finder that only wraps the loader of :data:`TARGET_MODULE`."""
 
     def find_spec(self, fullname, path, target=None):

@@ -18,6 +18,7 @@ Exit status: 0 on success, else flame-prior's codes (2 bad input, 3 bad model fi
 
 from __future__ import annotations
 
+import inspect
 import signal
 import typing
 from dataclasses import dataclass
@@ -35,9 +36,11 @@ SUBCOMMAND = "flame-face"
 
 @dataclass
 class FlameFaceProcessor(FitConfig):
-    """Fit the FLAME head model to photos of one head; write a nerfstudio dataset in FLAME's frame
-    (metres, +Y up): transforms.json, images, head masks, flame_params.npz. Train with
-    `ns-train nerfacto --data <output-dir> flame-face`."""
+    """Fit FLAME to photos of one head: a nerfstudio dataset in FLAME's frame (metres, +Y up).
+
+    Writes transforms.json, images, head masks and flame_params.npz; train with
+    `ns-train nerfacto --data <output-dir> flame-face`.
+    """
 
     def main(self) -> None:
         """Run flame-prior's pipeline; exit non-zero on failure (see the module docstring)."""
@@ -66,7 +69,7 @@ def extend_commands(commands):
     """``Union[commands, Annotated[FlameFaceProcessor, subcommand("flame-face")]]`` (unchanged if present)."""
     if SUBCOMMAND in _subcommand_names(commands):
         return commands
-    doc = (FlameFaceProcessor.__doc__ or "").split("\n\n")[0]
+    doc = inspect.cleandoc(FlameFaceProcessor.__doc__ or "").split("\n\n")[0]
     return Union[commands, Annotated[FlameFaceProcessor, tyro.conf.subcommand(name=SUBCOMMAND, description=doc)]]
 
 

@@ -35,8 +35,8 @@ test -f "$SITE/flame_prior_nerfstudio.pth" || { echo "flame_prior_nerfstudio.pth
 
 # Tests import the installed package (pytest puts tests/, not the repository root, on sys.path).
 # shellcheck disable=SC2086
-FLAME_PRIOR_REQUIRE_NS_HOOK=1 "$VENV/bin/python" -m pytest -p no:cacheprovider --rootdir=. \
-    -o pythonpath= --import-mode=prepend tests/test_nerfstudio_plugin.py -v --durations=0 ${PYTEST_ARGS:-}
+FLAME_PRIOR_REQUIRE_NS_HOOK=1 "$VENV/bin/pytest" -p no:cacheprovider tests/test_nerfstudio_plugin.py \
+    -v --durations=0 ${PYTEST_ARGS:-}
 stamp "tests"
 
 # Uninstalling flame-prior must leave nerfstudio's command intact.

@@ -163,16 +163,21 @@ def check_flame_face_parser(dataset: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def test_hook_is_cheap_and_standard_library_only():
-    """Importing the .pth's module must not pull in nerfstudio, torch or flame-prior."""
+    """Importing the .pth's module must not pull in nerfstudio, torch, flame-prior (or typing).
+
+    The bound on time is loose (a loaded 2-core CI box); the module list is the real check.
+    """
     code = ("import sys, time; t = time.perf_counter(); import nerfstudio_plugin.ns_process_data_hook as h; "
             "h.install(); dt = time.perf_counter() - t; "
-            "heavy = [m for m in ('torch', 'nerfstudio', 'flame_prior', 'tyro', 'numpy') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'nerfstudio', 'flame_prior', 'tyro', 'numpy', 'typing') if m in sys.modules]; "
             "print(dt, heavy)")
     res = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}; {code}"],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
     dt, heavy = res.stdout.split(" ", 1)
     assert heavy.strip() == "[]", heavy
-    assert float(dt) < 0.05, dt
+    print(f"hook import + install: {float(dt) * 1e3:.1f} ms")
+    assert float(dt) < 0.5, dt
 
 
 def test_hook_extends_process_data_commands():

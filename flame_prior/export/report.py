@@ -14,8 +14,9 @@ Contents, top to bottom:
   painter's-algorithm drawing of the projected mesh (back faces culled, no occlusion between parts).
 
 Pictures are drawn with their long side between ``MIN_SIDE`` and ``MAX_SIDE`` pixels (coordinates
-scale exactly, since pixel coordinates have their origin at the image corner). File names: ``report/<view>_landmarks.jpg``,
-``report/<view>_model.jpg``, ``report/contact_sheet.jpg``, ``report/loss_curves.png``.
+scale exactly, since pixel coordinates have their origin at the image corner). File names:
+``report/<view>_landmarks.jpg``, ``report/<view>_model.jpg``, ``report/contact_sheet.jpg``,
+``report/loss_curves.png``.
 """
 
 from __future__ import annotations
@@ -115,15 +116,13 @@ def _shaded_mesh(result: FitResult, i: int, size: tuple[int, int], s: float) -> 
     idx = np.nonzero(keep)[0][order]
     shade = 0.35 + 0.65 * facing[idx]
     layer = Image.new("RGB", size, (0, 0, 0))
-    cover = Image.new("L", size, 0)
-    dl, dc = ImageDraw.Draw(layer), ImageDraw.Draw(cover)
+    dl = ImageDraw.Draw(layer)
     pts = uv[f[idx]]
-    cols = np.clip(MESH_RGB[None] * shade[:, None], 0, 255).astype(np.uint8)
+    cols = np.clip(MESH_RGB[None] * shade[:, None], 1, 255).astype(np.uint8)  # never black: black = empty
     for p, c in zip(pts.tolist(), cols.tolist()):
-        poly = [tuple(q) for q in p]
-        dl.polygon(poly, fill=tuple(c))
-        dc.polygon(poly, fill=255)
-    return np.asarray(layer, dtype=np.float64), np.asarray(cover, dtype=np.float64) / 255.0
+        dl.polygon([tuple(q) for q in p], fill=tuple(c))
+    rgb = np.asarray(layer, dtype=np.float64)
+    return rgb, (rgb.max(-1) > 0).astype(np.float64)
 
 
 def draw_model_overlay(obs: ViewObservation, result: FitResult, i: int, render: np.ndarray | None = None,

@@ -178,6 +178,7 @@ def _bases(verts, weights, eyes, n_shape, n_expr, rng):
     front = _smoothstep((verts[:, 2] + 0.01) / 0.05) * _smoothstep((verts[:, 1] + 0.12) / 0.04)
     exprdirs = _smooth_fields(verts, n_expr, 0.002, 0.92, rng, mask=front)
     posedirs = _smooth_fields(verts, 36, 0.0006, 0.97, rng, mask=1 - weights[:, 1])
+    posedirs[..., 18:] = 0.0  # features 18..35 are the eye joints: rotating an eye deforms nothing else
     for e in eyes:  # eyeballs: rigid with identity, untouched by expression and correctives
         if len(e):
             shapedirs[e] = shapedirs[e].mean(0, keepdims=True)
