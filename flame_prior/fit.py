@@ -54,10 +54,10 @@ from flame_prior.observe import ViewObservation
 class FitterConfig:
     """Fitting schedule, priors and loss weights."""
 
-    rigid_steps: int = 12
+    rigid_steps: int = 10
     """Levenberg-Marquardt steps of the rigid stage (per yaw round)."""
-    landmark_steps: int = 60
-    """L-BFGS iterations of the landmark stage (per yaw round)."""
+    landmark_steps: int = 30
+    """Levenberg-Marquardt steps of the landmark stage."""
     photometric_steps: int = 60
     """Adam iterations of the photometric stage (0 skips it)."""
     render_size: int = 160
@@ -76,11 +76,11 @@ class FitterConfig:
     """Fit the neck rotation (it trades off with the cameras; off by default)."""
     per_view_lighting: bool = True
     """One SH lighting per view (the head may turn under fixed lights) instead of one for all."""
-    shape_prior: float = 2e-3
+    shape_prior: float = 1e-4
     """Weight of the squared norm of the shape coefficients."""
-    expression_prior: float = 2e-3
+    expression_prior: float = 1e-4
     """Weight of the squared norm of the expression coefficients."""
-    pose_prior: float = 1e-1
+    pose_prior: float = 1e-2
     """Weight of the squared norm of the jaw/neck/eye rotations (radians)."""
     robust_scale: float = 0.05
     """Geman-McClure scale of landmark residuals, as a fraction of the face size."""
@@ -201,7 +201,8 @@ class _Targets:
     """Landmark targets of N views as tensors."""
 
     points: Tensor  # (N, L, 2) pixels
-    weight: Tensor  # (N, L)
+    weight: Tensor  # (N, L) confidence x embedding weight
+    view_weight: Tensor  # (N, L) the same, normalised to sum 1 per view: each view counts once
     scale: Tensor  # (N,) face size in pixels (landmark bounding-box diagonal)
 
 
@@ -211,7 +212,7 @@ def _landmark_targets(views: list[ViewObservation], emb: LandmarkEmbedding, devi
     w = np.stack([v.confidence[idx] for v in views]) * emb.weight[None]
     scale = np.array([np.linalg.norm(p[wi > 0.05].max(0) - p[wi > 0.05].min(0)) for p, wi in zip(pts, w)])
     t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-    return _Targets(t(pts), t(w), t(scale))
+    return _Targets(t(pts), t(w), t(w / np.maximum(w.sum(1, keepdims=True), 1e-9)), t(scale))
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,16 +286,12 @@ def _project(points: Tensor, rot: Tensor, t: Tensor, fx: Tensor, fy: Tensor, cx:
     return torch.stack([fx[:, None] * pc[..., 0] / z + cx[:, None], fy[:, None] * pc[..., 1] / z + cy[:, None]], -1)
 
 
-def _gm_weights(e2: Tensor, c: float) -> Tensor:
-    """IRLS weights of the Geman-McClure loss rho(e) = e^2 c^2 / (e^2 + c^2), for squared residuals."""
-    return (c * c / (e2 + c * c)) ** 2
-
-
 def _landmark_energy(pred: Tensor, tg: _Targets, c: float) -> Tensor:
-    """Robust mean landmark energy (dimensionless: residuals as a fraction of face size, over c^2)."""
+    """Robust landmark energy: Geman-McClure ``rho(e^2) = e^2 / (e^2 + c^2)`` of the residuals as a
+    fraction of the face size (``~ e^2 / c^2`` for inliers, saturating at 1 for outliers), averaged
+    over each view's landmarks and summed over views (more views weigh more against the priors)."""
     e2 = ((pred - tg.points) ** 2).sum(-1) / tg.scale[:, None] ** 2
-    rho = e2 / (e2 + c * c)
-    return (tg.weight * rho).sum() / tg.weight.sum().clamp_min(1e-9)
+    return (tg.view_weight * e2 / (e2 + c * c)).sum()
 
 
 def _per_view_error_px(pred: Tensor, tg: _Targets) -> np.ndarray:
@@ -304,31 +301,135 @@ def _per_view_error_px(pred: Tensor, tg: _Targets) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Levenberg-Marquardt on robust landmark residuals (stages 1 and 2)
+
+
+def _levenberg_marquardt(residuals: Callable[[Tensor], tuple[Tensor, Tensor]], theta: Tensor, tg: _Targets,
+                         c: float, steps: int, tick: Callable[[], None], refresh: Callable[[Tensor], None]):
+    """Minimise ``sum w rho(|e|^2) + |p|^2`` over ``theta`` by IRLS Gauss-Newton with Marquardt damping
+    (``w``: per-view normalised landmark weights, as in :func:`_landmark_energy`).
+
+    ``residuals(theta) -> (e (N, L, 2), p (K,))``: landmark residuals as a fraction of the face size
+    and prior residuals. ``refresh(theta)`` runs before each step (re-selects yaw-dependent
+    contour landmarks). The Geman-McClure IRLS weight of a landmark is
+    ``d rho / d e^2 = c^2 / (e^2 + c^2)^2``. The Jacobian comes from forward-mode autodiff
+    (``torch.func.jacfwd``): a few hundred parameters against thousands of residuals.
+    """
+    w = tg.view_weight
+
+    def cost(e: Tensor, p: Tensor) -> float:
+        e2 = (e ** 2).sum(-1)
+        return float((w * e2 / (e2 + c * c)).sum() + (p ** 2).sum())
+
+    def stacked(th: Tensor) -> Tensor:
+        e, p = residuals(th)
+        return torch.cat([e.reshape(-1), p])
+
+    history: list[float] = []
+    lam, it = 1e-3, 0
+    for it in range(1, steps + 1):
+        refresh(theta)
+        with torch.no_grad():
+            e, p = residuals(theta)
+        current = cost(e, p)
+        history.append(current)
+        J = torch.func.jacfwd(stacked)(theta)  # (M + K, P)
+        n_e = e.numel()
+        e2 = (e ** 2).sum(-1)
+        a = (w * c * c / (e2 + c * c) ** 2)[..., None].expand_as(e).reshape(-1)
+        Je, Jp = J[:n_e], J[n_e:]
+        A = Je.T @ (Je * a[:, None]) + Jp.T @ Jp
+        g = Je.T @ (a * e.reshape(-1)) + Jp.T @ p
+        diag = torch.diagonal(A).clamp_min(1e-12)
+        accepted = False
+        for _try in range(8):
+            step = torch.linalg.solve(A + lam * torch.diag(diag), -g)
+            cand = theta + step
+            with torch.no_grad():
+                new = cost(*residuals(cand))
+            if math.isfinite(new) and new <= current:
+                theta, lam, accepted = cand, max(lam / 5, 1e-9), True
+                break
+            lam *= 8
+        tick()
+        if not accepted or current - new < 1e-8 * max(current, 1e-12):
+            break
+    return theta, it, history
+
+
+def _pack(st: _State, names: list[str]) -> Tensor:
+    return torch.cat([getattr(st, k).reshape(-1) for k in names])
+
+
+def _unpack(st: _State, names: list[str], theta: Tensor) -> dict[str, Tensor]:
+    out, i = {}, 0
+    for k in names:
+        ref = getattr(st, k)
+        out[k] = theta[i: i + ref.numel()].reshape(ref.shape)
+        i += ref.numel()
+    return out
+
+
+def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterConfig, steps: int, tick,
+                      fixed_points: Tensor | None = None):
+    """LM over the named state tensors. With ``fixed_points`` (N, L, 3) the head is held fixed (rigid)."""
+    yaw = [st.yaw()]
+    priors = {"shape": cfg.shape_prior, "expression": cfg.expression_prior,
+              "jaw": cfg.pose_prior, "eyes": cfg.pose_prior, "neck": cfg.pose_prior}
+
+    def residuals(theta: Tensor) -> tuple[Tensor, Tensor]:
+        saved = {k: getattr(st, k) for k in names}
+        try:
+            for k, v in _unpack(st, names, theta).items():
+                setattr(st, k, v)
+            pts = fixed_points if fixed_points is not None else st.landmarks3d(yaw[0])
+            cams = st.cameras()
+            pred = _project(pts, st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+            e = (pred - tg.points) / tg.scale[:, None, None]
+            p = [math.sqrt(priors[k]) * getattr(st, k).reshape(-1) for k in names if k in priors]
+            return e, (torch.cat(p) if p else e.new_zeros(0))
+        finally:
+            for k, v in saved.items():
+                setattr(st, k, v)
+
+    def refresh(theta: Tensor) -> None:
+        saved = st.cam_rot
+        if "cam_rot" in names:
+            st.cam_rot = _unpack(st, names, theta)["cam_rot"]
+        yaw[0] = st.yaw()
+        st.cam_rot = saved
+
+    theta, iters, history = _levenberg_marquardt(residuals, _pack(st, names), tg, cfg.robust_scale, steps, tick,
+                                                 refresh)
+    for k, v in _unpack(st, names, theta).items():
+        setattr(st, k, v.detach().clone())
+    return iters, history
+
+
+# --------------------------------------------------------------------------------------------
 # Stage 1: rigid
 
 
 def _pnp_init(X: np.ndarray, x: np.ndarray, w: np.ndarray, fx: float, fy: float, cx: float, cy: float):
-    """Closed-form-ish start of one camera: SQPnP on the reliable landmarks. Returns (rvec, t, rms px)."""
+    """Closed-form start of one camera: SQPnP on the reliable landmarks. Returns (rvec, t, rms px) or None."""
     keep = w > 0.3
     if keep.sum() < 6:
         keep = w > 0.0
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
     ok, rvec, tvec = cv2.solvePnP(X[keep].astype(np.float64), x[keep].astype(np.float64), K, None,
                                   flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
+    if not ok or tvec[2, 0] <= 0:
         return None
     proj, _ = cv2.projectPoints(X[keep], rvec, tvec, K, None)
     rms = float(np.sqrt(((proj[:, 0] - x[keep]) ** 2).sum(-1).mean()))
-    if tvec[2, 0] <= 0:
-        return None
     return rvec[:, 0], tvec[:, 0], rms
 
 
 def _rigid_stage(st: _State, tg: _Targets, optimise_focal: bool, cfg: FitterConfig, tick: Callable[[], None]):
-    history: list[float] = []
+    """PnP per view (over a grid of focal lengths when unknown), then LM on all cameras together."""
     n = tg.points.shape[0]
     dtype, device = tg.points.dtype, tg.points.device
-    # The rigid stage holds the mean head: contour rows picked for a frontal view until the cameras exist.
+    # The mean head, contour rows of a frontal view until the cameras exist.
     with torch.no_grad():
         X = st.landmarks3d(torch.zeros(n, dtype=dtype, device=device))
     Xn, xn, wn = X.cpu().double().numpy(), tg.points.cpu().double().numpy(), tg.weight.cpu().double().numpy()
@@ -350,51 +451,14 @@ def _rigid_stage(st: _State, tg: _Targets, optimise_focal: bool, cfg: FitterConf
     st.log_focal = torch.tensor([math.log(s)], dtype=dtype, device=device)
     st.cam_rot = torch.as_tensor(np.stack([r[0] for r in sols]), dtype=dtype, device=device)
     st.cam_t = torch.as_tensor(np.stack([r[1] for r in sols]), dtype=dtype, device=device)
-    c = cfg.robust_scale
-    iterations = 0
-    for _round in range(2):  # the second round re-selects the jaw contour from each view's yaw
-        yaw = st.yaw()
+    names = ["cam_rot", "cam_t"] + (["log_focal"] if optimise_focal else [])
+    iterations, history = 0, []
+    for _round in range(2):  # the second round sees the jaw contour re-selected from each view's yaw
         with torch.no_grad():
-            X = st.landmarks3d(yaw)
-        nf = 1 if optimise_focal else 0
-
-        def residual(theta: Tensor) -> Tensor:
-            rot, t = theta[: 3 * n].reshape(n, 3), theta[3 * n: 6 * n].reshape(n, 3)
-            f = torch.exp(theta[6 * n:]).sum() if nf else torch.exp(st.log_focal[0])
-            pred = _project(X, rot, t, st.fx0 * f, st.fy0 * f, st.cx, st.cy)
-            return ((pred - tg.points) / tg.scale[:, None, None]).reshape(-1)
-
-        theta = torch.cat([st.cam_rot.reshape(-1), st.cam_t.reshape(-1)] + ([st.log_focal] if nf else []))
-        lam = 1e-3
-        for _ in range(cfg.rigid_steps):
-            r = residual(theta)
-            e2 = (r.reshape(n, -1, 2) ** 2).sum(-1)
-            w = (tg.weight * _gm_weights(e2, c))[..., None].expand(-1, -1, 2).reshape(-1)
-            cost = float((tg.weight * e2 / (e2 + c * c)).sum() / tg.weight.sum())
-            history.append(cost)
-            J = torch.func.jacfwd(residual)(theta)
-            JW = J * w[:, None]
-            A = J.T @ JW
-            g = JW.T @ r
-            improved = False
-            for _try in range(6):
-                step = torch.linalg.solve(A + lam * torch.diag(torch.diagonal(A).clamp_min(1e-9)), -g)
-                cand = theta + step
-                rc = residual(cand)
-                e2c = (rc.reshape(n, -1, 2) ** 2).sum(-1)
-                cost_c = float((tg.weight * e2c / (e2c + c * c)).sum() / tg.weight.sum())
-                if math.isfinite(cost_c) and cost_c <= cost:
-                    theta, lam, improved = cand, max(lam / 3, 1e-7), True
-                    break
-                lam *= 4
-            iterations += 1
-            tick()
-            if not improved or (cost - cost_c) < 1e-7 * max(cost, 1e-12):
-                break
-        st.cam_rot = theta[: 3 * n].reshape(n, 3).clone()
-        st.cam_t = theta[3 * n: 6 * n].reshape(n, 3).clone()
-        if nf:
-            st.log_focal = theta[6 * n:].clone()
+            X = st.landmarks3d(st.yaw())
+        it, hist = _fit_landmarks_lm(st, tg, names, cfg, cfg.rigid_steps, tick, fixed_points=X)
+        iterations += it
+        history += hist
     return iterations, history
 
 
@@ -425,38 +489,12 @@ def _free_names(cfg: FitterConfig, st: _State, optimise_focal: bool) -> list[str
 
 
 def _landmark_stage(st: _State, tg: _Targets, optimise_focal: bool, cfg: FitterConfig, tick, notes: list[str]):
-    history: list[float] = []
-    names = _free_names(cfg, st, optimise_focal)
-    iterations = 0
-    for _round in range(2):
-        yaw = st.yaw()
-        good = st.snapshot()
-        params = [getattr(st, k).detach().requires_grad_(True) for k in names]
-        for k, p in zip(names, params):
-            setattr(st, k, p)
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=cfg.landmark_steps, history_size=20,
-                                line_search_fn="strong_wolfe", tolerance_change=1e-10, tolerance_grad=1e-9)
-
-        def closure():
-            nonlocal iterations
-            opt.zero_grad()
-            cams = st.cameras()
-            pred = _project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
-            loss = _landmark_energy(pred, tg, cfg.robust_scale) + _prior(st, cfg)
-            loss.backward()
-            history.append(float(loss))
-            iterations += 1
-            tick()
-            return loss
-
-        opt.step(closure)
-        for k, p in zip(names, params):
-            setattr(st, k, p.detach())
-        if not st.finite():
-            st.restore(good)
-            notes.append("landmark stage: a step produced NaN/Inf; restored the last good state")
-            break
-    return iterations, history
+    good = st.snapshot()
+    iters, history = _fit_landmarks_lm(st, tg, _free_names(cfg, st, optimise_focal), cfg, cfg.landmark_steps, tick)
+    if not st.finite():
+        st.restore(good)
+        notes.append("landmark stage: a step produced NaN/Inf; restored the last good state")
+    return iters, history
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,7 +735,7 @@ def fit_flame(
             progress.update(task, completed=total)
 
     run_stage("rigid", 2 * config.rigid_steps, lambda tick: _rigid_stage(st, tg, optimise_focal, config, tick))
-    run_stage("landmarks", 2 * config.landmark_steps * 2,
+    run_stage("landmarks", config.landmark_steps,
               lambda tick: _landmark_stage(st, tg, optimise_focal, config, tick, notes))
     uv_layout = uv_layout if texture_space is None else None
     if texture_space is None and uv_layout is None:

@@ -215,6 +215,14 @@ def test_installed_ns_process_data_lists_flame_face():
     assert res.returncode == 0 and "--data" in res.stdout, res.stderr
 
 
+def test_installed_pth_line_matches_hook():
+    _require_installed_hook()
+    from nerfstudio_plugin.ns_process_data_hook import PTH_LINE
+
+    pth = next(Path(p) / PTH_NAME for p in site.getsitepackages() if (Path(p) / PTH_NAME).is_file())
+    assert pth.read_text().strip() == PTH_LINE
+
+
 def test_installed_flame_face_fails_with_nonzero_status(tmp_path):
     _require_installed_hook()
     res = _cli("ns-process-data", "flame-face", "--data", str(tmp_path / "missing"), "--output-dir",

@@ -169,8 +169,27 @@ def _smooth_fields(verts: np.ndarray, n: int, rms: float, decay: float, rng, mas
     out = (phi @ coef).reshape(len(q), 3, n)
     if mask is not None:
         out *= mask[:, None, None]
+    out = _without_rigid_motion(verts, out, mask)
     scale = rms * decay ** np.arange(n) / np.sqrt((out ** 2).sum(1).mean(0) + 1e-30)
     return out * scale
+
+
+def _without_rigid_motion(verts: np.ndarray, fields: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Remove from each field the rigid motion (3 translations, 3 small rotations) that best fits it
+    where it acts (weighted by ``mask``), tapered by the same mask.
+
+    Real FLAME bases were learnt from rigidly aligned scans, so no component moves the face rigidly;
+    random fields would, and a fit could then trade camera pose for shape or expression.
+    """
+    w = np.ones(len(verts)) if mask is None else mask
+    q = verts - (w[:, None] * verts).sum(0) / w.sum()
+    rigid = [np.tile(np.eye(3)[a], (len(q), 1)) for a in range(3)]
+    rigid += [np.cross(np.eye(3)[a], q) for a in range(3)]  # omega x v
+    B = np.stack([r.reshape(-1) for r in rigid], -1)  # (3V, 6)
+    sw = np.sqrt(np.repeat(w, 3))[:, None]
+    flat = fields.reshape(-1, fields.shape[-1])  # (3V, n)
+    coef, *_ = np.linalg.lstsq(B * sw, flat * sw, rcond=None)
+    return (flat - np.repeat(w, 3)[:, None] * (B @ coef)).reshape(fields.shape)
 
 
 def _bases(verts, weights, eyes, n_shape, n_expr, rng):
@@ -211,6 +230,9 @@ def build_test_model(n_shape: int = 20, n_expr: int = 10, seed: int = 0,
         J_reg, W = _rig(verts, eyes, joints3)
         parents = np.array([-1, 0, 1, 1, 1], dtype=np.int64)
     shapedirs, exprdirs, posedirs = _bases(verts, W, eyes, n_shape, n_expr, rng)
+    if isinstance(template, FlameModelData) and template.n_shape:
+        # A real identity space is kept (only the expression space is generated).
+        shapedirs = template.shapedirs[..., :n_shape].copy()
     return FlameModelData(v_template=verts.astype(np.float64), faces=faces.astype(np.int64), shapedirs=shapedirs,
                           exprdirs=exprdirs, posedirs=posedirs, J_regressor=J_reg, weights=W,
                           parents=parents.astype(np.int64), name=name, notes=notes).validate()
