@@ -62,6 +62,8 @@ class FitterConfig:
     """Adam iterations of the photometric stage (0 skips it)."""
     render_size: int = 160
     """Side in pixels of the square face crop rendered in the photometric stage."""
+    photometric_views: int = 8
+    """Views rendered per photometric step (a random mini-batch; all views when fewer)."""
     texture_size: int = 256
     """Side of the free UV texture map (when no texture space is given)."""
     fit_shape: bool = True
@@ -539,13 +541,13 @@ def _make_crops(views: list[ViewObservation], tg: _Targets, size: int, device, d
     return _Crops(t(imgs), t(heads), t(faces), t(valids), t(boxes), size)
 
 
-def _render(st: _State, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
-            fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Render N views of the current head. Returns colour (N,S,S,3), coverage (N,S,S), rast."""
+def _render(st: _State, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
+            fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int, topology: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Render views ``idx`` (B,) of the current head. Returns colour (B,S,S,3), coverage (B,S,S), rast."""
     verts = st.model(st.flame_params()).vertices  # (1, V, 3)
-    n = st.cam_rot.shape[0]
-    R = axis_angle_to_rotation_matrix(st.cam_rot)
-    pc = verts.expand(n, -1, -1) @ R.transpose(1, 2) + st.cam_t[:, None]
+    n = idx.shape[0]
+    R = axis_angle_to_rotation_matrix(st.cam_rot[idx])
+    pc = verts.expand(n, -1, -1) @ R.transpose(1, 2) + st.cam_t[idx][:, None]
     pos = render.pinhole_to_clip(pc, fx, fy, cx, cy, size, size)
     rast = render.rasterize(pos, faces, (size, size))
     uv = render.interpolate(uvs, rast, uv_faces)
@@ -553,8 +555,8 @@ def _render(st: _State, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map
     normals = render.interpolate(render.vertex_normals(verts, faces).expand(n, -1, -1), rast, faces)
     normals = torch.nn.functional.normalize(normals, dim=-1)
     color = shade_sh(albedo, normals, sh)
-    cov = render.coverage(rast, pos, faces)[..., 0]
-    color = render.antialias(color, rast, pos, faces)
+    cov = render.coverage(rast, pos, faces, topology)[..., 0]
+    color = render.antialias(color, rast, pos, faces, topology)
     return color, cov, rast
 
 
@@ -574,17 +576,28 @@ def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cf
     history: list[float] = []
     yaw = st.yaw()
     good, good_app = st.snapshot(), appearance.snapshot()
+    topology = render.edge_topology(st.model.faces)
+    n = tg.points.shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
     it = 0
     for it in range(1, cfg.photometric_steps + 1):
+        # A mini-batch of views per step keeps the cost per step independent of the number of views.
+        if len(order) < min(n, cfg.photometric_views):
+            order += torch.randperm(n, generator=gen).tolist()
+        idx = torch.as_tensor(sorted(order[: min(n, cfg.photometric_views)]), device=device)
+        del order[: min(n, cfg.photometric_views)]
         opt.zero_grad()
         cams = st.cameras()
-        fx, fy = cams.fx * ratio, cams.fy * ratio
-        cx, cy = (st.cx - crops.box[:, 0]) * ratio, (st.cy - crops.box[:, 1]) * ratio
-        color, cov, rast = _render(st, st.model.faces, appearance.uvs, appearance.uv_faces, appearance.albedo(),
-                                   appearance.sh(), fx, fy, cx, cy, crops.size)
-        inside = (rast[..., 3] > 0).to(dtype) * crops.head * crops.valid
-        photo = ((color - crops.image).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
-        mask = ((cov * (1 - crops.head) * crops.valid).mean() + ((1 - cov) * crops.face).mean())
+        r = ratio[idx]
+        fx, fy = cams.fx[idx] * r, cams.fy[idx] * r
+        cx, cy = (st.cx[idx] - crops.box[idx, 0]) * r, (st.cy[idx] - crops.box[idx, 1]) * r
+        color, cov, rast = _render(st, idx, st.model.faces, appearance.uvs, appearance.uv_faces, appearance.albedo(),
+                                   appearance.sh()[idx], fx, fy, cx, cy, crops.size, topology)
+        head, valid, face = crops.head[idx], crops.valid[idx], crops.face[idx]
+        inside = (rast[..., 3] > 0).to(dtype) * head * valid
+        photo = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
+        mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
         pred = _project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
         lmk = _landmark_energy(pred, tg, cfg.robust_scale)
         loss = cfg.w_photometric * photo + cfg.w_mask * mask + cfg.w_landmark * lmk + _prior(st, cfg)
@@ -596,7 +609,7 @@ def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cf
         loss.backward()
         opt.step()
         appearance.clamp_()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         tick()
         if it % 10 == 0:
             good, good_app = st.snapshot(), appearance.snapshot()

@@ -234,6 +234,41 @@ def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> 
     return torch.where(buf == _SENTINEL, -1, buf & 0xFFFFFFFF)
 
 
+class _RastEval(torch.autograd.Function):
+    """Covered pixels' ``(u, v, z/w, id + 1)`` from the face table, written into ``(B*H*W, 4)``.
+
+    Hand-written backward: one ``(M, 12)`` gradient per pixel, scattered once into the table.
+    """
+
+    @staticmethod
+    def forward(ctx, table, g, pix, xn, yn, ids, n_pix):  # noqa: D102
+        T = table.index_select(0, g)
+        dx, dy = xn - T[:, 0], yn - T[:, 1]
+        b0 = T[:, 2] * dx + T[:, 5] * dy + T[:, 8]
+        b1 = T[:, 3] * dx + T[:, 6] * dy
+        b2 = T[:, 4] * dx + T[:, 7] * dy
+        r = 1.0 / (b0 + b1 + b2)
+        u, v = b0 * r, b1 * r
+        out = torch.zeros(n_pix, 4, dtype=table.dtype, device=table.device)
+        out.index_copy_(0, pix, torch.stack([u, v, T[:, 9] + T[:, 10] * dx + T[:, 11] * dy, ids], -1))
+        ctx.save_for_backward(T, g, pix, dx, dy, u, v, r)
+        ctx.n_face = table.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        T, g, pix, dx, dy, u, v, r = ctx.saved_tensors
+        go = grad_out.index_select(0, pix)
+        gu, gv, gz = go[:, 0], go[:, 1], go[:, 2]
+        q = -(gu * u + gv * v) * r  # d/d bh_k of (u, v) contracted with (gu, gv): gu r + q, gv r + q, q
+        g0, g1 = gu * r + q, gv * r + q
+        gdx = g0 * T[:, 2] + g1 * T[:, 3] + q * T[:, 4] + gz * T[:, 10]
+        gdy = g0 * T[:, 5] + g1 * T[:, 6] + q * T[:, 7] + gz * T[:, 11]
+        gT = torch.stack([-gdx, -gdy, g0 * dx, g1 * dx, q * dx, g0 * dy, g1 * dy, q * dy, g0, gz, gz * dx, gz * dy], -1)
+        grad_table = torch.zeros(ctx.n_face, 12, dtype=T.dtype, device=T.device).index_add_(0, g, gT)
+        return grad_table, None, None, None, None, None, None
+
+
 def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfaces: bool = False) -> Tensor:
     """Rasterize triangles: per-pixel triangle id and differentiable perspective-correct barycentrics.
 
@@ -259,15 +294,9 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     b = torch.div(pix, H * W, rounding_mode="floor")
     rem = pix - b * (H * W)
     row = torch.div(rem, W, rounding_mode="floor")
-    T = table.reshape(B * Fn, 12).index_select(0, b * Fn + f)  # (M, 12)
-    dx = ((2.0 * (rem - row * W) + 1.0) / W - 1.0).to(pos.dtype) - T[:, 0]
-    dy = ((2.0 * row + 1.0) / H - 1.0).to(pos.dtype) - T[:, 1]
-    bh = T[:, 2:5] * dx[:, None] + T[:, 5:8] * dy[:, None]
-    b0 = bh[:, 0] + T[:, 8]
-    s = b0 + bh[:, 1] + bh[:, 2]
-    zw = T[:, 9] + T[:, 10] * dx + T[:, 11] * dy
-    vals = torch.stack([b0 / s, bh[:, 1] / s, zw, (f + 1).to(pos.dtype)], -1)
-    out = torch.zeros(B * H * W, 4, dtype=pos.dtype, device=pos.device).index_copy(0, pix, vals)
+    xn = ((2.0 * (rem - row * W) + 1.0) / W - 1.0).to(pos.dtype)
+    yn = ((2.0 * row + 1.0) / H - 1.0).to(pos.dtype)
+    out = _RastEval.apply(table.reshape(B * Fn, 12), b * Fn + f, pix, xn, yn, (f + 1).to(pos.dtype), B * H * W)
     return out.reshape(B, H, W, 4)
 
 
@@ -276,7 +305,7 @@ def _covered(rast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     B, H, W, _ = rast.shape
     ids = rast[..., 3].detach().reshape(-1)
     pix = (ids > 0).nonzero().squeeze(1)
-    return pix, torch.div(pix, H * W, rounding_mode="floor"), ids[pix].long() - 1
+    return pix, torch.div(pix, H * W, rounding_mode="floor"), ids.index_select(0, pix).long() - 1
 
 
 def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
@@ -299,14 +328,14 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
     if not shared:
         check_shape(attr, [B, "V", "C"], "attr")
     V, C = attr.shape[-2:]
+    tri = tri.long()
+    # Per-face table (a2, a0 - a2, a1 - a2): one row gathered per covered pixel.
+    fa = (attr[None] if shared else attr).index_select(1, tri.reshape(-1)).reshape(-1, tri.shape[0], 3, C)
+    fa = torch.cat([fa[:, :, 2], fa[:, :, 0] - fa[:, :, 2], fa[:, :, 1] - fa[:, :, 2]], -1)  # (1 or B, F, 3C)
     pix, b, f = _covered(rast)
-    vi = tri.long()[f]  # (M, 3)
-    if not shared:
-        vi = vi + (b * V)[:, None]
-    a = attr.reshape(-1, C)[vi.reshape(-1)].reshape(-1, 3, C)
-    uv = rast.reshape(-1, 4)[pix, :2]
-    u, v = uv[:, 0:1], uv[:, 1:2]
-    vals = a[:, 2] + u * (a[:, 0] - a[:, 2]) + v * (a[:, 1] - a[:, 2])
+    g = fa.reshape(-1, 3 * C).index_select(0, f if shared else b * tri.shape[0] + f)
+    uv = rast.reshape(-1, 4).index_select(0, pix)
+    vals = g[:, :C] + uv[:, 0:1] * g[:, C:2 * C] + uv[:, 1:2] * g[:, 2 * C:]
     dtype = torch.promote_types(attr.dtype, rast.dtype)
     out = torch.zeros(B * H * W, C, dtype=dtype, device=rast.device).index_copy(0, pix, vals.to(dtype))
     return out.reshape(B, H, W, C)
@@ -399,78 +428,80 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
     check_shape(color, ["B", "H", "W", "C"], "color")
     _check_inputs(pos, tri)
     B, H, W, C = color.shape
+    V, Fn = pos.shape[1], tri.shape[0]
     check_shape(rast, [B, H, W, 4], "rast")
     tri = tri.long()
     nb = edge_topology(tri) if topology is None else topology.long()
     with torch.no_grad():
-        v = pos.detach()[:, tri]  # (B, F, 3, 4)
-        w = torch.where(v[..., 3] > 0, v[..., 3], torch.ones_like(v[..., 3]))
-        sx, sy = _screen(torch.cat([v[..., :3], w[..., None]], -1), H, W)
-        ex, ey = sx.roll(-2, -1) - sx.roll(-1, -1), sy.roll(-2, -1) - sy.roll(-1, -1)  # edge k direction
-        D = (ex[..., 0] * (sy[..., 0] - sy[..., 1]) - ey[..., 0] * (sx[..., 0] - sx[..., 1]))
-        front = D < 0
-        sil = (nb < 0) | (front[:, nb.clamp(min=0)] != front[..., None])  # (B, F, 3)
+        p = pos.detach()
+        w = torch.where(p[..., 3] > 0, p[..., 3], torch.ones_like(p[..., 3]))
+        scr = torch.stack([(p[..., 0] / w + 1.0) * (0.5 * W), (p[..., 1] / w + 1.0) * (0.5 * H)], -1)
+        sx, sy = _gather_faces(scr, tri).unbind(-1)  # (B, F, 3) screen vertices
+        xa, ya = sx.roll(-1, -1), sy.roll(-1, -1)  # edge k runs from vertex k+1 to k+2
+        ex, ey = sx.roll(-2, -1) - xa, sy.roll(-2, -1) - ya
+        D = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sx[..., 2] - sx[..., 0]) * (sy[..., 1] - sy[..., 0])
+        front = (D < 0).reshape(-1)
+        nb_g = (torch.arange(B, device=p.device)[:, None, None] * Fn + nb.clamp(min=0)).reshape(-1)
+        sil = (nb < 0) | (front.index_select(0, nb_g).reshape(B, Fn, 3) != front.reshape(B, Fn, 1))
         steep = ey.abs() >= ex.abs()
-        ids = rast[..., 3].detach().long().reshape(-1)
-        zw = rast[..., 2].detach().reshape(-1)
-        sign = torch.where(front, -1.0, 1.0).to(pos.dtype)  # makes E_k >= 0 inside
+        sign = torch.where(front, -1.0, 1.0).to(p.dtype)  # E_k * sign >= 0 inside the face
+        ids = rast[..., 3].detach().long()
+        ids_flat, zw = ids.reshape(-1), rast[..., 2].detach().reshape(-1)
+        face3 = lambda t, g: t.reshape(-1, 3).index_select(0, g)  # noqa: E731
     flat = color.reshape(-1, C)
     pos_flat = pos.reshape(-1, 4)
-    V = pos.shape[1]
     targets, deltas = [], []
     for horizontal in (True, False):
         with torch.no_grad():
-            grid = torch.arange(B * H * W, device=pos.device).reshape(B, H, W)
-            pa = (grid[:, :, :-1] if horizontal else grid[:, :-1, :]).reshape(-1)
-            pb = (grid[:, :, 1:] if horizontal else grid[:, 1:, :]).reshape(-1)
-            ia, ib = ids[pa], ids[pb]
-            keep = ia != ib
-            pa, pb, ia, ib = pa[keep], pb[keep], ia[keep], ib[keep]
-            occ_b = (ia == 0) | ((ib != 0) & (zw[pb] < zw[pa]))
+            sil_axis = sil & (steep if horizontal else ~steep)  # steep edges: horizontal pairs
+            has = sil_axis.any(-1).reshape(-1)
+            if horizontal:
+                q = (ids[:, :, :-1] != ids[:, :, 1:]).reshape(-1).nonzero().squeeze(1)
+                pa = q + torch.div(q, W - 1, rounding_mode="floor")
+                pb = pa + 1
+            else:
+                q = (ids[:, :-1] != ids[:, 1:]).reshape(-1).nonzero().squeeze(1)
+                pa = q + torch.div(q, (H - 1) * W, rounding_mode="floor") * W
+                pb = pa + W
+            ia, ib = ids_flat.index_select(0, pa), ids_flat.index_select(0, pb)
+            occ_b = (ia == 0) | ((ib != 0) & (zw.index_select(0, pb) < zw.index_select(0, pa)))
             po, pn = torch.where(occ_b, pb, pa), torch.where(occ_b, pa, pb)
-            f = torch.where(occ_b, ib, ia) - 1
             bi = torch.div(po, H * W, rounding_mode="floor")
-            flags = (sil & (steep if horizontal else ~steep))[bi, f]  # (P, 3)
-            keep = flags.any(-1)
-            po, pn, f, bi, flags = po[keep], pn[keep], f[keep], bi[keep], flags[keep]
-            # Edge function of edge k at the occluder's pixel centre, sign-normalised (>= 0 inside),
-            # and its change over one step towards pn (+-1 pixel along the axis).
+            g = bi * Fn + torch.where(occ_b, ib, ia) - 1
+            keep = has.index_select(0, g).nonzero().squeeze(1)
+            po, pn, g, bi = po[keep], pn[keep], g[keep], bi[keep]
+            # Edge functions E_k (>= 0 inside) at the occluder's pixel centre, and their change over
+            # the one-pixel step towards pn.
             rem = po - bi * (H * W)
-            px = (rem % W).to(pos.dtype) + 0.5
-            py = torch.div(rem, W, rounding_mode="floor").to(pos.dtype) + 0.5
-            s = sign[bi, f][:, None]
-            xa, ya = sx.roll(-1, -1)[bi, f], sy.roll(-1, -1)[bi, f]
-            exf, eyf = ex[bi, f], ey[bi, f]
-            e_o = s * (exf * (py[:, None] - ya) - eyf * (px[:, None] - xa))
-            step = torch.where(pn > po, 1.0, -1.0).to(pos.dtype)[:, None]
-            de = s * step * (-eyf if horizontal else exf)
-            t = e_o / -de
-            t = torch.where(flags & (e_o >= 0) & (e_o + de < 0), t, torch.full_like(t, float("inf")))
-            t, k = t.min(-1)
-            keep = torch.isfinite(t)
-            po, pn, f, bi, k, step = po[keep], pn[keep], f[keep], bi[keep], k[keep], step[keep, 0]
-            rem = po - bi * (H * W)
-            px = (rem % W).to(pos.dtype) + 0.5
-            py = torch.div(rem, W, rounding_mode="floor").to(pos.dtype) + 0.5
-            tri_f = tri[f]
-            va = tri_f.gather(1, ((k + 1) % 3)[:, None])[:, 0] + bi * V
-            vb = tri_f.gather(1, ((k + 2) % 3)[:, None])[:, 0] + bi * V
-        # Differentiable crossing: the edge line (a, b) meets the pixel row/column of po at coordinate c;
-        # t = (c - p_o) / step along the axis.
-        ax, ay = _screen(pos_flat[va], H, W)
-        bx, by = _screen(pos_flat[vb], H, W)
+            py = torch.div(rem, W, rounding_mode="floor")
+            px = (rem - py * W).to(p.dtype)[:, None] + 0.5
+            py = py.to(p.dtype)[:, None] + 0.5
+            s = sign.index_select(0, g)[:, None]
+            exg, eyg = face3(ex, g), face3(ey, g)
+            e_o = s * (exg * (py - face3(ya, g)) - eyg * (px - face3(xa, g)))
+            step = torch.where(pn > po, 1.0, -1.0).to(p.dtype)
+            de = s * step[:, None] * (-eyg if horizontal else exg)
+            crossed = face3(sil_axis, g) & (e_o >= 0) & (e_o + de < 0)
+            t, k = torch.where(crossed, e_o / -de, torch.full_like(e_o, float("inf"))).min(-1)
+            keep = torch.isfinite(t).nonzero().squeeze(1)
+            po, pn, g, bi, k, step = po[keep], pn[keep], g[keep], bi[keep], k[keep], step[keep]
+            px, py = px[keep, 0], py[keep, 0]
+            tri_g = tri.index_select(0, g - bi * Fn) + (bi * V)[:, None]
+            va = tri_g.gather(1, ((k + 1) % 3)[:, None])[:, 0]
+            vb = tri_g.gather(1, ((k + 2) % 3)[:, None])[:, 0]
+        # Differentiable crossing: the edge line (a, b) meets po's row (column) at c; t = (c - po) * step.
+        ax, ay = _screen(pos_flat.index_select(0, va), H, W)
+        bx, by = _screen(pos_flat.index_select(0, vb), H, W)
         if horizontal:
-            c = ax + (bx - ax) * (py - ay) / (by - ay)
-            t = (c - px) * step
+            t = (ax + (bx - ax) * (py - ay) / (by - ay) - px) * step
         else:
-            c = ay + (by - ay) * (px - ax) / (bx - ax)
-            t = (c - py) * step
+            t = (ay + (by - ay) * (px - ax) / (bx - ax) - py) * step
         far = (t >= 0.5).detach()
-        weight = torch.where(far, t - 0.5, 0.5 - t)[:, None]
-        c_o, c_n = flat[po], flat[pn]
+        c_o, c_n = flat.index_select(0, po), flat.index_select(0, pn)
+        weight = torch.where(far, t - 0.5, 0.5 - t)[:, None].to(flat.dtype)
         deltas.append(weight * torch.where(far[:, None], c_o - c_n, c_n - c_o))
         targets.append(torch.where(far, pn, po))
-    out = flat.index_add(0, torch.cat(targets), torch.cat(deltas).to(flat.dtype))
+    out = flat.index_add(0, torch.cat(targets), torch.cat(deltas))
     return out.reshape(B, H, W, C)
 
 
