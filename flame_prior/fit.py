@@ -277,6 +277,8 @@ class _State:
         """``(N, L, 3)`` world landmarks; contour rows picked by each view's yaw."""
         verts = self.model(self.flame_params(), vertex_index=self.vertex_index).vertices  # (1, M, 3)
         n = yaw.shape[0]
+        if not self.emb.has_contour:  # the same points in every view: compute once
+            return landmarks_from_vertices(verts, self.faces_local, self.emb).expand(n, -1, -1)
         return landmarks_from_vertices(verts.expand(n, -1, -1), self.faces_local, self.emb, yaw)
 
 
@@ -307,7 +309,8 @@ def _per_view_error_px(pred: Tensor, tg: _Targets) -> np.ndarray:
 
 
 def _levenberg_marquardt(residuals: Callable[[Tensor], tuple[Tensor, Tensor]], theta: Tensor, tg: _Targets,
-                         c: float, steps: int, tick: Callable[[], None], refresh: Callable[[Tensor], None]):
+                         c: float, steps: int, tick: Callable[[], None], refresh: Callable[[Tensor], None],
+                         tol: float = 1e-5):
     """Minimise ``sum w rho(|e|^2) + |p|^2`` over ``theta`` by IRLS Gauss-Newton with Marquardt damping
     (``w``: per-view normalised landmark weights, as in :func:`_landmark_energy`).
 
@@ -354,7 +357,7 @@ def _levenberg_marquardt(residuals: Callable[[Tensor], tuple[Tensor, Tensor]], t
                 break
             lam *= 8
         tick()
-        if not accepted or current - new < 1e-8 * max(current, 1e-12):
+        if not accepted or current - new < tol * max(current, 1e-12):
             break
     return theta, it, history
 
