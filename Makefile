@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   installs flame-prior in .venv and runs the synthetic round trip
-#   make test   installs flame-prior (+ test extras) in .venv and runs the test suite
+#   make test   installs flame-prior (+ test extras) in .venv and runs the test suite, then builds
+#               .venv-ns with the [nerfstudio] extra and runs the nerfstudio tests (scripts/ci_nerfstudio.sh)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +27,7 @@ test-core: install
 test-nerfstudio:
 	bash scripts/ci_nerfstudio.sh
 
-test: test-core
+test: test-core test-nerfstudio
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py

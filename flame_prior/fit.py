@@ -31,6 +31,7 @@ from typing import Callable, Literal
 import cv2
 import numpy as np
 import torch
+import torch.func  # noqa: F401  (imported up front: its first import costs ~1 s)
 from torch import Tensor
 
 from flame_prior import render
@@ -307,108 +308,138 @@ def _per_view_error_px(pred: Tensor, tg: _Targets) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Levenberg-Marquardt on robust landmark residuals (stages 1 and 2)
 
+_FLAME_NAMES = ("shape", "expression", "jaw", "eyes", "neck")
 
-def _levenberg_marquardt(residuals: Callable[[Tensor], tuple[Tensor, Tensor]], theta: Tensor, tg: _Targets,
-                         c: float, steps: int, tick: Callable[[], None], refresh: Callable[[Tensor], None],
-                         tol: float = 1e-5):
-    """Minimise ``sum w rho(|e|^2) + |p|^2`` over ``theta`` by IRLS Gauss-Newton with Marquardt damping
-    (``w``: per-view normalised landmark weights, as in :func:`_landmark_energy`).
 
-    ``residuals(theta) -> (e (N, L, 2), p (K,))``: landmark residuals as a fraction of the face size
-    and prior residuals. ``refresh(theta)`` runs before each step (re-selects yaw-dependent
-    contour landmarks). The Geman-McClure IRLS weight of a landmark is
-    ``d rho / d e^2 = c^2 / (e^2 + c^2)^2``. The Jacobian comes from forward-mode autodiff
-    (``torch.func.jacfwd``): a few hundred parameters against thousands of residuals.
+def _skew(q: Tensor) -> Tensor:
+    """``(*, 3)`` -> ``(*, 3, 3)`` cross-product matrices, ``[q]x v = q x v``."""
+    x, y, z = q.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*q.shape, 3)
+
+
+def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterConfig, steps: int, tick,
+                      fixed_points: Tensor | None = None, tol: float = 1e-5):
+    """Minimise ``sum w rho(|e|^2) + |p|^2`` by IRLS Gauss-Newton with Marquardt damping.
+
+    ``e`` are the landmark residuals as a fraction of the face size, ``w`` the per-view normalised
+    weights (as in :func:`_landmark_energy`), ``p`` the prior residuals of the FLAME parameters
+    being fitted. The Geman-McClure IRLS weight of a landmark is ``d rho/d e^2 = c^2/(e^2+c^2)^2``.
+
+    The Jacobian is assembled from its structure instead of differentiating everything at once:
+    the 3D landmarks depend on the FLAME parameters only (forward-mode autodiff,
+    ``torch.func.jacfwd``, on the few hundred vertices the landmarks use, once for all views when
+    no landmark depends on the view), and the projection derivatives are analytic, with camera
+    rotations updated by a left perturbation ``R <- exp([d]x) R``. So the cost grows linearly with
+    the number of views. With ``fixed_points`` (N, L, 3) the head is held fixed (the rigid stage).
     """
+    c = cfg.robust_scale
     w = tg.view_weight
+    n, L = tg.points.shape[:2]
+    flame_names = [k for k in names if k in _FLAME_NAMES] if fixed_points is None else []
+    priors = {"shape": cfg.shape_prior, "expression": cfg.expression_prior,
+              "jaw": cfg.pose_prior, "eyes": cfg.pose_prior, "neck": cfg.pose_prior}
+    fit_focal = "log_focal" in names
+    sizes = [getattr(st, k).numel() for k in flame_names]
+    n_f = sum(sizes)
+    n_cam = 6 * n + (1 if fit_focal else 0)
+
+    def points_fn(theta_f: Tensor, yaw: Tensor) -> Tensor:
+        saved = {k: getattr(st, k) for k in flame_names}
+        try:
+            i = 0
+            for k, m in zip(flame_names, sizes):
+                setattr(st, k, theta_f[i: i + m].reshape(saved[k].shape))
+                i += m
+            one = not st.emb.has_contour
+            return st.landmarks3d(yaw[:1] if one else yaw)  # (1 or N, L, 3)
+        finally:
+            for k, v in saved.items():
+                setattr(st, k, v)
+
+    def evaluate(R: Tensor, t: Tensor, logf: Tensor, theta_f: Tensor, yaw: Tensor):
+        """Residuals, priors, and what the Jacobian needs."""
+        pts = fixed_points if fixed_points is not None else points_fn(theta_f, yaw).expand(n, -1, -1)
+        q = pts @ R.transpose(1, 2)  # R p
+        X = q + t[:, None]
+        Z = X[..., 2].clamp_min(1e-6)
+        f = torch.exp(logf)
+        fx, fy = st.fx0 * f, st.fy0 * f
+        u = fx[:, None] * X[..., 0] / Z
+        v = fy[:, None] * X[..., 1] / Z
+        pred = torch.stack([u + st.cx[:, None], v + st.cy[:, None]], -1)
+        e = (pred - tg.points) / tg.scale[:, None, None]
+        pri = [math.sqrt(priors[k]) * theta_f[sum(sizes[:j]): sum(sizes[:j + 1])]
+               for j, k in enumerate(flame_names)]
+        p = torch.cat(pri) if pri else e.new_zeros(0)
+        return e, p, (q, X, Z, fx, fy, u, v)
 
     def cost(e: Tensor, p: Tensor) -> float:
         e2 = (e ** 2).sum(-1)
         return float((w * e2 / (e2 + c * c)).sum() + (p ** 2).sum())
 
-    def stacked(th: Tensor) -> Tensor:
-        e, p = residuals(th)
-        return torch.cat([e.reshape(-1), p])
-
+    R = axis_angle_to_rotation_matrix(st.cam_rot)
+    t, logf = st.cam_t.clone(), st.log_focal.clone()
+    theta_f = torch.cat([getattr(st, k).reshape(-1) for k in flame_names]) if flame_names else st.cam_t.new_zeros(0)
     history: list[float] = []
     lam, it = 1e-3, 0
     for it in range(1, steps + 1):
-        refresh(theta)
+        yaw = head_yaw_deg(R)
         with torch.no_grad():
-            e, p = residuals(theta)
+            e, p, (q, X, Z, fx, fy, u, v) = evaluate(R, t, logf, theta_f, yaw)
         current = cost(e, p)
         history.append(current)
-        J = torch.func.jacfwd(stacked)(theta)  # (M + K, P)
-        n_e = e.numel()
+        # d pred / d X  (N, L, 2, 3), divided by the face size.
+        z = torch.zeros_like(Z)
+        dP = torch.stack([torch.stack([fx[:, None] / Z, z, -u / Z], -1),
+                          torch.stack([z, fy[:, None] / Z, -v / Z], -1)], -2) / tg.scale[:, None, None, None]
+        J = e.new_zeros(n, L, 2, n_cam + n_f)
+        J_rot = dP @ -_skew(q)  # left perturbation: d(Rp)/dd = -[Rp]x
+        J_t = dP
+        for i in range(n):  # each view's own 6 columns
+            J[i, :, :, 6 * i: 6 * i + 3] = J_rot[i]
+            J[i, :, :, 6 * i + 3: 6 * i + 6] = J_t[i]
+        if fit_focal:
+            J[..., 6 * n] = torch.stack([u, v], -1) / tg.scale[:, None, None]
+        if n_f:
+            Jp3 = torch.func.jacfwd(points_fn)(theta_f, yaw)  # (1 or N, L, 3, n_f)
+            J[..., n_cam:] = torch.einsum("nlij,njk,nlkf->nlif", dP, R, Jp3.expand(n, -1, -1, -1))
+        J = J.reshape(n * L * 2, -1)
         e2 = (e ** 2).sum(-1)
         a = (w * c * c / (e2 + c * c) ** 2)[..., None].expand_as(e).reshape(-1)
-        Je, Jp = J[:n_e], J[n_e:]
-        A = Je.T @ (Je * a[:, None]) + Jp.T @ Jp
-        g = Je.T @ (a * e.reshape(-1)) + Jp.T @ p
+        A = J.T @ (J * a[:, None])
+        g = J.T @ (a * e.reshape(-1))
+        if n_f:
+            P = torch.zeros(p.numel(), n_cam + n_f, dtype=e.dtype, device=e.device)
+            P[:, n_cam:] = torch.diag(torch.cat([torch.full((m,), math.sqrt(priors[k]), dtype=e.dtype, device=e.device)
+                                                 for k, m in zip(flame_names, sizes)]))
+            A = A + P.T @ P
+            g = g + P.T @ p
         diag = torch.diagonal(A).clamp_min(1e-12)
         accepted = False
         for _try in range(8):
             step = torch.linalg.solve(A + lam * torch.diag(diag), -g)
-            cand = theta + step
+            s_cam = step[: 6 * n].reshape(n, 6)
+            R_c = axis_angle_to_rotation_matrix(s_cam[:, :3]) @ R
+            t_c = t + s_cam[:, 3:]
+            logf_c = logf + step[6 * n: 6 * n + 1] if fit_focal else logf
+            theta_c = theta_f + step[n_cam:]
             with torch.no_grad():
-                new = cost(*residuals(cand))
+                new = cost(*evaluate(R_c, t_c, logf_c, theta_c, yaw)[:2])
             if math.isfinite(new) and new <= current:
-                theta, lam, accepted = cand, max(lam / 5, 1e-9), True
+                R, t, logf, theta_f, lam, accepted = R_c, t_c, logf_c, theta_c, max(lam / 5, 1e-9), True
                 break
             lam *= 8
         tick()
         if not accepted or current - new < tol * max(current, 1e-12):
             break
-    return theta, it, history
-
-
-def _pack(st: _State, names: list[str]) -> Tensor:
-    return torch.cat([getattr(st, k).reshape(-1) for k in names])
-
-
-def _unpack(st: _State, names: list[str], theta: Tensor) -> dict[str, Tensor]:
-    out, i = {}, 0
-    for k in names:
-        ref = getattr(st, k)
-        out[k] = theta[i: i + ref.numel()].reshape(ref.shape)
-        i += ref.numel()
-    return out
-
-
-def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterConfig, steps: int, tick,
-                      fixed_points: Tensor | None = None):
-    """LM over the named state tensors. With ``fixed_points`` (N, L, 3) the head is held fixed (rigid)."""
-    yaw = [st.yaw()]
-    priors = {"shape": cfg.shape_prior, "expression": cfg.expression_prior,
-              "jaw": cfg.pose_prior, "eyes": cfg.pose_prior, "neck": cfg.pose_prior}
-
-    def residuals(theta: Tensor) -> tuple[Tensor, Tensor]:
-        saved = {k: getattr(st, k) for k in names}
-        try:
-            for k, v in _unpack(st, names, theta).items():
-                setattr(st, k, v)
-            pts = fixed_points if fixed_points is not None else st.landmarks3d(yaw[0])
-            cams = st.cameras()
-            pred = _project(pts, st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
-            e = (pred - tg.points) / tg.scale[:, None, None]
-            p = [math.sqrt(priors[k]) * getattr(st, k).reshape(-1) for k in names if k in priors]
-            return e, (torch.cat(p) if p else e.new_zeros(0))
-        finally:
-            for k, v in saved.items():
-                setattr(st, k, v)
-
-    def refresh(theta: Tensor) -> None:
-        saved = st.cam_rot
-        if "cam_rot" in names:
-            st.cam_rot = _unpack(st, names, theta)["cam_rot"]
-        yaw[0] = st.yaw()
-        st.cam_rot = saved
-
-    theta, iters, history = _levenberg_marquardt(residuals, _pack(st, names), tg, cfg.robust_scale, steps, tick,
-                                                 refresh)
-    for k, v in _unpack(st, names, theta).items():
-        setattr(st, k, v.detach().clone())
-    return iters, history
+    st.cam_rot = rotation_matrix_to_axis_angle(R).detach().clone()
+    st.cam_t, st.log_focal = t.detach().clone(), logf.detach().clone()
+    i = 0
+    for k, m in zip(flame_names, sizes):
+        setattr(st, k, theta_f[i: i + m].reshape(getattr(st, k).shape).detach().clone())
+        i += m
+    return it, history
 
 
 # --------------------------------------------------------------------------------------------

@@ -198,40 +198,53 @@ def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> 
     z_ref = zw[:, 0] + gzy * (y_ref - sy[:, 0])
     tab = torch.cat([torch.where(lo, alpha, -inf), torch.where(hi, alpha, inf), torch.where(lo, beta, 0.0),
                      torch.where(hi, beta, 0.0), torch.stack([sx[:, 0], z_ref, gzx, gzy], -1)], -1)  # (S, 16)
-    # (triangle, row) pairs: the span of pixel centres x = i + 0.5 in each row.
+    # Rows: the span of pixel centres x = i + 0.5 inside the triangle in each of its rows, computed
+    # for all triangles with a similar row count at once (rows padded to a power of two).
     nrow = (y1 - y0 + 1).long()
-    t = torch.repeat_interleave(torch.arange(sel.numel(), device=device), nrow)
-    r = tab.index_select(0, t)
-    roff = torch.arange(t.numel(), device=device) - (nrow.cumsum(0) - nrow).index_select(0, t)
-    ro = roff.to(r.dtype)[:, None]
-    L = (r[:, 0:3] + r[:, 6:9] * ro).amax(-1)
-    U = (r[:, 3:6] + r[:, 9:12] * ro).amin(-1)
-    i0 = torch.ceil(L - 0.5 - _TOL).clamp(min=0)
-    i1 = torch.floor(U - 0.5 + _TOL).clamp(max=W - 1)
-    count = (i1 - i0 + 1).clamp(min=0).long()
-    d0 = r[:, 13] + r[:, 14] * (i0 + 0.5 - r[:, 12]) + r[:, 15] * ro[:, 0]
-    keep = (count > 0).nonzero().squeeze(1)
-    count, d0, t, gz = count[keep], d0[keep], t[keep], r[keep, 14]
-    sel_t = sel.index_select(0, t)
-    b_t = torch.div(sel_t, Fn, rounding_mode="floor")
-    face = sel_t - b_t * Fn
-    base = (b_t * H + y0.long().index_select(0, t) + roff[keep]) * W + i0[keep].long()
-    buf = torch.full((B * H * W,), _SENTINEL, dtype=torch.long, device=device)
-    cum = count.cumsum(0)
-    start = 0
-    while start < count.numel():  # chunks of at most ~_CHUNK pixels bound the memory
-        done = int(cum[start - 1]) if start > 0 else 0
-        stop = max(int(torch.searchsorted(cum, done + _CHUNK, right=True)), start + 1)
-        n = int(cum[stop - 1]) - done
-        cnt = count[start:stop]
-        s = torch.repeat_interleave(torch.arange(stop - start, device=device), cnt, output_size=n)
-        off = torch.arange(n, device=device) - (cum[start:stop] - cnt - done).index_select(0, s)
-        depth = d0[start:stop].index_select(0, s) + gz[start:stop].index_select(0, s) * off.to(d0.dtype)
+    b_s = torch.div(sel, Fn, rounding_mode="floor")
+    face_s = sel - b_s * Fn
+    row_base = (b_s * H + y0.long()) * W
+    spans = []
+    for idx, n in _buckets(nrow):
+        r = tab.index_select(0, idx)[:, :, None]  # (S_n, 16, 1)
+        ro = torch.arange(n, device=device, dtype=tab.dtype)
+        L = (r[:, 0:3] + r[:, 6:9] * ro).amax(1)  # (S_n, n)
+        U = (r[:, 3:6] + r[:, 9:12] * ro).amin(1)
+        i0 = torch.ceil(L - 0.5 - _TOL).clamp(min=0)
+        i1 = torch.floor(U - 0.5 + _TOL).clamp(max=W - 1)
+        count = torch.where(ro < nrow.index_select(0, idx)[:, None], i1 - i0 + 1, 0.0).clamp(min=0).long()
+        d0 = r[:, 13] + r[:, 14] * (i0 + 0.5 - r[:, 12]) + r[:, 15] * ro
+        base = row_base.index_select(0, idx)[:, None] + ro.long() * W + i0.long()
+        spans.append([count, d0, r[:, 14].expand_as(d0), face_s.index_select(0, idx)[:, None].expand_as(base), base])
+    count, d0, gz, face, base = (torch.cat([s[i].reshape(-1) for s in spans]) for i in range(5))
+    # Pixels: packed keys, nearest wins; padding goes to a dummy slot at the end of the buffer.
+    n_pix = B * H * W
+    buf = torch.full((n_pix + 1,), _SENTINEL, dtype=torch.long, device=device)
+    for idx, n in _buckets(count):
+        off = torch.arange(n, device=device)
+        depth = d0.index_select(0, idx)[:, None] + gz.index_select(0, idx)[:, None] * off.to(d0.dtype)
         q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_LEVELS).long()
-        key = (q << 32) | face[start:stop].index_select(0, s)
-        buf.scatter_reduce_(0, base[start:stop].index_select(0, s) + off, key, reduce="amin")
-        start = stop
+        key = (q << 32) | face.index_select(0, idx)[:, None]
+        pix = torch.where(off < count.index_select(0, idx)[:, None], base.index_select(0, idx)[:, None] + off, n_pix)
+        buf.scatter_reduce_(0, pix.reshape(-1), key.reshape(-1), reduce="amin")
+    buf = buf[:n_pix]
     return torch.where(buf == _SENTINEL, -1, buf & 0xFFFFFFFF)
+
+
+def _buckets(count: Tensor):
+    """Yield ``(indices, n)``: the entries with ``n/2 < count <= n`` (n a power of two; count 0 skipped),
+    split so that ``len(indices) * n <= _CHUNK`` bounds the memory of the padded ``(len, n)`` arrays."""
+    nz = count > 0
+    level = torch.where(nz, torch.ceil(torch.log2(count.clamp(min=1).to(torch.float64))), -1.0).long()
+    hist = torch.bincount(level + 1).tolist()
+    for lv, k in enumerate(hist[1:]):
+        if k == 0:
+            continue
+        n = 1 << lv
+        idx = (level == lv).nonzero().squeeze(1)
+        step = max(1, _CHUNK // n)
+        for s in range(0, idx.numel(), step):
+            yield idx[s:s + step], n
 
 
 class _RastEval(torch.autograd.Function):
