@@ -1,21 +1,25 @@
 """``flame-prior`` command line: one tyro subcommand per job, each a dataclass config.
 
 Exit codes (see :mod:`flame_prior.errors` and the README): 0 success, 1 internal failure,
-2 bad input, 3 bad model file, 4 fit failed, 130 interrupted.
+2 bad input (and tyro's own argument errors), 3 bad model file, 4 fit failed, 130 interrupted.
+``FLAME_PRIOR_DEBUG=1`` prints the traceback of any error.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from typing import Annotated, Union
+import traceback
+from typing import Annotated, Sequence, Union
 
 import tyro
 from rich.console import Console
+from rich.markup import escape
 
 from flame_prior.config import FitConfig
 from flame_prior.demo import DemoConfig
-from flame_prior.errors import FlamePriorError
+from flame_prior.errors import FlamePriorError, Interrupted, signal_handler
 
 Command = Union[
     Annotated[FitConfig, tyro.conf.subcommand("fit", description="Fit FLAME and one camera per view to photos.")],
@@ -23,12 +27,20 @@ Command = Union[
 ]
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, exit 130
-    raise KeyboardInterrupt
+#: Set to 1 to print the full traceback of any error (internal failures always point to it).
+ENV_DEBUG = "FLAME_PRIOR_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(ENV_DEBUG, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def execute(config, console: Console | None = None) -> int:
-    """Run a parsed config; map errors to exit codes with a one-line message."""
+    """Run a parsed config; map errors to exit codes with a one-line message.
+
+    0 success, 1 internal failure (an unexpected exception: a bug), 2 bad input, 3 bad model file,
+    4 fit failed, 130 interrupted. With ``FLAME_PRIOR_DEBUG=1`` the traceback is printed too.
+    """
     console = console or Console(stderr=True)
     try:
         if isinstance(config, DemoConfig):
@@ -41,17 +53,41 @@ def execute(config, console: Console | None = None) -> int:
             run(config, console=console)
         return 0
     except FlamePriorError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        if _debug():
+            console.print(traceback.format_exc(), markup=False, highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: no output was written (a previous output is left as it was)[/yellow]")
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through errors.signal_handler
+        message = str(e) if isinstance(e, Interrupted) else Interrupted().args[0]
+        console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
         return 130
+    except Exception as e:  # noqa: BLE001 — anything else is a bug: one line, exit 1
+        if _debug():
+            console.print(traceback.format_exc(), markup=False, highlight=False)
+            where = "the traceback is above"
+        else:
+            where = f"set {ENV_DEBUG}=1 to see the traceback"
+        first = (str(e).strip().splitlines() or [""])[0]
+        console.print(f"[bold red]internal error:[/bold red] {escape(type(e).__name__)}: {escape(first)} "
+                      f"({where}; please report it at the project's issue tracker)", highlight=False, soft_wrap=True)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run it; the exit code.
+
+    tyro's own argument errors (unknown flag, missing ``--data``, a bad value) exit 2 through
+    ``SystemExit``, ``--help`` exits 0.
+    """
+    config = tyro.cli(Command, args=argv)
+    return execute(config, console)
 
 
 def entrypoint() -> None:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    config = tyro.cli(Command)
-    sys.exit(execute(config))
+    # SIGINT and SIGTERM both unwind like Ctrl-C: the temporary output is removed, exit 130.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal_handler)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

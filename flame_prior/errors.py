@@ -9,12 +9,15 @@ exit code (also listed in the README):
 2     bad input: images, folders, options (:class:`InputError`)
 3     bad or missing model file: FLAME, embedding, texture (:class:`ModelFileError`)
 4     the fit failed on valid input, e.g. no view with a face (:class:`FitError`)
-130   interrupted (Ctrl-C / SIGTERM); the previous output is left untouched
+130   interrupted (Ctrl-C / SIGTERM, :class:`Interrupted`); the previous output is left untouched
 ====  =====================================================================
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 
@@ -52,3 +55,43 @@ class FitError(FlamePriorError):
     """The fit cannot produce a trustworthy result on this (valid) input."""
 
     exit_code = 4
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (exit code 130). The message says what became of the output."""
+
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted: no output was written (a previous output is left as it was)"):
+        super().__init__(message)
+
+
+def signal_handler(signum, frame) -> None:
+    """Installed by the CLI for SIGINT and SIGTERM: both unwind the run like Ctrl-C (exit 130)."""
+    raise Interrupted()
+
+
+@contextlib.contextmanager
+def deferred_interrupts(message: str = "interrupted after the step that writes the output had finished"):
+    """Hold SIGINT and SIGTERM back while the block runs (renaming a finished output into place).
+
+    A signal that arrives meanwhile is only recorded; when the block ends it raises
+    :class:`Interrupted` with ``message`` (which says what the block completed), so a rename is
+    never cut in half. Python runs signal handlers in the main thread only, whichever thread the
+    signal hit, so swapping the handlers is enough; outside the main thread this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    if caught:
+        raise Interrupted(message)

@@ -589,9 +589,10 @@ def _render(st: _State, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tenso
     normals = render.interpolate(render.vertex_normals(verts, faces).expand(n, -1, -1), rast, faces)
     normals = torch.nn.functional.normalize(normals, dim=-1)
     color = shade_sh(albedo, normals, sh)
-    cov = render.coverage(rast, pos, faces, topology)[..., 0]
-    color = render.antialias(color, rast, pos, faces, topology)
-    return color, cov, rast
+    # One antialias pass for colour and coverage: silhouette gradients reach both.
+    mask = (rast[..., 3:] > 0).to(color.dtype)
+    out = render.antialias(torch.cat([color * mask, mask], -1), rast, pos, faces, topology)
+    return out[..., :3], out[..., 3], rast
 
 
 def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cfg: FitterConfig,
@@ -599,12 +600,13 @@ def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cf
     device, dtype = tg.points.device, tg.points.dtype
     crops = _make_crops(views, tg, cfg.render_size, device, dtype)
     ratio = crops.size / crops.box[:, 2]
-    names = [k for k in _free_names(cfg, st, optimise_focal) if k != "log_focal"]
+    names = _free_names(cfg, st, optimise_focal)
     geo = [getattr(st, k).detach().requires_grad_(True) for k in names]
     for k, p in zip(names, geo):
         setattr(st, k, p)
     app_params = appearance.parameters()
-    lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3, "eyes": 5e-3, "neck": 2e-3}
+    lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "log_focal": 2e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3,
+           "eyes": 5e-3, "neck": 2e-3}
     opt = torch.optim.Adam([{"params": [p], "lr": lrs[k]} for k, p in zip(names, geo)]
                            + [{"params": [p], "lr": lr} for p, lr in app_params])
     history: list[float] = []

@@ -32,6 +32,7 @@ import math
 import re
 import unicodedata
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,8 @@ def _load_one(path: Path, max_pixels: int) -> tuple[np.ndarray, str, float | Non
         raise _Unusable(f"the header declares an empty image ({w}x{h})")
     if w * h > max_pixels:
         raise _Unusable(_too_large(w, h, max_pixels, f"max_pixels={max_pixels:,}"))
+    if im.format == "PNG" and (bad := _png_crc_error(raw)):
+        raise _Unusable(f"truncated or corrupt PNG data ({bad})")
     try:
         focal = exif_focal_px(im)
         im.load()
@@ -183,6 +186,24 @@ def _load_one(path: Path, max_pixels: int) -> tuple[np.ndarray, str, float | Non
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         raise _Unusable(f"truncated or corrupt {im.format} data ({err})") from None
     return pixels, digest, focal
+
+
+def _png_crc_error(raw: bytes) -> str | None:
+    """Why the PNG's chunk checksums fail, or None. Pillow does not check IDAT CRCs, and corrupt
+    compressed data can still inflate, into garbage pixels; a truncated file is left to the decoder."""
+    i = 8
+    while i + 12 <= len(raw):
+        n = int.from_bytes(raw[i:i + 4], "big")
+        kind = raw[i + 4:i + 8]
+        end = i + 8 + n
+        if end + 4 > len(raw):
+            return None
+        if zlib.crc32(raw[i + 4:end]) != int.from_bytes(raw[end:end + 4], "big"):
+            return f"chunk {kind.decode('latin1')!r} at byte {i} fails its CRC check"
+        if kind == b"IEND":
+            return None
+        i = end + 4
+    return None
 
 
 def _too_large(w: int, h: int, max_pixels: int, limit: str) -> str:

@@ -25,7 +25,10 @@ world-to-camera with OpenCV axes, in COLMAP's arbitrary frame and scale.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Iterator, Literal
 
 import numpy as np
 
+from flame_prior.detectors.cache import default_cache_dir
 from flame_prior.geometry import check_shape
 
 if TYPE_CHECKING:
@@ -53,6 +57,7 @@ __all__ = [
 ]
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given"]
+_COLMAP_CACHE_VERSION = 1
 
 
 @dataclass
@@ -105,6 +110,10 @@ class IntrinsicsConfig:
     """Random seed of COLMAP's RANSAC and mapper, for repeatable runs."""
     use_exif: bool = True
     """Use the EXIF focal length when every view has one."""
+    cache_dir: Path | None = None
+    """Where COLMAP results are cached by image content (default: ~/.cache/flame-prior/colmap)."""
+    use_cache: bool = True
+    """Reuse a cached COLMAP result for the same images, masks and settings."""
     prior_fov_deg: float = 20.0
     """Vertical FOV (degrees) assumed without a measured focal: the start of a multi-view focal fit, or the
     fixed single-view focal. Portrait lenses (85 mm full frame) give 16-24 degrees and face crops of wider
@@ -229,7 +238,7 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
         notes.append(f"COLMAP skipped: one shared camera needs one image size, the views have {len(sizes)}")
         return None
     try:
-        rec = run_colmap(views, config, workdir=workdir, progress=progress)
+        rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes)
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
         notes.append(f"COLMAP not used ({type(exc).__name__}: {exc})")
         return None
@@ -241,6 +250,51 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
         notes.append(f"{summary}: too few registered, not used")
         return None
     notes.append(summary)
+    return rec
+
+
+def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig) -> Path:
+    """Cache file named by the images' content, their head masks, the COLMAP settings and version."""
+    h = hashlib.sha256()
+    for v in views:
+        h.update(v.image.sha256.encode())
+        h.update(hashlib.sha256(np.ascontiguousarray((v.mask >= 0.5).astype(np.uint8))).digest())
+    settings = {k: getattr(config, k) for k in ("colmap_peak_threshold", "colmap_max_features",
+                                                "colmap_mask_erode_px", "colmap_seed")}
+    import pycolmap
+
+    h.update(json.dumps([settings, pycolmap.__version__, _COLMAP_CACHE_VERSION], sort_keys=True).encode())
+    root = config.cache_dir or default_cache_dir().parent / "colmap"
+    return Path(root) / f"{h.hexdigest()}.npz"
+
+
+def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=None,
+                      notes: list[str] | None = None) -> ColmapResult:
+    """:func:`run_colmap`, reusing an earlier result for the same images, masks and settings.
+
+    The cache is an ``.npz`` read with ``allow_pickle=False`` (written atomically); a damaged
+    file is ignored and COLMAP runs again.
+    """
+    path = _colmap_cache_file(views, config)
+    if config.use_cache and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                rec = ColmapResult(z["w2c"], z["registered"].astype(bool), float(z["focal_px"]), float(z["cx"]),
+                                   float(z["cy"]), json.loads(str(z["figures"])))
+            if len(rec.w2c) == len(views):
+                if notes is not None:
+                    notes.append(f"COLMAP result reused from the cache ({path.name})")
+                return rec
+        except Exception as exc:  # damaged cache: recompute
+            if notes is not None:
+                notes.append(f"ignored a damaged COLMAP cache file {path} ({type(exc).__name__})")
+    rec = run_colmap(views, config, workdir=workdir, progress=progress)
+    if config.use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, w2c=rec.w2c, registered=rec.registered, focal_px=rec.focal_px, cx=rec.cx, cy=rec.cy,
+                 figures=np.str_(json.dumps(rec.figures)))
+        os.replace(tmp, path)
     return rec
 
 

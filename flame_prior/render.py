@@ -1,13 +1,15 @@
 """A small differentiable triangle rasterizer in pure torch (CPU and CUDA), nvdiffrast-style.
 
-Five composable primitives; the caller chains them (camera math and shading stay with the caller)::
+A few composable primitives; the caller chains them (camera math and shading stay with the caller)::
 
     pos = pinhole_to_clip(points_cam, fx, fy, cx, cy, W, H)      # (B, V, 4)
     rast = rasterize(pos, tri, (H, W))                            # (B, H, W, 4)
-    uv, _ = interpolate(uvs, rast, uv_faces)                      # (B, H, W, 2)
-    color = texture(tex, uv) * mask                               # (B, H, W, C)
+    uv = interpolate(uvs, rast, uv_faces)                         # (B, H, W, 2)
+    mask = rast[..., 3:] > 0
+    color = torch.where(mask, texture(tex, uv), background)       # (B, H, W, C)
+    topo = edge_topology(tri)                                     # once per topology (FLAME: fixed)
     color = antialias(color, rast, pos, tri, topo)                # silhouette gradients
-    cov = coverage(rast, pos, tri, topo)                          # (B, H, W, 1) soft head mask
+    cov = coverage(rast, pos, tri, topo)                          # (B, H, W, 1) antialiased mask
 
 Conventions (one set, used by every function; see also ``docs/conventions.md`` and
 :mod:`flame_prior.geometry`):
@@ -28,7 +30,8 @@ Conventions (one set, used by every function; see also ``docs/conventions.md`` a
   outward orientation). Both sides render by default (nearest wins); ``cull_backfaces=True``
   drops the back-facing ones. Triangles with any vertex outside the near/far range (``w <= 0``
   or ``z`` outside ``[-w, w]``, i.e. behind the camera or nearer than ``near``) are dropped
-  whole (no clipping). Pixel centres exactly on an edge count as inside.
+  whole (no clipping). Pixel centres on an edge (within 1e-4 px) count as inside; the nearest
+  z/w wins, ties go to the lower face id.
 * **rast channels** (as nvdiffrast): ``(u, v, z/w, triangle_id + 1)``; the attribute at a pixel
   is ``u * a[v0] + v * a[v1] + (1 - u - v) * a[v2]`` with perspective-correct ``(u, v)``;
   ``triangle_id + 1`` is stored as a float (exact up to 2**24 faces), ``0`` = background, where
@@ -79,7 +82,7 @@ __all__ = [
 
 _SENTINEL = torch.iinfo(torch.int64).max
 _DEPTH_LEVELS = 2**31 - 2  # quantised depth occupies the upper 31 bits of the visibility key
-_CHUNK = 1 << 22  # covered (face, pixel) pairs per rasterizer chunk: bounds memory
+_CHUNK = 1 << 22  # padded (row or pixel) entries per rasterizer batch: bounds memory
 _TOL = 1e-4  # pixel centres this close (in x, pixels) outside an edge count as inside: no cracks
 
 
@@ -155,7 +158,9 @@ def _face_table(pos: Tensor, tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.no_grad()
 def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
-    """Winning face per pixel, ``(B*H*W,)`` int64, -1 = background. No gradient.
+    """Per-pixel visibility keys ``(B*H*W,)`` int64: face id in the low 32 bits, ``_SENTINEL`` on background.
+
+    No gradient.
 
     Scanline enumeration: every valid triangle is split into the pixel rows its bounding box
     spans; in each row the span of pixel centres inside the three edges is solved exactly (each
@@ -176,7 +181,7 @@ def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> 
     ok &= (y1 >= y0) & (sx.amax(-1) >= 0.5 - _TOL) & (sx.amin(-1) <= W - 0.5 + _TOL)
     sel = ok.reshape(-1).nonzero().squeeze(1)  # flat b * F + f
     if sel.numel() == 0:
-        return torch.full((B * H * W,), -1, dtype=torch.long, device=device)
+        return torch.full((B * H * W,), _SENTINEL, dtype=torch.long, device=device)
     flat = lambda t: t.reshape(B * Fn, *t.shape[2:]).index_select(0, sel)  # noqa: E731
     sx, sy, zw, D, y0, y1 = flat(sx), flat(sy), flat(zw), flat(D), flat(y0), flat(y1)
     # Edge k (opposite vertex k) as x = alpha + beta * (y - y_ref), y_ref = the first row's centre;
@@ -227,20 +232,19 @@ def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> 
         key = (q << 32) | face.index_select(0, idx)[:, None]
         pix = torch.where(off < count.index_select(0, idx)[:, None], base.index_select(0, idx)[:, None] + off, n_pix)
         buf.scatter_reduce_(0, pix.reshape(-1), key.reshape(-1), reduce="amin")
-    buf = buf[:n_pix]
-    return torch.where(buf == _SENTINEL, -1, buf & 0xFFFFFFFF)
+    return buf[:n_pix]
 
 
 def _buckets(count: Tensor):
     """Yield ``(indices, n)``: the entries with ``n/2 < count <= n`` (n a power of two; count 0 skipped),
     split so that ``len(indices) * n <= _CHUNK`` bounds the memory of the padded ``(len, n)`` arrays."""
-    nz = count > 0
-    level = torch.where(nz, torch.ceil(torch.log2(count.clamp(min=1).to(torch.float64))), -1.0).long()
-    hist = torch.bincount(level + 1).tolist()
-    for lv, k in enumerate(hist[1:]):
-        if k == 0:
+    pow2 = 2 ** torch.arange(int(count.max()).bit_length() + 1, device=count.device)
+    level = torch.bucketize(count, torch.cat([pow2.new_zeros(1), pow2]))  # (2^(l-2), 2^(l-1)] -> l; 0 -> 0
+    hist = torch.bincount(level).tolist()
+    for lv, k in enumerate(hist):
+        if k == 0 or lv == 0:
             continue
-        n = 1 << lv
+        n = 1 << (lv - 1)
         idx = (level == lv).nonzero().squeeze(1)
         step = max(1, _CHUNK // n)
         for s in range(0, idx.numel(), step):
@@ -301,9 +305,9 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     Fn = tri.shape[0]
     tri = tri.long()
     table, ok, v = _face_table(pos, tri)
-    fid = _visibility(v.detach(), ok, H, W, cull_backfaces)
-    pix = (fid >= 0).nonzero().squeeze(1)
-    f = fid.index_select(0, pix)
+    key = _visibility(v.detach(), ok, H, W, cull_backfaces)
+    pix = (key != _SENTINEL).nonzero().squeeze(1)
+    f = key.index_select(0, pix) & 0xFFFFFFFF
     b = torch.div(pix, H * W, rounding_mode="floor")
     rem = pix - b * (H * W)
     row = torch.div(rem, W, rounding_mode="floor")
@@ -523,7 +527,8 @@ def coverage(rast: Tensor, pos: Tensor, tri: Tensor, topology: Tensor | None = N
 
     ``antialias`` of the binary mask ``rast[..., 3] > 0``: gradients flow only to the vertices of
     silhouette edges (see :func:`antialias` for arguments), so a mask loss can grow, shrink and
-    shift the rendered outline.
+    shift the rendered outline. To antialias a colour image too at the cost of one call, pass
+    ``torch.cat([color, mask], -1)`` to :func:`antialias` and split the channels.
     """
     mask = (rast[..., 3:4] > 0).to(pos.dtype)
     return antialias(mask, rast, pos, tri, topology)

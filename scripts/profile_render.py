@@ -1,11 +1,14 @@
 """Time the renderer on the FLAME template: rasterize + interpolate + texture + coverage, forward + backward.
 
 Usage: python scripts/profile_render.py [--views 1 8 30] [--res 256] [--threads 2] [--device cpu] [--profile]
+Reads the FLAME template from $FLAME_PRIOR_SHARED/flame-assets (default ../shared beside the repository).
+Timings are wall-clock means over --iters after one warm-up; on CUDA the loop is synchronised.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import torch
 
 from flame_prior import render
 
-ASSET = Path(__file__).resolve().parents[2] / "shared" / "flame-assets" / "flame2023_open_subset.npz"
+SHARED = Path(os.environ.get("FLAME_PRIOR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+ASSET = SHARED / "flame-assets" / "flame2023_open_subset.npz"
 
 
 def setup(n_views: int, res: int, device: str, dtype=torch.float32):
@@ -33,14 +37,18 @@ def setup(n_views: int, res: int, device: str, dtype=torch.float32):
     return verts, faces, R, t, f, cxy
 
 
-def step(verts, faces, R, t, f, cxy, res, uvs, tex, topo):
+def step(verts, faces, R, t, f, cxy, res, uvs, tex, topo, full=True):
+    """One forward + backward: rasterize + interpolate (+ texture + coverage when ``full``)."""
     pc = verts[None] @ R.transpose(1, 2) + t[:, None]
     pos = render.pinhole_to_clip(pc, f, f, cxy, cxy, res, res)
     rast = render.rasterize(pos, faces, (res, res))
     uv = render.interpolate(uvs, rast, faces)
-    col = render.texture(tex, uv)
-    cov = render.coverage(rast, pos, faces, topo)
-    loss = (col * cov).square().mean() + cov.mean()
+    if full:
+        col = render.texture(tex, uv)
+        cov = render.coverage(rast, pos, faces, topo)
+        loss = (col * cov).square().mean() + cov.mean()
+    else:
+        loss = uv.square().mean()
     loss.backward()
     return rast
 
@@ -63,15 +71,18 @@ def main() -> None:
         topo = render.edge_topology(faces)
         rast = step(verts, faces, R, t, f, cxy, a.res, uvs, tex, topo)  # warm-up
         sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(a.iters):
-            step(verts, faces, R, t, f, cxy, a.res, uvs, tex, topo)
-        sync()
-        dt = (time.perf_counter() - t0) / a.iters
         cov = (rast[..., 3] > 0).float().mean().item()
-        print(f"{a.device} views={n:3d} res={a.res}: {dt * 1000:8.1f} ms/iter  ({dt / n * 1000:.1f} ms/view), "
-              f"covered {cov:.1%}")
+        for full in (False, True):
+            step(verts, faces, R, t, f, cxy, a.res, uvs, tex, topo, full)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(a.iters):
+                step(verts, faces, R, t, f, cxy, a.res, uvs, tex, topo, full)
+            sync()
+            dt = (time.perf_counter() - t0) / a.iters
+            what = "rast+interp+tex+cov" if full else "rast+interp        "
+            print(f"{a.device} threads={torch.get_num_threads()} views={n:3d} res={a.res} {what} fwd+bwd: "
+                  f"{dt * 1000:8.1f} ms/iter ({dt / n * 1000:5.1f} ms/view), covered {cov:.1%}")
         if a.profile:
             with torch.profiler.profile() as prof:
                 step(verts, faces, R, t, f, cxy, a.res, uvs, tex, topo)

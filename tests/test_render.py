@@ -111,7 +111,6 @@ def test_behind_camera_and_background(device):
 
 def test_perspective_correct_barycentrics():
     """Interpolating camera-frame positions reproduces the 3D point seen through each pixel centre."""
-    g = torch.Generator().manual_seed(1)
     pix = torch.tensor([[3.0, 2.0], [30.0, 9.0], [8.0, 29.0]], dtype=F64)
     depth = torch.tensor([1.0, 4.0, 2.5], dtype=F64)
     pts = _cam_points(pix, depth, 40.0, 16.0)[None]
@@ -121,7 +120,6 @@ def test_perspective_correct_barycentrics():
     jj, ii = m.nonzero().unbind(1)
     ray = torch.stack([(ii + 0.5 - 16.0) / 40.0, (jj + 0.5 - 16.0) / 40.0], -1)
     assert torch.allclose(p[m][:, :2] / p[m][:, 2:], ray.to(F64), atol=1e-9)
-    del g
 
 
 def test_interpolate_with_other_indices():
@@ -177,13 +175,13 @@ def test_gradcheck_interpolate(device):
         pos = _project(v, fx, t)
         return render.interpolate(a, render.rasterize(pos, faces, (20, 24)), faces)
 
-    assert torch.autograd.gradcheck(f, (verts, attr), eps=1e-6, atol=1e-6, fast_mode=True)
+    assert torch.autograd.gradcheck(f, (verts, attr), eps=1e-6, atol=1e-6, fast_mode=True, nondet_tol=1e-12)
 
 
 def test_gradcheck_texture(device):
     tex = torch.rand(5, 7, 2, dtype=F64, device=device, requires_grad=True)
     uv = (0.05 + 0.9 * torch.rand(2, 3, 4, 2, dtype=F64, device=device)).requires_grad_(True)
-    assert torch.autograd.gradcheck(render.texture, (tex, uv), eps=1e-6, atol=1e-6, fast_mode=True)
+    assert torch.autograd.gradcheck(render.texture, (tex, uv), eps=1e-6, atol=1e-6, fast_mode=True, nondet_tol=1e-12)
 
 
 def test_gradcheck_coverage_and_antialias(device):
@@ -197,7 +195,7 @@ def test_gradcheck_coverage_and_antialias(device):
 
     out = cov(verts)
     assert ((out > 0) & (out < 1)).any()  # there are partially covered pixels
-    assert torch.autograd.gradcheck(cov, (verts,), eps=1e-7, atol=1e-6)  # full Jacobian: the edge-gradient code
+    assert torch.autograd.gradcheck(cov, (verts,), eps=1e-7, atol=1e-6, nondet_tol=1e-12)  # full Jacobian: the edge-gradient code
 
     def aa(v, c):
         pos = _project(v, fx, t)
@@ -206,7 +204,7 @@ def test_gradcheck_coverage_and_antialias(device):
         return render.antialias(color, rast, pos, faces, topo)
 
     col = torch.rand(9, 2, dtype=F64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(aa, (verts, col), eps=1e-7, atol=1e-6, fast_mode=True)
+    assert torch.autograd.gradcheck(aa, (verts, col), eps=1e-7, atol=1e-6, fast_mode=True, nondet_tol=1e-12)
 
 
 def test_gradcheck_camera_parameters(device):
@@ -221,7 +219,7 @@ def test_gradcheck_camera_parameters(device):
         rast = render.rasterize(pos, faces, (20, 24))
         return render.interpolate(attr, rast, faces), render.coverage(rast, pos, faces)
 
-    assert torch.autograd.gradcheck(f, (fx, t), eps=1e-7, atol=1e-6, fast_mode=True)
+    assert torch.autograd.gradcheck(f, (fx, t), eps=1e-7, atol=1e-6, fast_mode=True, nondet_tol=1e-12)
 
 
 def test_vertex_normals(device):
@@ -330,7 +328,7 @@ def test_flame_template_renders(shared, device):
     assert 0.2 < m_both.float().mean() < 0.8
     # FLAME faces are outward (counter-clockwise seen from outside): culling keeps what is visible.
     assert (m_both & ~m_front).float().sum() < 0.01 * m_both.float().sum()
-    assert torch.equal(both[m_front][:, 3], front[m_front][:, 3]) or (both[m_front][:, 3] != front[m_front][:, 3]).float().mean() < 0.01
+    assert (both[m_front][:, 3] != front[m_front][:, 3]).float().mean() < 0.01
     n = render.vertex_normals(pc, faces)
     nrm = render.interpolate(n, both, faces)
     assert (nrm[m_both][:, 2] < 0).float().mean() > 0.9  # visible normals face the camera (-Z in OpenCV)

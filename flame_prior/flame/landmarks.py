@@ -40,7 +40,9 @@ __all__ = ["LandmarkEmbedding", "landmarks_from_vertices", "head_yaw_deg", "chec
            "DECA_CONTOUR_YAW_DEG"]
 
 EMBEDDING_HINT = ("Landmark embeddings come with FLAME-based code: DECA's landmark_embedding.npy, RingNet's "
-                  "flame_static_embedding.pkl + flame_dynamic_embedding.npy, FLAME's mediapipe_landmark_embedding.npz.")
+                  "flame_static_embedding.pkl + flame_dynamic_embedding.npy, FLAME's mediapipe_landmark_embedding.npz; "
+                  "use the one that belongs to your FLAME model's topology and pass it with --landmark-embedding "
+                  "(or FLAME_PRIOR_EMBEDDING).")
 
 DECA_CONTOUR_YAW_DEG = np.concatenate([np.arange(0, 40), -np.arange(1, 40)]).astype(np.float64)
 """Yaw (degrees) of each of the 79 rows of DECA's/RingNet's dynamic contour table."""

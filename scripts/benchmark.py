@@ -1,0 +1,746 @@
+"""flame-prior benchmark: stage timings, peak memory, scaling, accuracy and the original-schedule baseline.
+
+Usage::
+
+    python scripts/benchmark.py                       # full run (CPU: tens of minutes)
+    python scripts/benchmark.py --quick               # shortened schedules, a few minutes
+    python scripts/benchmark.py --device cuda --output gpu.json
+    python scripts/benchmark.py --quick --skip-real   # synthetic scenes only (no shared data needed)
+    make benchmark                                    # = python scripts/benchmark.py
+
+Options: ``--quick`` (short schedules; the baseline runs 300 + 20..100 iterations and its per-iteration
+cost is extrapolated to 3000 + 2000, which the JSON says), ``--device cpu|cuda|auto``,
+``--output benchmark.json`` (the plot ``benchmark_scaling.png`` is written beside it),
+``--repeats N`` (the synthetic cases run N times; medians are reported), ``--skip-real`` (no real
+photos: no detection, COLMAP, FFHQ), ``--shared DIR`` (default ``$FLAME_PRIOR_SHARED`` or
+``../shared``), ``--photometric-steps``, ``--sweep-views``, ``--sweep-sizes``, ``--sweep-steps``,
+``--baseline-iters R J``, ``--baseline-max-seconds``, ``--no-profile``.
+
+What one run measures (every case in its own spawned subprocess, so its peak resident memory,
+``ru_maxrss`` of the child, and on CUDA ``torch.cuda.max_memory_allocated``, are its own):
+
+* **cases**: per-stage seconds (intake, detection cold / cached, COLMAP, rigid, landmarks,
+  photometric, export), fit and total, iterations per stage, peak memory, accuracy:
+  - ``synthetic_8``, ``synthetic_30``: demo scenes (``flame_prior.demo``) with known cameras and
+    focal; ``synthetic_8_unknown_focal`` starts from a 20 deg FOV and optimises the focal. Camera
+    errors: rotation (deg), camera centre (% of distance), focal (%). "intake" is the scene render.
+  - ``real_multiview_30``: ``shared/data/multiview/2-346/images`` with the bundled model and the
+    MediaPipe-468 embedding; detection cold (fresh cache dir) and cached; COLMAP intrinsics.
+  - ``ffhq_00000``: one FFHQ image (prior focal); NME against the FAN landmarks of the shared data
+    through the MediaPipe -> iBUG-68 table of ``scripts/baseline_schedule.py``.
+  Projected-landmark error: ``FitResult.views[i].landmark_error_px`` and divided by the projected
+  outer-eye-corner distance, plus the median error on the 51 static (inner-face) points.
+* **floor**: the cost of one FLAME forward + render + backward of a photometric mini-batch (the
+  work of one photometric step), times the iterations the stage ran; for the LM stages one FLAME
+  forward (landmark vertices only) + projection + backward. Measured time minus floor = overhead.
+* **scaling**: synthetic fits against views (1, 4, 8, 16, 30) and ``render_size`` (128, 256, 512),
+  a fixed number of photometric steps (no early stop) so points compare; per-stage seconds.
+* **baseline**: the original tool's schedule (``scripts/baseline_schedule.py``) on the synthetic 8-view
+  scene and the real scene, same renderer/model/detections; flame-prior's fit time and 51-point
+  landmark error as ratios to it (target: >= 10x faster at equal or lower error).
+* **profile**: cProfile and the torch profiler on a few photometric steps (hot spots).
+* **targets** (2 CPU cores, detection and COLMAP excluded): 30-view fit <= 60 s, single image
+  <= 5 s, rigid stage <= 1 s, >= 10x faster than the baseline at equal or lower landmark error.
+
+Output: ``benchmark.json`` (all figures; ``meta`` names the device, ``torch.cuda.get_device_name``
+on CUDA, CPU count and torch threads) and a table on stdout. Timings on a shared machine are noisy:
+compare ratios taken in one run, not absolute seconds across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+# --------------------------------------------------------------------------------------------
+# Helpers that run inside the child processes
+
+
+def _child_setup(device_name: str, threads: int | None):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from flame_prior.fit import resolve_device
+
+    dev = resolve_device(device_name)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    return torch, dev
+
+
+def _memory(torch, dev) -> dict:
+    m = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if dev.type == "cuda":
+        m["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return m
+
+
+def _sync(torch, dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _stage_dict(result) -> dict:
+    return {s.name: {"seconds": s.seconds, "iterations": s.iterations,
+                     "landmark_px_median": float(np.nanmedian(s.landmark_px))} for s in result.stages}
+
+
+def _landmark_accuracy(result, embedding) -> dict:
+    from baseline_schedule import embedding_rows, static_error_px
+
+    err = np.array([v.landmark_error_px for v in result.views])
+    eye = np.array([v.eye_distance_px for v in result.views])
+    rows = embedding_rows(embedding)
+    s51 = np.array([static_error_px(v.landmarks_detected[rows], v.landmarks_projected[rows], v.landmark_weight[rows])
+                    for v in result.views])
+    return {"landmark_error_px_median": float(np.median(err)), "landmark_error_px_max": float(np.max(err)),
+            "landmark_error_over_eye_median": float(np.median(err / eye)),
+            "landmark_error_over_eye_max": float(np.max(err / eye)),
+            "static51_error_px_median": float(np.nanmedian(s51)),
+            "static51_error_over_eye_median": float(np.nanmedian(s51 / eye)),
+            "per_view_px": err.tolist(), "per_view_over_eye": (err / eye).tolist()}
+
+
+def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space, uv_layout, reps: int = 3) -> dict:
+    """Seconds of one photometric step's work (FLAME fwd + render + backward of a mini-batch) and of
+    one landmark evaluation (FLAME fwd on the landmark vertices + projection + backward)."""
+    from flame_prior import fit as F
+    from flame_prior import render
+
+    dtype = torch.float32
+    n = len(views)
+    tg = F._landmark_targets(views, embedding, dev, dtype)
+    st = F._State(model, embedding, intr, n, dev, dtype)
+    st.widths, st.heights = [v.image.width for v in views], [v.image.height for v in views]
+    cams = result.cameras
+    st.cam_rot = F.rotation_vectors(cams).to(dev, dtype)
+    st.cam_t = cams.t.to(dev, dtype)
+    st.log_focal = torch.log(cams.fx[:1].to(dev, dtype) / st.fx0[:1])
+    for k in ("shape", "expression"):
+        setattr(st, k, torch.as_tensor(result.flame[k], dtype=dtype, device=dev)[None])
+    st.jaw = torch.as_tensor(result.flame["jaw_pose"], dtype=dtype, device=dev)[None]
+    app = F._Appearance(n, cfg, texture_space, uv_layout if texture_space is None else None,
+                        F._init_color(views, tg), dev, dtype)
+    app_params = app.parameters()
+    crops = F._make_crops(views, tg, cfg.render_size, dev, dtype)
+    ratio = crops.size / crops.box[:, 2]
+    topology = render.edge_topology(model.faces)
+    b = min(n, cfg.photometric_views)
+    idx = torch.arange(b, device=dev)
+    geo = [getattr(st, k).detach().requires_grad_(True) for k in ("cam_rot", "cam_t", "shape", "jaw")]
+    for k, p in zip(("cam_rot", "cam_t", "shape", "jaw"), geo):
+        setattr(st, k, p)
+
+    def photo_step():
+        c = st.cameras()
+        r = ratio[idx]
+        color, cov, rast = F._render(st, idx, model.faces, app.uvs, app.uv_faces, app.albedo(), app.sh()[idx],
+                                     c.fx[idx] * r, c.fy[idx] * r, (st.cx[idx] - crops.box[idx, 0]) * r,
+                                     (st.cy[idx] - crops.box[idx, 1]) * r, crops.size, topology)
+        inside = (rast[..., 3] > 0).to(dtype) * crops.head[idx]
+        loss = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0) \
+            + ((cov * (1 - crops.head[idx])).mean())
+        loss.backward()
+
+    yaw = st.yaw()
+
+    def lmk_step():
+        c = st.cameras()
+        pred = F._project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, c.fx, c.fy, st.cx, st.cy)
+        F._landmark_energy(pred, tg, cfg.robust_scale).backward()
+
+    out = {}
+    for name, fn in (("photometric_step_s", photo_step), ("landmark_eval_s", lmk_step)):
+        fn()  # warm-up
+        ts = []
+        for _ in range(reps):
+            _sync(torch, dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(torch, dev)
+            ts.append(time.perf_counter() - t0)
+        out[name] = float(np.median(ts))
+    out["photometric_batch_views"] = b
+    stages = {}
+    for s in result.stages:
+        unit = out["photometric_step_s"] if s.name == "photometric" else out["landmark_eval_s"]
+        fl = unit * s.iterations
+        stages[s.name] = {"measured_s": s.seconds, "floor_s": fl, "overhead_s": s.seconds - fl,
+                          "floor_fraction": fl / s.seconds if s.seconds > 0 else float("nan"),
+                          "unit": "photometric step" if s.name == "photometric" else "landmark eval"}
+    out["stages"] = stages
+    return out
+
+
+def case_synthetic(device: str, threads: int | None, views: int, fitter: dict, unknown_focal: bool = False,
+                   export: bool = True, floor: bool = True, seed: int = 0, image_size: int = 256) -> dict:
+    """A demo scene with known cameras: render, fit, export; camera errors against the truth."""
+    torch, dev = _child_setup(device, threads)
+    from flame_prior.demo import DemoConfig, camera_errors, demo_assets, render_scene
+    from flame_prior.fit import FitterConfig, fit_flame
+    from flame_prior.intrinsics import Intrinsics
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    t_all = time.perf_counter()
+    data, model, embedding, ts = demo_assets(seed, dev)
+    t0 = time.perf_counter()
+    scene = render_scene(model, embedding, ts, DemoConfig(views=views, image_size=image_size, seed=seed,
+                                                          device=device), np.random.default_rng(seed))
+    _sync(torch, dev)
+    t_scene = time.perf_counter() - t0
+    S, n = image_size, views
+    f_true = scene.cameras.fx.numpy()
+    if unknown_focal:
+        f0 = np.full(n, S / 2 / math.tan(math.radians(10.0)))
+        intr = Intrinsics(f0, f0.copy(), np.full(n, S / 2), np.full(n, S / 2), "optimised", True)
+    else:
+        intr = Intrinsics(f_true.copy(), f_true.copy(), np.full(n, S / 2), np.full(n, S / 2), "given", False)
+    cfg = FitterConfig(**{**fitter, "device": device, "seed": seed})
+    t0 = time.perf_counter()
+    result = fit_flame(model, embedding, scene.views, intr, cfg, texture_space=ts,
+                       model_info={"path": "synthetic", "sha256": data.sha256})
+    t_fit = time.perf_counter() - t0
+    t_export = float("nan")
+    if export:
+        from flame_prior.pipeline import write_all
+
+        with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
+            t0 = time.perf_counter()
+            write_all(Path(tmp) / "out", scene.views, intr, result, [], {}, model_info={"path": "synthetic",
+                      "sha256": data.sha256}, overwrite=True, avatar_format=False)
+            t_export = time.perf_counter() - t0
+    total = time.perf_counter() - t_all
+    errors = camera_errors(result.cameras, scene.cameras, scene.target)
+    out = {
+        "views": n, "image_size": S, "render_size": cfg.render_size, "unknown_focal": unknown_focal,
+        "fitter": {k: v for k, v in fitter.items()},
+        "seconds": {"intake": t_scene, "detection": None, "colmap": None,
+                    **{s.name: s.seconds for s in result.stages}, "fit": t_fit, "export": t_export, "total": total},
+        "stages": _stage_dict(result),
+        "accuracy": {**{f"{k}_median": float(np.median(v)) for k, v in errors.items()},
+                     **{f"{k}_max": float(np.max(v)) for k, v in errors.items()},
+                     **_landmark_accuracy(result, embedding)},
+        "rss_after_import_mb": rss0,
+        "notes": result.notes,
+    }
+    if floor:
+        out["floor"] = _floor(torch, dev, model, embedding, scene.views, intr, cfg, result, ts, None)
+    out["memory"] = _memory(torch, dev)
+    return out
+
+
+def _scratch() -> str:
+    d = Path(tempfile.gettempdir()) / "bench"
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d)
+
+
+def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_dir: str, colmap: bool = True,
+              nme_ref: str | None = None, floor: bool = True) -> dict:
+    """The real pipeline, stage by stage: intake + detection cold and cached, intrinsics, fit, export."""
+    torch, dev = _child_setup(device, threads)
+    from flame_prior.config import FitConfig
+    from flame_prior.fit import FitterConfig, fit_flame
+    from flame_prior.intrinsics import estimate_intrinsics
+    from flame_prior.pipeline import load_assets, prepare_views, write_all
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    t_all = time.perf_counter()
+    cfg = FitConfig(data=Path(data), output_dir=Path(_scratch()) / "unused", overwrite=True)
+    cfg.detect.cache_dir = Path(cache_dir)
+    cfg.fitter = FitterConfig(**{**fitter, "device": device})
+    cfg.intrinsics.use_colmap = colmap
+    t0 = time.perf_counter()
+    assets = load_assets(cfg, dev)
+    t_assets = time.perf_counter() - t0
+    cold_cache = not any(Path(cache_dir).glob("*"))
+    views, skipped, tm_cold = prepare_views(cfg, assets.embedding, False)
+    views, skipped, tm_cached = prepare_views(cfg, assets.embedding, False)
+    with tempfile.TemporaryDirectory(dir=_scratch()) as work:
+        t0 = time.perf_counter()
+        intr = estimate_intrinsics(views, cfg.intrinsics, workdir=Path(work) / "colmap", progress=None)
+        t_intr = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = fit_flame(assets.model, assets.embedding, views, intr, cfg.fitter, texture_space=assets.texture_space,
+                       uv_layout=assets.uv_layout, model_info=assets.model_info)
+    t_fit = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
+        t0 = time.perf_counter()
+        write_all(Path(tmp) / "out", views, intr, result, skipped, {}, model_info=assets.model_info,
+                  overwrite=True, avatar_format=False)
+        t_export = time.perf_counter() - t0
+    total = time.perf_counter() - t_all
+    out = {
+        "data": data, "views": len(views), "skipped": [f"{s.path.name}: {s.reason}" for s in skipped],
+        "intrinsics_source": intr.source, "colmap": intr.colmap, "intrinsics_notes": intr.notes,
+        "focal_px_fitted_median": float(np.median(result.cameras.fx.numpy())),
+        "fitter": fitter,
+        "seconds": {"assets": t_assets, "intake": tm_cold["intake"], "intake_cached": tm_cached["intake"],
+                    "detection_cold" if cold_cache else "detection_first": tm_cold["detection"],
+                    "detection_cached": tm_cached["detection"],
+                    "colmap" if intr.source == "colmap" else "intrinsics": t_intr,
+                    **{s.name: s.seconds for s in result.stages}, "fit": t_fit, "export": t_export, "total": total,
+                    "total_excl_detection_colmap": total - tm_cold["detection"] - t_intr},
+        "stages": _stage_dict(result),
+        "accuracy": _landmark_accuracy(result, assets.embedding),
+        "rss_after_import_mb": rss0,
+        "notes": result.notes,
+    }
+    if nme_ref and Path(nme_ref).exists():
+        out["accuracy"].update(_nme(np.load(nme_ref), result, views, assets.embedding))
+    if floor:
+        out["floor"] = _floor(torch, dev, assets.model, assets.embedding, views, intr, cfg.fitter, result,
+                              assets.texture_space, assets.uv_layout)
+    out["memory"] = _memory(torch, dev)
+    return out
+
+
+def _nme(ref68: np.ndarray, result, views, embedding) -> dict:
+    """NME (mean point error / outer-eye-corner distance of the reference) against FAN's iBUG-68."""
+    from baseline_schedule import MP_TO_IBUG68, STATIC, embedding_rows
+
+    rows68 = embedding_rows(embedding, np.arange(68))
+    proj = result.views[0].landmarks_projected[rows68]
+    det = views[0].landmarks[MP_TO_IBUG68] if embedding.detector == "mediapipe478" else views[0].landmarks[:68]
+    d = np.linalg.norm(ref68[36] - ref68[45])
+    e = lambda a, idx: float(np.mean(np.linalg.norm(a[idx] - ref68[idx], axis=-1)) / d)  # noqa: E731
+    return {"nme68_fit_vs_fan": e(proj, np.arange(68)), "nme51_fit_vs_fan": e(proj, STATIC),
+            "nme68_detection_vs_fan": e(det, np.arange(68)), "nme51_detection_vs_fan": e(det, STATIC),
+            "nme_note": "MediaPipe->iBUG table is approximate (jaw 0-16 and brows differ by definition); "
+                        "the detector's own NME is the floor the fit can reach on this table"}
+
+
+def case_baseline(device: str, threads: int | None, scene: str, rigid_iters: int, joint_iters: int,
+                  max_seconds: float | None, views: int = 8, data: str | None = None,
+                  cache_dir: str | None = None, seed: int = 0) -> dict:
+    """The original tool's schedule on the synthetic scene or on the real scene."""
+    torch, dev = _child_setup(device, threads)
+    from baseline_schedule import run_baseline
+
+    if scene == "synthetic":
+        from flame_prior.demo import DemoConfig, demo_assets, render_scene
+        from flame_prior.geometry import rotation_angle_deg
+
+        data_, model, embedding, ts = demo_assets(seed, dev)
+        sc = render_scene(model, embedding, ts, DemoConfig(views=views, seed=seed, device=device),
+                          np.random.default_rng(seed))
+        out = run_baseline(model, embedding, sc.views, texture_space=ts, rigid_iters=rigid_iters,
+                           joint_iters=joint_iters, max_seconds=max_seconds, seed=seed)
+        R = torch.as_tensor(out.pop("rotation_w2c"), dtype=torch.float64)
+        rot = rotation_angle_deg(R, sc.cameras.R.double()).numpy()
+        out["rotation_deg_median"] = float(np.median(rot))
+        out["rotation_deg_max"] = float(np.max(rot))
+    else:
+        from flame_prior.config import FitConfig
+        from flame_prior.pipeline import load_assets, prepare_views
+
+        cfg = FitConfig(data=Path(data), output_dir=Path(_scratch()) / "unused")
+        cfg.detect.cache_dir = Path(cache_dir)
+        assets = load_assets(cfg, dev)
+        vs, _, _ = prepare_views(cfg, assets.embedding, False)
+        out = run_baseline(assets.model, assets.embedding, vs, texture_space=assets.texture_space,
+                           uv_layout=assets.uv_layout, rigid_iters=rigid_iters, joint_iters=joint_iters,
+                           max_seconds=max_seconds, seed=seed)
+        out.pop("rotation_w2c")
+    out["memory"] = _memory(torch, dev)
+    return out
+
+
+def case_profile(device: str, threads: int | None, views: int, fitter: dict, top: int = 15) -> dict:
+    """cProfile of a whole synthetic fit and the torch profiler on its photometric steps."""
+    import cProfile
+    import io
+    import pstats
+
+    torch, dev = _child_setup(device, threads)
+    from flame_prior.demo import DemoConfig, demo_assets, render_scene
+    from flame_prior.fit import FitterConfig, fit_flame
+    from flame_prior.intrinsics import Intrinsics
+
+    data, model, embedding, ts = demo_assets(0, dev)
+    sc = render_scene(model, embedding, ts, DemoConfig(views=views, device=device), np.random.default_rng(0))
+    f = sc.cameras.fx.numpy()
+    intr = Intrinsics(f.copy(), f.copy(), np.full(views, 128.0), np.full(views, 128.0), "given", False)
+    cfg = FitterConfig(**{**fitter, "device": device})
+    prof = cProfile.Profile()
+    prof.enable()
+    fit_flame(model, embedding, sc.views, intr, cfg, texture_space=ts)
+    prof.disable()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+    lines = [ln for ln in s.getvalue().splitlines() if ln.strip()]
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as tp:
+        fit_flame(model, embedding, sc.views, intr, cfg, texture_space=ts)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    table = tp.key_averages().table(sort_by=key, row_limit=top)
+    return {"views": views, "fitter": fitter, "cprofile_tottime": lines[-(top + 1):],
+            "torch_profiler": table.splitlines()}
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: run the cases in spawned subprocesses
+
+
+def run_case(fn, **kw) -> dict:
+    """``fn(**kw)`` in a fresh spawned process (its own peak memory); errors become {"error": ...}."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
+        t0 = time.perf_counter()
+        try:
+            out = ex.submit(fn, **kw).result()
+        except Exception as e:  # a failed case must not sink the whole benchmark
+            out = {"error": f"{type(e).__name__}: {e}"}
+        out["wall_s_with_process_start"] = time.perf_counter() - t0
+    return out
+
+
+def _median_runs(runs: list[dict]) -> dict:
+    """The first run's dict with every numeric leaf replaced by the median over the runs."""
+    def med(vals):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            return float(np.median(vals))
+        if all(isinstance(v, dict) for v in vals):
+            return {k: med([v.get(k) for v in vals]) for k in vals[0]}
+        return vals[0]
+    out = med(runs)
+    out["repeats"] = len(runs)
+    if len(runs) > 1:
+        out["fit_seconds_all_runs"] = [r["seconds"]["fit"] for r in runs]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shortened schedules (see the module docstring)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--output", type=Path, default=Path("benchmark.json"))
+    ap.add_argument("--repeats", type=int, default=None, help="runs of each synthetic case (default 3, quick 1)")
+    ap.add_argument("--skip-real", action="store_true", help="synthetic scenes only")
+    ap.add_argument("--shared", type=Path, default=None, help="the shared data folder (default ../shared)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--photometric-steps", type=int, default=None,
+                    help="photometric steps of the main cases (default: FitterConfig's 60; quick 15)")
+    ap.add_argument("--sweep-views", type=int, nargs="*", default=[1, 4, 8, 16, 30])
+    ap.add_argument("--sweep-sizes", type=int, nargs="*", default=[128, 256, 512])
+    ap.add_argument("--sweep-steps", type=int, default=None, help="fixed photometric steps per sweep point (20; quick 4)")
+    ap.add_argument("--baseline-iters", type=int, nargs=2, default=None, metavar=("RIGID", "JOINT"),
+                    help="baseline schedule actually run (default 3000 2000; quick 300 100)")
+    ap.add_argument("--baseline-max-seconds", type=float, default=None,
+                    help="stop the baseline's joint stage after this long and extrapolate (default 600; quick 60)")
+    ap.add_argument("--no-profile", action="store_true")
+    a = ap.parse_args(argv)
+
+    import torch
+    from flame_prior.fit import FitterConfig, resolve_device
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=int(os.environ.get("COLUMNS", 0)) or 170)
+    dev = resolve_device(a.device)
+    device = dev.type
+    quick = a.quick
+    repeats = a.repeats or (1 if quick else 3)
+    psteps = a.photometric_steps if a.photometric_steps is not None else (15 if quick else FitterConfig.photometric_steps)
+    sweep_steps = a.sweep_steps if a.sweep_steps is not None else (4 if quick else 20)
+    b_rigid, b_joint = a.baseline_iters or ((300, 100) if quick else (3000, 2000))
+    b_max = a.baseline_max_seconds if a.baseline_max_seconds is not None else (60.0 if quick else 600.0)
+    shared = a.shared or Path(os.environ.get("FLAME_PRIOR_SHARED", HERE.parent.parent / "shared"))
+    out_path = a.output.resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    common = {"device": device, "threads": a.threads}
+    fitter = {"photometric_steps": psteps}
+
+    meta = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": a.threads or torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "quick": quick, "repeats": repeats,
+        "photometric_steps": psteps, "sweep_photometric_steps": sweep_steps,
+        "baseline_schedule_run": [b_rigid, b_joint], "baseline_schedule_full": [3000, 2000],
+        "baseline_max_seconds": b_max, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "notes": [],
+    }
+    if quick:
+        meta["notes"].append(f"--quick: main fits run {psteps} photometric steps (default {FitterConfig.photometric_steps}); "
+                             f"sweep points {sweep_steps}; baseline runs {b_rigid} + <= {b_joint} iterations and its "
+                             "per-iteration cost is extrapolated to the full 3000 + 2000 schedule")
+    report: dict = {"meta": meta, "cases": {}, "scaling": {}, "baseline": {}, "targets": []}
+
+    def save():
+        out_path.write_text(json.dumps(report, indent=2, default=float))
+
+    def log(msg):
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
+
+    # ---- synthetic cases
+    for n in (8, 30):
+        log(f"synthetic {n} views x{repeats}")
+        runs = [run_case(case_synthetic, **common, views=n, fitter=fitter) for _ in range(repeats)]
+        ok = [r for r in runs if "error" not in r]
+        report["cases"][f"synthetic_{n}"] = _median_runs(ok) if ok else runs[0]
+        save()
+    log("synthetic 8 views, unknown focal")
+    report["cases"]["synthetic_8_unknown_focal"] = run_case(case_synthetic, **common, views=8, fitter=fitter,
+                                                            unknown_focal=True, export=False, floor=False)
+    save()
+
+    # ---- real scenes
+    multiview = shared / "data" / "multiview" / "2-346" / "images"
+    ffhq = shared / "data" / "singleview" / "ffhq" / "00000.png"
+    cache_dir = Path(tempfile.mkdtemp(prefix="detcache-", dir=_scratch()))
+    if not a.skip_real:
+        if multiview.exists():
+            log("real multi-view scene (30 views): detection cold + cached, COLMAP, fit, export")
+            report["cases"]["real_multiview_30"] = run_case(case_real, **common, data=str(multiview), fitter=fitter,
+                                                            cache_dir=str(cache_dir))
+            save()
+        else:
+            meta["notes"].append(f"real multi-view scene missing: {multiview}")
+        if ffhq.exists():
+            log("FFHQ single image")
+            report["cases"]["ffhq_00000"] = run_case(case_real, **common, data=str(ffhq), fitter=fitter,
+                                                     cache_dir=str(cache_dir),
+                                                     nme_ref=str(ffhq.with_name("00000_lmk68.npy")))
+            save()
+        else:
+            meta["notes"].append(f"FFHQ image missing: {ffhq}")
+
+    # ---- scaling
+    sweep_fitter = {"photometric_steps": sweep_steps, "early_stop": -1e9}
+    report["scaling"] = {"photometric_steps": sweep_steps, "early_stop": "off", "views": [], "render_size": []}
+    for n in a.sweep_views:
+        log(f"scaling: {n} views")
+        r = run_case(case_synthetic, **common, views=n, fitter=sweep_fitter, export=False, floor=False)
+        report["scaling"]["views"].append({"views": n, "render_size": FitterConfig.render_size, **_scale_point(r)})
+        save()
+    for s in a.sweep_sizes:
+        log(f"scaling: render size {s}")
+        r = run_case(case_synthetic, **common, views=8, fitter={**sweep_fitter, "render_size": s}, export=False,
+                     floor=False)
+        report["scaling"]["render_size"].append({"views": 8, "render_size": s, **_scale_point(r)})
+        save()
+    try:
+        _plot(report["scaling"], out_path.with_name("benchmark_scaling.png"), device)
+        report["scaling"]["plot"] = str(out_path.with_name("benchmark_scaling.png"))
+    except Exception as e:  # matplotlib missing: the table still stands
+        meta["notes"].append(f"no plot ({type(e).__name__}: {e})")
+
+    # ---- baseline
+    log(f"baseline (original schedule) on the synthetic 8-view scene: {b_rigid} + {b_joint} iterations")
+    report["baseline"]["synthetic_8"] = run_case(case_baseline, **common, scene="synthetic", views=8,
+                                                 rigid_iters=b_rigid, joint_iters=b_joint, max_seconds=b_max)
+    save()
+    if not a.skip_real and multiview.exists():
+        log(f"baseline on the real scene: {b_rigid} + {b_joint} iterations")
+        report["baseline"]["real_multiview_30"] = run_case(case_baseline, **common, scene="real", data=str(multiview),
+                                                           cache_dir=str(cache_dir), rigid_iters=b_rigid,
+                                                           joint_iters=b_joint, max_seconds=b_max)
+        save()
+    for key, case in (("synthetic_8", "synthetic_8"), ("real_multiview_30", "real_multiview_30")):
+        b, c = report["baseline"].get(key), report["cases"].get(case)
+        if not b or not c or "error" in b or "error" in c:
+            continue
+        b["ratios"] = {
+            "speedup_fit_vs_full_schedule": b["full_schedule_seconds"] / c["seconds"]["fit"],
+            "static51_error_ratio_flame_prior_over_baseline":
+                c["accuracy"]["static51_error_px_median"] / b["static51_error_px_median"],
+            "flame_prior_fit_s": c["seconds"]["fit"], "baseline_full_schedule_s": b["full_schedule_seconds"],
+            "flame_prior_static51_px": c["accuracy"]["static51_error_px_median"],
+            "baseline_static51_px": b["static51_error_px_median"],
+            "baseline_extrapolated": bool(b.get("truncated") or b_rigid < 3000 or b_joint < 2000),
+        }
+        if b_rigid < 3000 or b_joint < 2000:
+            rig, jnt = b["rigid"]["median_iteration_s"], b["joint"]["median_iteration_s"]
+            b["full_schedule_seconds"] = rig * 3000 + jnt * 2000
+            b["ratios"]["baseline_full_schedule_s"] = b["full_schedule_seconds"]
+            b["ratios"]["speedup_fit_vs_full_schedule"] = b["full_schedule_seconds"] / c["seconds"]["fit"]
+            b["ratios"]["note"] = (f"baseline ran {b['rigid']['iterations_ran']} + {b['joint']['iterations_ran']} "
+                                   "iterations; time extrapolated to 3000 + 2000 from the median iteration; its "
+                                   "landmark error is that of the SHORTENED schedule")
+        elif b.get("truncated"):
+            b["ratios"]["note"] = (f"joint stage stopped by the time budget after {b['joint']['iterations_ran']} "
+                                   "iterations; time extrapolated; its error is that of the shortened schedule")
+
+    # ---- profile
+    if not a.no_profile:
+        log("profile: cProfile + torch profiler on a synthetic 8-view fit")
+        report["profile"] = run_case(case_profile, **common, views=8,
+                                     fitter={"photometric_steps": 3 if quick else 10, "early_stop": -1e9})
+        save()
+
+    _targets(report)
+    save()
+    _print_tables(console, report)
+    console.print(f"wrote {out_path}")
+    return 0
+
+
+def _scale_point(r: dict) -> dict:
+    if "error" in r:
+        return {"error": r["error"]}
+    sec = r["seconds"]
+    it = r["stages"].get("photometric", {}).get("iterations", 0)
+    return {"rigid_s": sec.get("rigid"), "landmarks_s": sec.get("landmarks"), "photometric_s": sec.get("photometric"),
+            "fit_s": sec["fit"], "photometric_iterations": it,
+            "photometric_ms_per_step": 1000 * sec["photometric"] / it if it else None,
+            "landmarks_iterations": r["stages"]["landmarks"]["iterations"],
+            "rigid_iterations": r["stages"]["rigid"]["iterations"],
+            "peak_rss_mb": r["memory"]["peak_rss_mb"], "cuda_peak_allocated_mb": r["memory"].get("cuda_peak_allocated_mb"),
+            "rotation_deg_median": r["accuracy"]["rotation_deg_median"]}
+
+
+def _plot(scaling: dict, path: Path, device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, xlabel in ((axes[0], "views", "views"), (axes[1], "render_size", "render size (px)")):
+        pts = [p for p in scaling[key] if "error" not in p]
+        if not pts:
+            continue
+        x = [p[key] for p in pts]
+        for k, style in (("fit_s", "k-o"), ("rigid_s", "C0--s"), ("landmarks_s", "C1--^"), ("photometric_s", "C2--d")):
+            ax.plot(x, [p[k] for p in pts], style, label=k[:-2])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    axes[0].set_title(f"fit time vs views (render {pts[0]['render_size'] if pts else ''} px)")
+    axes[1].set_title("fit time vs render size (8 views)")
+    fig.suptitle(f"flame-prior scaling on {device}, {scaling['photometric_steps']} photometric steps (fixed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _targets(report: dict) -> None:
+    c, t = report["cases"], report["targets"]
+
+    def add(name, target, measured, met, note=""):
+        t.append({"target": name, "goal": target, "measured": measured, "met": met, "note": note})
+
+    quick_note = "with the --quick schedule" if report["meta"]["quick"] else ""
+    for key in ("real_multiview_30", "synthetic_30"):
+        r = c.get(key)
+        if r and "error" not in r:
+            add(f"30-view fit ({key})", "<= 60 s", r["seconds"]["fit"], r["seconds"]["fit"] <= 60, quick_note)
+    r = c.get("ffhq_00000")
+    if r and "error" not in r:
+        single = r["seconds"]["total_excl_detection_colmap"] - r["seconds"]["detection_cached"]
+        add("single image (fit)", "<= 5 s", r["seconds"]["fit"], r["seconds"]["fit"] <= 5, quick_note)
+        add("single image (end to end, cached detection, excl. model load)", "<= 5 s",
+            single - r["seconds"]["assets"], single - r["seconds"]["assets"] <= 5, quick_note)
+    for key, r in c.items():
+        if "error" not in r and "rigid" in r.get("seconds", {}):
+            add(f"rigid stage ({key})", "<= 1 s", r["seconds"]["rigid"], r["seconds"]["rigid"] <= 1)
+    for key, b in report["baseline"].items():
+        rt = b.get("ratios")
+        if rt:
+            fast = rt["speedup_fit_vs_full_schedule"]
+            err = rt["static51_error_ratio_flame_prior_over_baseline"]
+            add(f"vs baseline ({key}): speed-up", ">= 10x", fast, fast >= 10, rt.get("note", ""))
+            add(f"vs baseline ({key}): 51-point error ratio", "<= 1", err, err <= 1.0, rt.get("note", ""))
+
+
+def _print_tables(console, report: dict) -> None:
+    from rich.table import Table
+
+    m = report["meta"]
+    console.print(f"device: [bold]{m['device']}[/bold] ({m['device_name']}), {m['cpu_count']} CPUs, "
+                  f"{m['torch_threads']} torch threads, torch {m['torch']}" + (" — QUICK" if m["quick"] else ""))
+    cols = ("intake", "detection_cold", "detection_cached", "colmap", "rigid", "landmarks", "photometric", "fit",
+            "export", "total")
+    tb = Table(title="stage seconds (median of repeats for the synthetic cases)")
+    tb.add_column("case")
+    for k in cols:
+        tb.add_column(k, justify="right")
+    tb.add_column("peak MB", justify="right")
+    tb.add_column("lmk px / eye", justify="right")
+    tb.add_column("rot ° / trans % / focal %", justify="right")
+    for name, r in report["cases"].items():
+        if "error" in r:
+            tb.add_row(name, f"[red]{r['error'][:80]}[/red]")
+            continue
+        s = r["seconds"]
+        fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"  # noqa: E731
+        det_cold = s.get("detection_cold", s.get("detection_first", s.get("detection")))
+        acc = r["accuracy"]
+        cam = (f"{acc['rotation_deg_median']:.2f} / {acc['translation_pct_median']:.2f} / {acc['focal_pct_median']:.2f}"
+               if "rotation_deg_median" in acc else "-")
+        mem = r["memory"].get("cuda_peak_allocated_mb", r["memory"]["peak_rss_mb"])
+        tb.add_row(name, fmt(s.get("intake")), fmt(det_cold), fmt(s.get("detection_cached")),
+                   fmt(s.get("colmap", s.get("intrinsics"))), fmt(s.get("rigid")), fmt(s.get("landmarks")),
+                   fmt(s.get("photometric")), fmt(s.get("fit")), fmt(s.get("export")), fmt(s.get("total")),
+                   f"{mem:.0f}", f"{acc['landmark_error_px_median']:.2f} / {acc['landmark_error_over_eye_median']:.3f}",
+                   cam)
+    console.print(tb)
+    ft = Table(title="floor: work of the stage's iterations vs measured (seconds)")
+    for col in ("case", "stage", "iterations", "measured", "floor", "overhead", "floor %"):
+        ft.add_column(col, justify="right")
+    for name, r in report["cases"].items():
+        for st, f in r.get("floor", {}).get("stages", {}).items():
+            ft.add_row(name, st, str(r["stages"][st]["iterations"]), f"{f['measured_s']:.2f}", f"{f['floor_s']:.2f}",
+                       f"{f['overhead_s']:.2f}", f"{100 * f['floor_fraction']:.0f}")
+    console.print(ft)
+    for key in ("views", "render_size"):
+        pts = report["scaling"].get(key, [])
+        st = Table(title=f"scaling with {key} ({report['scaling'].get('photometric_steps')} photometric steps, fixed)")
+        for col in (key, "rigid s", "landmarks s", "photometric s", "ms/photo step", "fit s", "peak MB"):
+            st.add_column(col, justify="right")
+        for p in pts:
+            if "error" in p:
+                st.add_row(str(p.get(key)), f"[red]{p['error'][:60]}[/red]")
+                continue
+            mem = p.get("cuda_peak_allocated_mb") or p["peak_rss_mb"]
+            st.add_row(str(p[key]), f"{p['rigid_s']:.2f}", f"{p['landmarks_s']:.2f}", f"{p['photometric_s']:.2f}",
+                       f"{p['photometric_ms_per_step'] or float('nan'):.0f}", f"{p['fit_s']:.2f}", f"{mem:.0f}")
+        console.print(st)
+    bt = Table(title="baseline (original schedule) vs flame-prior, same run")
+    for col in ("scene", "baseline ran", "baseline s (full sched.)", "flame-prior fit s", "speed-up",
+                "51-pt px baseline", "51-pt px flame-prior", "error ratio"):
+        bt.add_column(col, justify="right")
+    for key, b in report["baseline"].items():
+        if "error" in b:
+            bt.add_row(key, f"[red]{b['error'][:80]}[/red]")
+            continue
+        rt = b.get("ratios", {})
+        bt.add_row(key, f"{b['rigid']['iterations_ran']}+{b['joint']['iterations_ran']}",
+                   f"{b['full_schedule_seconds']:.0f}", f"{rt.get('flame_prior_fit_s', float('nan')):.1f}",
+                   f"{rt.get('speedup_fit_vs_full_schedule', float('nan')):.1f}x",
+                   f"{b['static51_error_px_median']:.2f}", f"{rt.get('flame_prior_static51_px', float('nan')):.2f}",
+                   f"{rt.get('static51_error_ratio_flame_prior_over_baseline', float('nan')):.2f}")
+    console.print(bt)
+    tt = Table(title="targets")
+    for col in ("target", "goal", "measured", "met", "note"):
+        tt.add_column(col)
+    for t in report["targets"]:
+        tt.add_row(t["target"], t["goal"], f"{t['measured']:.2f}", "[green]yes[/green]" if t["met"] else "[red]no[/red]",
+                   t["note"][:70])
+    console.print(tt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Smoke test of scripts/benchmark.py: a tiny --quick run writes a JSON with the expected keys and
+finite numbers (no wall-clock assertions: timings on a shared machine are noise)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_benchmark_quick_smoke(tmp_path):
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--skip-real", "--device", "cpu",
+           "--repeats", "1", "--photometric-steps", "2", "--sweep-views", "1", "--sweep-sizes", "128",
+           "--sweep-steps", "1", "--baseline-iters", "10", "2", "--no-profile", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert {"meta", "cases", "scaling", "baseline", "targets"} <= set(rep)
+    meta = rep["meta"]
+    assert meta["device"] == "cpu" and meta["quick"] is True and meta["cpu_count"] >= 1
+    assert (tmp_path / "benchmark_scaling.png").exists()
+    for name in ("synthetic_8", "synthetic_30", "synthetic_8_unknown_focal"):
+        case = rep["cases"][name]
+        assert "error" not in case, case.get("error")
+        for k in ("rigid", "landmarks", "photometric", "fit", "total", "intake"):
+            assert _finite(case["seconds"][k]) and case["seconds"][k] >= 0, (name, k)
+        for k in ("rotation_deg_median", "translation_pct_median", "focal_pct_median", "landmark_error_px_median",
+                  "landmark_error_over_eye_median", "static51_error_px_median"):
+            assert _finite(case["accuracy"][k]), (name, k)
+        assert _finite(case["memory"]["peak_rss_mb"]) and case["memory"]["peak_rss_mb"] > 0
+        assert case["stages"]["photometric"]["iterations"] >= 1
+    floor = rep["cases"]["synthetic_8"]["floor"]
+    assert _finite(floor["photometric_step_s"]) and _finite(floor["landmark_eval_s"])
+    assert set(floor["stages"]) == {"rigid", "landmarks", "photometric"}
+    for key in ("views", "render_size"):
+        (pt,) = rep["scaling"][key]
+        assert "error" not in pt, pt.get("error")
+        assert _finite(pt["fit_s"]) and _finite(pt["photometric_s"])
+    base = rep["baseline"]["synthetic_8"]
+    assert "error" not in base, base.get("error")
+    assert base["rigid"]["iterations_ran"] == 10 and base["joint"]["iterations_ran"] == 2
+    for k in ("full_schedule_seconds", "static51_error_px_median", "rotation_deg_median"):
+        assert _finite(base[k]), k
+    ratios = base["ratios"]
+    assert ratios["baseline_extrapolated"] is True
+    assert _finite(ratios["speedup_fit_vs_full_schedule"])
+    assert _finite(ratios["static51_error_ratio_flame_prior_over_baseline"])
+    assert rep["targets"] and all(_finite(t["measured"]) for t in rep["targets"])
