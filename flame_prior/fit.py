@@ -31,11 +31,11 @@ from typing import Callable, Literal
 import cv2
 import numpy as np
 import torch
-import torch.func  # noqa: F401  (imported up front: its first import costs ~1 s)
+from torch.autograd import forward_ad
 from torch import Tensor
 
 from flame_prior import render
-from flame_prior.errors import FitError
+from flame_prior.errors import FitError, InputError
 from flame_prior.flame import (
     FlameModel,
     FlameParams,
@@ -105,8 +105,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise FitError("--device cuda was asked for, but torch sees no CUDA device.",
-                       hint="Use --device cpu or auto, or install a CUDA build of torch.")
+        raise InputError("--fitter.device cuda was asked for, but torch sees no CUDA device.",
+                         hint="Use --fitter.device cpu or auto, or install a CUDA build of torch.")
     return torch.device(name)
 
 
@@ -327,9 +327,9 @@ def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterCon
     being fitted. The Geman-McClure IRLS weight of a landmark is ``d rho/d e^2 = c^2/(e^2+c^2)^2``.
 
     The Jacobian is assembled from its structure instead of differentiating everything at once:
-    the 3D landmarks depend on the FLAME parameters only (forward-mode autodiff,
-    ``torch.func.jacfwd``, on the few hundred vertices the landmarks use, once for all views when
-    no landmark depends on the view), and the projection derivatives are analytic, with camera
+    the 3D landmarks depend on the FLAME parameters only (forward-mode autodiff: one FLAME pass
+    batched over a tangent per parameter, on the few hundred vertices the landmarks use, once for
+    all views when no landmark depends on the view), and the projection derivatives are analytic, with camera
     rotations updated by a left perturbation ``R <- exp([d]x) R``. So the cost grows linearly with
     the number of views. With ``fixed_points`` (N, L, 3) the head is held fixed (the rigid stage).
     """
@@ -344,18 +344,38 @@ def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterCon
     n_f = sum(sizes)
     n_cam = 6 * n + (1 if fit_focal else 0)
 
+    def flame_batch(theta_f: Tensor) -> FlameParams:
+        """FLAME parameters of a batch whose rows share everything but the fitted slices of ``theta_f (B, n_f)``."""
+        b = theta_f.shape[0]
+        fields = {"shape": st.shape, "expression": st.expression, "jaw": st.jaw, "eyes": st.eyes, "neck": st.neck}
+        i = 0
+        for k, m in zip(flame_names, sizes):
+            fields[k] = theta_f[:, i: i + m]
+            i += m
+        fields = {k: v.expand(b, -1) for k, v in fields.items()}
+        z3 = theta_f.new_zeros(b, 3)
+        return FlameParams(shape=fields["shape"], expression=fields["expression"], rotation=z3,
+                           neck_pose=fields["neck"], jaw_pose=fields["jaw"], eye_pose=fields["eyes"], translation=z3)
+
+    def landmarks(verts: Tensor, yaw: Tensor) -> Tensor:
+        """``(B, M, 3)`` subset vertices (or their tangents: the map is linear) -> ``(1 or N, B, L, 3)``."""
+        if not st.emb.has_contour:  # the same points in every view
+            return landmarks_from_vertices(verts, st.faces_local, st.emb)[None]
+        b = verts.shape[0]
+        return torch.stack([landmarks_from_vertices(verts, st.faces_local, st.emb, y.expand(b)) for y in yaw])
+
     def points_fn(theta_f: Tensor, yaw: Tensor) -> Tensor:
-        saved = {k: getattr(st, k) for k in flame_names}
-        try:
-            i = 0
-            for k, m in zip(flame_names, sizes):
-                setattr(st, k, theta_f[i: i + m].reshape(saved[k].shape))
-                i += m
-            one = not st.emb.has_contour
-            return st.landmarks3d(yaw[:1] if one else yaw)  # (1 or N, L, 3)
-        finally:
-            for k, v in saved.items():
-                setattr(st, k, v)
+        verts = st.model(flame_batch(theta_f[None]), vertex_index=st.vertex_index).vertices  # (1, M, 3)
+        return landmarks(verts, yaw)[:, 0]  # (1 or N, L, 3)
+
+    def points_jacobian(theta_f: Tensor, yaw: Tensor) -> Tensor:
+        """``(1 or N, L, 3, n_f)`` by forward-mode AD: one batched FLAME pass, a tangent per parameter."""
+        eye = torch.eye(n_f, dtype=theta_f.dtype, device=theta_f.device)
+        with forward_ad.dual_level():
+            dual = forward_ad.make_dual(theta_f[None].expand(n_f, -1).contiguous(), eye)
+            verts = st.model(flame_batch(dual), vertex_index=st.vertex_index).vertices
+            tangent = forward_ad.unpack_dual(verts).tangent  # (n_f, M, 3)
+        return landmarks(tangent, yaw).permute(0, 2, 3, 1)
 
     def evaluate(R: Tensor, t: Tensor, logf: Tensor, theta_f: Tensor, yaw: Tensor):
         """Residuals, priors, and what the Jacobian needs."""
@@ -402,7 +422,7 @@ def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterCon
         if fit_focal:
             J[..., 6 * n] = torch.stack([u, v], -1) / tg.scale[:, None, None]
         if n_f:
-            Jp3 = torch.func.jacfwd(points_fn)(theta_f, yaw)  # (1 or N, L, 3, n_f)
+            Jp3 = points_jacobian(theta_f, yaw)  # (1 or N, L, 3, n_f)
             J[..., n_cam:] = torch.einsum("nlij,njk,nlkf->nlif", dP, R, Jp3.expand(n, -1, -1, -1))
         J = J.reshape(n * L * 2, -1)
         e2 = (e ** 2).sum(-1)
@@ -756,6 +776,11 @@ def fit_flame(
     """
     if not views:
         raise FitError("no view to fit: no image had a usable face.")
+    for v in views:  # fit_flame is public: a view nobody checked must not reach PnP with NaN or 3 points
+        reason = check_observation(v, embedding, min_face_px=0.0)
+        if reason is not None:
+            raise FitError(f"view {v.image.name} cannot be fitted: {reason}.", v.image.path,
+                           hint="Leave out the views that check_observation rejects.")
     torch.manual_seed(config.seed)
     device = model.faces.device
     dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -394,13 +395,16 @@ def print_summary(console: Console, out: Path, views, skipped, intrinsics, resul
         rel = v.landmark_error_px / v.eye_distance_px if v.eye_distance_px > 0 else float("nan")
         table.add_row(v.name, f"{v.landmark_error_px:.2f}", f"{rel:.3f}")
     for s in skipped:
-        table.add_row(f"[red]{s.path.name}[/red]", "left out", s.reason)
+        table.add_row(f"[red]{escape(s.path.name)}[/red]", "left out", escape(s.reason))
     console.print(table)
     f = result.cameras.fx.numpy()
     console.print(f"intrinsics: [bold]{intrinsics.source}[/bold] (focal {np.median(f):.1f} px)"
                   + (f"; COLMAP registered {intrinsics.colmap.get('registered')}/{intrinsics.colmap.get('total')}"
                      if intrinsics.colmap else ""))
+    for v in views:  # per-view remarks: "2 faces, took the largest", a cache file re-detected, ...
+        for note in v.notes:
+            console.print(f"note: {escape(v.image.path.name)}: {escape(note)}", highlight=False)
     for note in intrinsics.notes + result.notes + list(result.model_info.get("notes", [])):
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}", highlight=False)
     console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    console.print(f"output: [bold]{out}[/bold] (report: {out / 'report.html'})")
+    console.print(f"output: [bold]{escape(str(out))}[/bold] (report: {escape(str(out / 'report.html'))})")

@@ -453,7 +453,7 @@ def main(argv=None) -> int:
     import torch
     from flame_prior.fit import FitterConfig, resolve_device
     from rich.console import Console
-    from rich.table import Table
+
 
     console = Console(width=int(os.environ.get("COLUMNS", 0)) or 170)
     dev = resolve_device(a.device)

@@ -91,11 +91,13 @@ def test_rigid_stage_converges_in_few_steps(scene):
 
 
 def test_deterministic(scene):
+    """Same seed, same result (to float32 round-off: multi-threaded scatter-adds in the renderer's
+    backward may sum in another order)."""
     model, emb, ts, sc = scene
     cfg = FitterConfig(photometric_steps=3, seed=3)
     a = fit_flame(model, emb, sc.views, _intrinsics(sc, False), cfg, texture_space=ts)
     b = fit_flame(model, emb, sc.views, _intrinsics(sc, False), cfg, texture_space=ts)
-    assert torch.equal(a.cameras.R, b.cameras.R) and torch.equal(a.cameras.t, b.cameras.t)
+    assert torch.allclose(a.cameras.R, b.cameras.R, atol=1e-6) and torch.allclose(a.cameras.t, b.cameras.t, atol=1e-6)
 
 
 def test_degenerate_observations_are_refused(scene):
