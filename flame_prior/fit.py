@@ -65,6 +65,8 @@ class FitterConfig:
     """Side in pixels of the square face crop rendered in the photometric stage."""
     photometric_views: int = 8
     """Views rendered per photometric step (a random mini-batch; all views when fewer)."""
+    appearance_warmup: float = 0.3
+    """Fraction of the photometric steps that fit albedo and lighting only, geometry held."""
     texture_size: int = 256
     """Side of the free UV texture map (when no texture space is given)."""
     fit_shape: bool = True
@@ -609,10 +611,10 @@ def _render(st: _State, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tenso
     normals = render.interpolate(render.vertex_normals(verts, faces).expand(n, -1, -1), rast, faces)
     normals = torch.nn.functional.normalize(normals, dim=-1)
     color = shade_sh(albedo, normals, sh)
-    # One antialias pass for colour and coverage: silhouette gradients reach both.
-    mask = (rast[..., 3:] > 0).to(color.dtype)
-    out = render.antialias(torch.cat([color * mask, mask], -1), rast, pos, faces, topology)
-    return out[..., :3], out[..., 3], rast
+    # Silhouette gradients come from the coverage (mask term) only: an antialiased colour would blend
+    # edge pixels towards the renderer's black background, not the photo's, and bias the outline.
+    cov = render.coverage(rast, pos, faces, topology)[..., 0]
+    return color, cov, rast
 
 
 def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cfg: FitterConfig,
@@ -627,8 +629,13 @@ def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cf
     app_params = appearance.parameters()
     lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "log_focal": 2e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3,
            "eyes": 5e-3, "neck": 2e-3}
-    opt = torch.optim.Adam([{"params": [p], "lr": lrs[k]} for k, p in zip(names, geo)]
-                           + [{"params": [p], "lr": lr} for p, lr in app_params])
+    geo_groups = [{"params": [p], "lr": lrs[k]} for k, p in zip(names, geo)]
+    opt = torch.optim.Adam(geo_groups + [{"params": [p], "lr": lr} for p, lr in app_params])
+    # Appearance first: albedo and light start flat, and geometry moved to explain their errors
+    # would drift; so the first steps fit appearance only, then everything together.
+    warmup = int(cfg.photometric_steps * cfg.appearance_warmup)
+    for g in geo_groups:
+        g["initial_lr"], g["lr"] = g["lr"], 0.0
     history: list[float] = []
     yaw = st.yaw()
     good, good_app = st.snapshot(), appearance.snapshot()
@@ -643,6 +650,9 @@ def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cf
             order += torch.randperm(n, generator=gen).tolist()
         idx = torch.as_tensor(sorted(order[: min(n, cfg.photometric_views)]), device=device)
         del order[: min(n, cfg.photometric_views)]
+        if it == warmup + 1:
+            for g in geo_groups:
+                g["lr"] = g["initial_lr"]
         opt.zero_grad()
         cams = st.cameras()
         r = ratio[idx]

@@ -63,8 +63,8 @@ def test_multiview_landmark_error(multiview):
     distance (~340 px) on these 1040x1392 photos; bound 6 px and 2%."""
     _, out = multiview
     summary = json.loads((out / "fit_summary.json").read_text())
-    px = np.array([v["landmark_error_px"] for v in summary["views"]])
-    rel = np.array([v["landmark_error_px"] / v["eye_distance_px"] for v in summary["views"]])
+    px = np.array([v["landmark_error_px"] for v in summary["cameras"]])
+    rel = np.array([v["landmark_error_px"] / v["eye_distance_px"] for v in summary["cameras"]])
     assert len(px) == 30
     assert np.median(px) < 6.0, px
     assert np.median(rel) < 0.02, rel
