@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -313,6 +314,22 @@ def _per_view_error_px(pred: Tensor, tg: _Targets) -> np.ndarray:
 _FLAME_NAMES = ("shape", "expression", "jaw", "eyes", "neck")
 
 
+_FORWARD_AD_READY = False
+
+
+def _prepare_forward_ad() -> None:
+    """Pay torch's one-time set-up of forward-mode AD (~1 s: it scripts helper functions on first
+    use) before the stages start, so stage timings show the stages' own work."""
+    global _FORWARD_AD_READY
+    if not _FORWARD_AD_READY:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script inside torch itself
+            with forward_ad.dual_level():
+                x = forward_ad.make_dual(torch.zeros(1), torch.ones(1))
+                forward_ad.unpack_dual(x * 2)
+        _FORWARD_AD_READY = True
+
+
 def _skew(q: Tensor) -> Tensor:
     """``(*, 3)`` -> ``(*, 3, 3)`` cross-product matrices, ``[q]x v = q x v``."""
     x, y, z = q.unbind(-1)
@@ -440,7 +457,9 @@ def _fit_landmarks_lm(st: _State, tg: _Targets, names: list[str], cfg: FitterCon
         diag = torch.diagonal(A).clamp_min(1e-12)
         accepted = False
         for _try in range(8):
-            step = torch.linalg.solve(A + lam * torch.diag(diag), -g)
+            # A is at most a few hundred square: solved on the CPU in float64 (on CUDA, the solver's
+            # first call alone costs seconds, and float32 normal equations lose digits).
+            step = torch.linalg.solve((A + lam * torch.diag(diag)).cpu().double(), -g.cpu().double()).to(A)
             s_cam = step[: 6 * n].reshape(n, 6)
             R_c = axis_angle_to_rotation_matrix(s_cam[:, :3]) @ R
             t_c = t + s_cam[:, 3:]
@@ -792,6 +811,7 @@ def fit_flame(
             raise FitError(f"view {v.image.name} cannot be fitted: {reason}.", v.image.path,
                            hint="Leave out the views that check_observation rejects.")
     torch.manual_seed(config.seed)
+    _prepare_forward_ad()
     device = model.faces.device
     dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
     n = len(views)
