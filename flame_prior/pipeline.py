@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
@@ -75,14 +74,6 @@ class Assets:
     model_info: dict
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> Assets:
     """Load the FLAME model, landmark embedding, texture space and UV layout the config names."""
     paths = config.resolved_paths()
@@ -118,7 +109,7 @@ def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = to
     if data.n_expr == 0:
         notes.append("no expression space: expressions and an open jaw cannot be fitted; pass a full FLAME model")
     info = {
-        "path": str(model_path), "sha256": data.sha256 or _sha256(Path(model_path)), "name": data.name,
+        "path": str(model_path), "sha256": data.sha256, "name": data.name,
         "n_shape": int(data.n_shape), "n_expr": int(data.n_expr), "default": is_default, "notes": notes,
         "embedding": str(emb_path), "embedding_points": int(len(embedding.face_idx)),
         "texture_space": None if texture_space is None else str(paths["texture_space"]),

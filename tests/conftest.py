@@ -51,3 +51,19 @@ def device(request) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("CUDA requested but torch.cuda.is_available() is False")
     return torch.device(name)
+
+
+def detector_call_spy(monkeypatch) -> list[str]:
+    """Record the names of the images the real MediaPipe detector is run on (a spy around the real
+    method, not a mock): a cached run must not call it."""
+    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
+
+    calls: list[str] = []
+    real = MediaPipeDetector.detect
+
+    def spy(self, image):
+        calls.append(image.name)
+        return real(self, image)
+
+    monkeypatch.setattr(MediaPipeDetector, "detect", spy)
+    return calls

@@ -36,16 +36,9 @@ def _hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _spy(monkeypatch) -> list[str]:
-    """Count real MediaPipeDetector.detect calls (a spy around the real method, not a mock)."""
-    calls: list[str] = []
-    real = MediaPipeDetector.detect
+    from conftest import detector_call_spy
 
-    def spy(self, image):
-        calls.append(image.name)
-        return real(self, image)
-
-    monkeypatch.setattr(MediaPipeDetector, "detect", spy)
-    return calls
+    return detector_call_spy(monkeypatch)
 
 
 def test_multiview_faces_landmarks_and_masks(multiview_obs):

@@ -823,16 +823,9 @@ def test_sigint_and_sigterm_mid_fit_and_mid_export(tmp_path):
 
 
 def test_cached_detections_reused_and_invalidated(cli, tmp_path, monkeypatch):
-    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
+    from conftest import detector_call_spy
 
-    calls: list[str] = []
-    real = MediaPipeDetector.detect
-
-    def spy(self, image):
-        calls.append(image.name)
-        return real(self, image)
-
-    monkeypatch.setattr(MediaPipeDetector, "detect", spy)
+    calls = detector_call_spy(monkeypatch)
     d = tmp_path / "in"
     face_png(d / "a.png", "00000")
     face_png(d / "b.png", "00002")
