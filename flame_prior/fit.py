@@ -617,8 +617,11 @@ def _make_crops(views: list[ViewObservation], tg: _Targets, size: int, device, d
 
 
 def _render(st: _State, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
-            fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int, topology: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Render views ``idx`` (B,) of the current head. Returns colour (B,S,S,3), coverage (B,S,S), rast."""
+            fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int,
+            topology: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Render views ``idx`` (B,) of the current head.
+
+    Returns colour (B,S,S,3), coverage (B,S,S), rast, and the posed vertices (1,V,3)."""
     verts = st.model(st.flame_params()).vertices  # (1, V, 3)
     n = idx.shape[0]
     R = axis_angle_to_rotation_matrix(st.cam_rot[idx])
@@ -633,7 +636,7 @@ def _render(st: _State, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tenso
     # Silhouette gradients come from the coverage (mask term) only: an antialiased colour would blend
     # edge pixels towards the renderer's black background, not the photo's, and bias the outline.
     cov = render.coverage(rast, pos, faces, topology)[..., 0]
-    return color, cov, rast
+    return color, cov, rast, verts
 
 
 def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cfg: FitterConfig,
@@ -677,13 +680,16 @@ def _photometric_stage(st: _State, tg: _Targets, views, optimise_focal: bool, cf
         r = ratio[idx]
         fx, fy = cams.fx[idx] * r, cams.fy[idx] * r
         cx, cy = (st.cx[idx] - crops.box[idx, 0]) * r, (st.cy[idx] - crops.box[idx, 1]) * r
-        color, cov, rast = _render(st, idx, st.model.faces, appearance.uvs, appearance.uv_faces, appearance.albedo(),
-                                   appearance.sh()[idx], fx, fy, cx, cy, crops.size, topology)
+        color, cov, rast, verts = _render(st, idx, st.model.faces, appearance.uvs, appearance.uv_faces,
+                                          appearance.albedo(), appearance.sh()[idx], fx, fy, cx, cy, crops.size, topology)
         head, valid, face = crops.head[idx], crops.valid[idx], crops.face[idx]
         inside = (rast[..., 3] > 0).to(dtype) * head * valid
         photo = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
         mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
-        pred = _project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+        # Landmarks on the vertices just rendered (no second FLAME evaluation).
+        lm3 = (landmarks_from_vertices(verts, st.model.faces, st.emb).expand(n, -1, -1) if not st.emb.has_contour
+               else landmarks_from_vertices(verts.expand(n, -1, -1), st.model.faces, st.emb, yaw))
+        pred = _project(lm3, st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
         lmk = _landmark_energy(pred, tg, cfg.robust_scale)
         loss = cfg.w_photometric * photo + cfg.w_mask * mask + cfg.w_landmark * lmk + _prior(st, cfg)
         if not torch.isfinite(loss):
