@@ -151,7 +151,7 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     def photo_step():
         c = st.cameras()
         r = ratio[idx]
-        color, cov, rast = F._render(st, idx, model.faces, app.uvs, app.uv_faces, app.albedo(), app.sh()[idx],
+        color, cov, rast, _ = F._render(st, idx, model.faces, app.uvs, app.uv_faces, app.albedo(), app.sh()[idx],
                                      c.fx[idx] * r, c.fy[idx] * r, (st.cx[idx] - crops.box[idx, 0]) * r,
                                      (st.cy[idx] - crops.box[idx, 1]) * r, crops.size, topology)
         inside = (rast[..., 3] > 0).to(dtype) * crops.head[idx]
