@@ -1,0 +1,68 @@
+"""The default assets (package data, no download, no flag) and how model paths are resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flame_prior.config import ENV_EMBEDDING, ENV_FLAME_MODEL, FitConfig
+from flame_prior.errors import ModelFileError
+from flame_prior.pipeline import default_embedding_path, default_model_path, load_assets
+
+
+def _config(**kw) -> FitConfig:
+    return FitConfig(data=Path("in"), output_dir=Path("out"), **kw)
+
+
+def test_default_model_and_embedding_ship_with_the_package(monkeypatch):
+    monkeypatch.delenv(ENV_FLAME_MODEL, raising=False)
+    monkeypatch.delenv(ENV_EMBEDDING, raising=False)
+    assert default_model_path().is_file() and default_embedding_path().is_file()
+    data_dir = default_model_path().parent
+    assert (data_dir / "NOTICE-FLAME2023-Open.md").read_text().count("CC BY 4.0") >= 1
+    assert "Apache" in (data_dir / "NOTICE-mediapipe-embedding.md").read_text()
+    assets = load_assets(_config(), torch.device("cpu"))
+    info = assets.model_info
+    assert info["default"] and info["n_shape"] == 60 and info["n_expr"] == 0
+    assert any("no expression space" in n for n in info["notes"])  # says what it lacks
+    assert assets.model.n_shape == 60 and assets.model.n_expr == 0
+    emb = assets.embedding
+    assert emb.detector == "mediapipe478"
+    # 468 Face Mesh points + the two iris centres (MediaPipe 473 = subject's left, 468 = right).
+    assert len(emb.face_idx) == 470
+    assert list(emb.detector_index[-2:]) == [473, 468]
+
+
+def test_iris_landmarks_sit_on_the_pupils():
+    """The appended iris landmarks are the most forward vertex of each eyeball: the left one at +X."""
+    assets = load_assets(_config(), torch.device("cpu"))
+    with np.load(default_embedding_path()) as z:
+        pupils = z["pupil_vertex_index"]
+    faces = assets.model.faces.numpy()
+    emb = assets.embedding
+    for k, v in enumerate(pupils):
+        f, b = emb.face_idx[-2 + k], emb.bary[-2 + k]
+        assert faces[f][np.argmax(b)] == v and b.max() == 1.0
+    with np.load(default_model_path()) as z:
+        vt = z["v_template"]
+    assert vt[pupils[0], 0] > 0 > vt[pupils[1], 0]
+
+
+def test_environment_variable_names_the_model(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_FLAME_MODEL, str(tmp_path / "missing.pkl"))
+    with pytest.raises(ModelFileError) as e:
+        load_assets(_config(), torch.device("cpu"))
+    assert "missing.pkl" in str(e.value) and "flame.is.tue.mpg.de" in str(e.value)
+    # A flag wins over the environment.
+    assets = load_assets(_config(flame_model=default_model_path()), torch.device("cpu"))
+    assert not assets.model_info["default"]
+
+
+def test_flame_embedding_file_works_as_an_alternative(shared):
+    """FLAME's own 105-point MediaPipe embedding (the user's file) loads in place of ours."""
+    path = shared("flame-assets/mediapipe_landmark_embedding.npz")
+    assets = load_assets(_config(landmark_embedding=path), torch.device("cpu"))
+    assert len(assets.embedding.face_idx) == 105
