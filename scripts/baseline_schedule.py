@@ -2,7 +2,7 @@
 
 Used by ``scripts/benchmark.py`` as the BASELINE that flame-prior's time and landmark error are
 reported against. Same renderer (:mod:`flame_prior.render`), same FLAME model, same crops
-(``fit._make_crops``) and the same landmark detections as flame-prior; only the schedule differs:
+(``fit_photometric.make_crops``) and the same landmark detections as flame-prior; only the schedule differs:
 
 1. **rigid**: Adam (lr 0.005), ``rigid_iters`` (3000) iterations on the 51 "static" landmarks of the
    mean head; parameters: one scale ``s``, per-view axis-angle ``r_i`` and 2D translation ``t_i``;
@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from flame_prior import render
-from flame_prior.fit import _init_color, _landmark_targets, _make_crops
+from flame_prior.fit_landmarks import landmark_targets
+from flame_prior.fit_photometric import initial_albedo_color, make_crops
 from flame_prior.flame import FlameParams, sh_basis, shade_sh
 from flame_prior.geometry import axis_angle_to_rotation_matrix
 
@@ -95,10 +96,10 @@ def run_baseline(model, embedding, views, *, texture_space=None, uv_layout=None,
     device = model.faces.device
     dtype = torch.float32
     n = len(views)
-    tg = _landmark_targets(views, embedding, device, dtype)
+    tg = landmark_targets(views, embedding, device, dtype)
     rows = embedding_rows(embedding)
     rows_t = torch.as_tensor(rows, device=device)
-    crops = _make_crops(views, tg, size, device, dtype)
+    crops = make_crops(views, tg, size, device, dtype)
     box = crops.box  # (N, 3) x0, y0, side (original pixels)
     pts = tg.points[:, rows_t]  # (N, 51, 2) original pixels
     vis = (tg.weight[:, rows_t] > 0.05).to(dtype)
@@ -125,7 +126,7 @@ def run_baseline(model, embedding, views, *, texture_space=None, uv_layout=None,
     else:
         uvs = torch.as_tensor(uv_layout[0], dtype=dtype, device=device)
         uv_faces = torch.as_tensor(uv_layout[1], device=device)
-        init = np.clip(_init_color(views, tg), 0.02, 0.98)
+        init = np.clip(initial_albedo_color(views, tg), 0.02, 0.98)
         tex = torch.as_tensor(np.broadcast_to(init, (256, 256, 3)).copy(), dtype=dtype, device=device).requires_grad_(True)
         albedo_fn = lambda: tex  # noqa: E731
     y0 = float(sh_basis(torch.tensor([[0.0, 0.0, 1.0]]))[0, 0])

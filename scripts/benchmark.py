@@ -122,12 +122,14 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     """Seconds of one photometric step's work (FLAME fwd + render + backward of a mini-batch) and of
     one landmark evaluation (FLAME fwd on the landmark vertices + projection + backward)."""
     from flame_prior import fit as F
+    from flame_prior import fit_landmarks as FL
+    from flame_prior import fit_photometric as FP
     from flame_prior import render
 
     dtype = torch.float32
     n = len(views)
-    tg = F._landmark_targets(views, embedding, dev, dtype)
-    st = F._State(model, embedding, intr, n, dev, dtype)
+    tg = FL.landmark_targets(views, embedding, dev, dtype)
+    st = FL.FitState(model, embedding, intr, n, dev, dtype)
     st.widths, st.heights = [v.image.width for v in views], [v.image.height for v in views]
     cams = result.cameras
     st.cam_rot = F.rotation_vectors(cams).to(dev, dtype)
@@ -136,10 +138,10 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     for k in ("shape", "expression"):
         setattr(st, k, torch.as_tensor(result.flame[k], dtype=dtype, device=dev)[None])
     st.jaw = torch.as_tensor(result.flame["jaw_pose"], dtype=dtype, device=dev)[None]
-    app = F._Appearance(n, cfg, texture_space, uv_layout if texture_space is None else None,
-                        F._init_color(views, tg), dev, dtype)
-    app_params = app.parameters()
-    crops = F._make_crops(views, tg, cfg.render_size, dev, dtype)
+    app = FP.Appearance(n, cfg, texture_space, uv_layout if texture_space is None else None,
+                        FP.initial_albedo_color(views, tg), dev, dtype)
+    app.parameters()  # marks albedo and light as requiring gradients
+    crops = FP.make_crops(views, tg, cfg.render_size, dev, dtype)
     ratio = crops.size / crops.box[:, 2]
     topology = render.edge_topology(model.faces)
     b = min(n, cfg.photometric_views)
@@ -151,7 +153,7 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     def photo_step():
         c = st.cameras()
         r = ratio[idx]
-        color, cov, rast, _ = F._render(st, idx, model.faces, app.uvs, app.uv_faces, app.albedo(), app.sh()[idx],
+        color, cov, rast, _ = FP.render_views(st, idx, model.faces, app.uvs, app.uv_faces, app.albedo(), app.sh()[idx],
                                      c.fx[idx] * r, c.fy[idx] * r, (st.cx[idx] - crops.box[idx, 0]) * r,
                                      (st.cy[idx] - crops.box[idx, 1]) * r, crops.size, topology)
         inside = (rast[..., 3] > 0).to(dtype) * crops.head[idx]
@@ -163,8 +165,8 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
 
     def lmk_step():
         c = st.cameras()
-        pred = F._project(st.landmarks3d(yaw), st.cam_rot, st.cam_t, c.fx, c.fy, st.cx, st.cy)
-        F._landmark_energy(pred, tg, cfg.robust_scale).backward()
+        pred = FL.project_axis_angle(st.landmarks3d(yaw), st.cam_rot, st.cam_t, c.fx, c.fy, st.cx, st.cy)
+        FL.landmark_energy(pred, tg, cfg.robust_scale).backward()
 
     out = {}
     for name, fn in (("photometric_step_s", photo_step), ("landmark_eval_s", lmk_step)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from flame_prior.flame import (FlameModel, FlameParams, build_test_landmark_embedding, build_test_model,
                                build_test_uv_layout, landmarks_from_vertices, load_flame_model)

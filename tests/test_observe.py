@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flame_prior.detectors.mediapipe_backend import MediaPipeDetector, mesh_triangles
+from flame_prior.detectors.mediapipe_backend import mesh_triangles
 from flame_prior.errors import InputError
 from flame_prior.images import InputImage, load_images
 from flame_prior.observe import DetectConfig, observe

@@ -953,19 +953,21 @@ def test_fit_flame_refuses_an_unchecked_nan_view(fit_inputs):
 
 def test_non_finite_loss_mid_stage_restores_the_last_good_state(fit_inputs, monkeypatch):
     import flame_prior.fit as fit
+    import flame_prior.fit_landmarks as fit_landmarks
+    import flame_prior.fit_photometric as fit_photometric
 
     assets, views, intr = fit_inputs
     cfg = fit.FitterConfig(photometric_steps=15, rigid_steps=3, landmark_steps=4, render_size=64, texture_size=64)
     calls = {"n": 0}
-    real_energy = fit._landmark_energy
+    real_energy = fit_photometric.landmark_energy
 
     def energy(*args, **kwargs):  # the photometric loss turns NaN at its 12th iteration
         calls["n"] += 1
         e = real_energy(*args, **kwargs)
         return e * float("nan") if calls["n"] == 12 else e
 
-    monkeypatch.setattr(fit, "_landmark_energy", energy)
-    real_lm = fit._fit_landmarks_lm
+    monkeypatch.setattr(fit_photometric, "landmark_energy", energy)
+    real_lm = fit_landmarks.fit_landmarks_lm
 
     def lm_then_nan(st, tg, names, *args, **kwargs):  # the landmark stage ends with NaN shape coefficients
         out = real_lm(st, tg, names, *args, **kwargs)
@@ -973,7 +975,7 @@ def test_non_finite_loss_mid_stage_restores_the_last_good_state(fit_inputs, monk
             st.shape = st.shape * float("nan")
         return out
 
-    monkeypatch.setattr(fit, "_fit_landmarks_lm", lm_then_nan)
+    monkeypatch.setattr(fit_landmarks, "fit_landmarks_lm", lm_then_nan)
     res = fit.fit_flame(assets.model, assets.embedding, views, intr, cfg, uv_layout=assets.uv_layout)
     assert "landmark stage: a step produced NaN/Inf; restored the last good state" in res.notes
     assert "photometric stage: non-finite loss at iteration 12; restored the last good state" in res.notes

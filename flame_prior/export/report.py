@@ -361,9 +361,9 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
 {notes_html}
 <div class="cards">{views_card}{intr_card}{model_card}{time_card}</div>
 <h2>Contact sheet</h2>
-{f"<a href='report/contact_sheet.jpg'><img class='sheet' src='report/contact_sheet.jpg' alt='contact sheet'></a>" if sheet else "<p class='sub'>no views</p>"}
+{"<a href='report/contact_sheet.jpg'><img class='sheet' src='report/contact_sheet.jpg' alt='contact sheet'></a>" if sheet else "<p class='sub'>no views</p>"}
 <h2>Loss per stage</h2>
-{f"<img class='plot' src='report/loss_curves.png' alt='loss curves'>" if plot else "<p class='sub'>no loss history</p>"}
+{"<img class='plot' src='report/loss_curves.png' alt='loss curves'>" if plot else "<p class='sub'>no loss history</p>"}
 <h2>Per view</h2>
 <p class="sub">Landmark error: median over the landmarks used, in pixels and as a fraction of the fitted model's
 outer-eye-corner distance in that view (<span class="good">good</span> &lt; {100 * GOOD:.0f}%,

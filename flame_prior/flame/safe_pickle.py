@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import codecs
 import collections
-import copyreg
 import io
 import pickle
 import warnings
