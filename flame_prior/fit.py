@@ -49,13 +49,17 @@ class FitterConfig:
     """Levenberg-Marquardt steps of the rigid stage (per yaw round)."""
     landmark_steps: int = 30
     """Levenberg-Marquardt steps of the landmark stage."""
-    photometric_steps: int = 60
+    photometric_steps: int = 100
     """Adam iterations of the photometric stage (0 skips it)."""
     render_size: int = 160
     """Side in pixels of the square face crop rendered in the photometric stage."""
     photometric_views: int = 8
     """Views rendered per photometric step (a random mini-batch; all views when fewer)."""
-    appearance_warmup: float = 0.3
+    geometry_lr_scale: float = 1.0
+    """Scale of the photometric stage's learning rates for cameras, shape, expression and pose."""
+    appearance_lr_scale: float = 1.0
+    """Scale of the photometric stage's learning rates for albedo and lighting."""
+    appearance_warmup: float = 0.5
     """Fraction of the photometric steps that fit albedo and lighting only, geometry held."""
     texture_size: int = 256
     """Side of the free UV texture map (when no texture space is given)."""
@@ -79,8 +83,9 @@ class FitterConfig:
     """Weight of the squared norm of the jaw/neck/eye rotations (radians)."""
     robust_scale: float = 0.05
     """Geman-McClure scale of landmark residuals, as a fraction of the face size."""
-    w_landmark: float = 1.0
-    """Landmark term weight in the photometric stage."""
+    w_landmark: float = 0.05
+    """Landmark term weight in the photometric stage: low, so that the image, not the detector's
+    yaw-dependent landmark bias, decides the final cameras (the landmark stage already placed them)."""
     w_photometric: float = 1.0
     """Photometric L1 term weight."""
     w_mask: float = 0.5

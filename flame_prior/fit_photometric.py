@@ -98,6 +98,7 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
     app_params = appearance.parameters()
     lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "log_focal": 2e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3,
            "eyes": 5e-3, "neck": 2e-3}
+    lrs = {k: v * cfg.geometry_lr_scale for k, v in lrs.items()}
     geo_groups = [{"params": [p], "lr": lrs[k]} for k, p in zip(names, geo)]
     opt = torch.optim.Adam(geo_groups + [{"params": [p], "lr": lr} for p, lr in app_params])
     # Appearance first: albedo and light start flat, and geometry moved to explain their errors
@@ -130,7 +131,9 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
         color, cov, rast, verts = render_views(st, idx, st.model.faces, appearance.uvs, appearance.uv_faces,
                                           appearance.albedo(), appearance.sh()[idx], fx, fy, cx, cy, crops.size, topology)
         head, valid, face = crops.head[idx], crops.valid[idx], crops.face[idx]
-        inside = (rast[..., 3] > 0).to(dtype) * head * valid
+        # Photometric pixels: inside both the rendered head and the head mask, 1 px away from either
+        # outline, where photo pixels mix head and background and would bias the fit.
+        inside = _erode((rast[..., 3] > 0).to(dtype) * (head > 0.5).to(dtype) * valid)
         photo = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
         mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
         # Landmarks on the vertices just rendered (no second FLAME evaluation).
@@ -151,11 +154,17 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
         tick()
         if it % 10 == 0:
             good, good_app = st.snapshot(), appearance.snapshot()
-            if len(history) > 20 and history[-11] - history[-1] < cfg.early_stop * abs(history[-11]):
+            # Early stop only once geometry has moved for a while (the warm-up plateaus by design).
+            if it > warmup + 20 and history[-11] - history[-1] < cfg.early_stop * abs(history[-11]):
                 break
     for k, p in zip(names, geo):
         setattr(st, k, p.detach())
     return it, history
+
+
+def _erode(mask: Tensor) -> Tensor:
+    """``(B, H, W)`` binary mask eroded by one pixel (3x3)."""
+    return 1.0 - torch.nn.functional.max_pool2d((1.0 - mask)[:, None], 3, stride=1, padding=1)[:, 0]
 
 
 class Appearance:
@@ -164,6 +173,7 @@ class Appearance:
     def __init__(self, n_views: int, cfg: FitterConfig, texture_space: TextureSpace | None,
                  uv_layout: tuple[np.ndarray, np.ndarray], init_color: np.ndarray, device, dtype):
         self.space = texture_space
+        self.lr_scale = cfg.appearance_lr_scale
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
         if texture_space is not None:
             self.uvs, self.uv_faces = t(texture_space.uvs), torch.as_tensor(texture_space.uv_faces, device=device)
@@ -186,9 +196,9 @@ class Appearance:
         self.sh_coeffs.requires_grad_(True)
         if self.map is not None:
             self.map.requires_grad_(True)
-            return [(self.map, 2e-2), (self.sh_coeffs, 1e-2)]
+            return [(self.map, 6e-2 * self.lr_scale), (self.sh_coeffs, 3e-2 * self.lr_scale)]
         self.coeffs.requires_grad_(True)
-        return [(self.coeffs, 5e-2), (self.sh_coeffs, 1e-2)]
+        return [(self.coeffs, 0.15 * self.lr_scale), (self.sh_coeffs, 3e-2 * self.lr_scale)]
 
     def albedo(self) -> Tensor:
         if self.map is not None:

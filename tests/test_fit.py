@@ -46,7 +46,7 @@ def test_round_trip_known_focal(scene):
     """8 views: every rotation within 0.5 deg, every camera centre within 1% of its distance (after
     the global scale images cannot observe; within 2% as it is)."""
     model, emb, ts, sc = scene
-    result = fit_flame(model, emb, sc.views, _intrinsics(sc, False), FitterConfig(photometric_steps=30),
+    result = fit_flame(model, emb, sc.views, _intrinsics(sc, False), FitterConfig(),
                        texture_space=ts)
     e = _errors(result, sc)
     assert len(result.cameras) == VIEWS

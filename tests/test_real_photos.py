@@ -59,22 +59,25 @@ def test_multiview_every_view_gets_a_camera(multiview):
 
 
 def test_multiview_landmark_error(multiview):
-    """Median projected-landmark error over views; measured 4.0 px = 1.1% of the outer-eye-corner
-    distance (~340 px) on these 1040x1392 photos; bound 6 px and 2%."""
+    """Median projected-landmark error over views; measured 5.0 px = 1.4% of the outer-eye-corner
+    distance (~340 px) on these 1040x1392 photos (the photometric stage trusts the image over the
+    detector's yaw-dependent bias: 4.0 px without it, but cameras further from COLMAP's); bounds
+    6.5 px and 2%."""
     _, out = multiview
     summary = json.loads((out / "fit_summary.json").read_text())
     px = np.array([v["landmark_error_px"] for v in summary["cameras"]])
     rel = np.array([v["landmark_error_px"] / v["eye_distance_px"] for v in summary["cameras"]])
     assert len(px) == 30
-    assert np.median(px) < 6.0, px
+    assert np.median(px) < 6.5, px
     assert np.median(rel) < 0.02, rel
     assert rel.max() < 0.04, rel
 
 
 def test_multiview_rotations_agree_with_colmap(multiview):
     """Fitted camera rotations vs COLMAP's own (one change of world frame solved for; scale and
-    translation don't affect rotations). Measured: median 1.6 deg, max 5.0 deg, the largest at the
-    most turned views (~35 deg yaw), where MediaPipe's landmarks are least reliable; bounds 3 and 7."""
+    translation don't affect rotations). Measured: median 1.2 deg, max 4.3 deg (landmarks alone:
+    1.6 and 5.0), the largest at the most turned views (~35 deg yaw), where MediaPipe's landmarks
+    are least reliable; bounds 2 and 6."""
     from flame_prior.intrinsics import IntrinsicsConfig, rotation_residuals_deg
     from flame_prior.intrinsics import cached_run_colmap
     from flame_prior.images import load_images
@@ -86,8 +89,8 @@ def test_multiview_rotations_agree_with_colmap(multiview):
     assert colmap.registered.all()
     cams = _read_cameras(out)
     res = rotation_residuals_deg(colmap.w2c, cams.R.numpy())
-    assert np.median(res) < 3.0, res
-    assert res.max() < 7.0, res
+    assert np.median(res) < 2.0, res
+    assert res.max() < 6.0, res
     summary = json.loads((out / "fit_summary.json").read_text())
     assert summary["intrinsics_source"] == "colmap"
     assert abs(float(cams.fx[0]) - colmap.focal_px) / colmap.focal_px < 1e-6  # COLMAP's focal is used as is
