@@ -397,6 +397,9 @@ def test_folder_with_one_usable_view_among_bad_files(cli, tmp_path):
     report = (out / "report.html").read_text()
     for name in ("wall.png", "cut.jpg", "empty.png", "readme.txt"):
         assert name in report
+    left_out = {Path(x["file"]).name: x["reason"] for x in json.loads((out / "fit_summary.json").read_text())["left_out"]}
+    assert set(left_out) == {"wall.png", "cut.jpg", "empty.png", "readme.txt"}
+    assert "no face found" in left_out["wall.png"]
 
 
 def test_summary_shows_names_literally_and_per_view_notes(cli, tmp_path):

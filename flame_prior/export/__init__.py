@@ -74,7 +74,7 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_transforms(out, views, result)
-    write_flame_params(out, result, model_path, model_sha256)
+    write_flame_params(out, result, model_path, model_sha256, skipped)
     write_colmap_text(out / COLMAP_SUBDIR, result, [f"{vf.name}.png" for vf in result.views])
     write_textured_mesh(out, result)
     if avatar_format:

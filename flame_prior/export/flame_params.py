@@ -29,7 +29,8 @@ parameters produce depends on the model file: ``fit_summary.json`` names it (pat
 (``path``, ``sha256``, ``n_shape``, ``n_expr``, ``notes`` and the rest of ``FitResult.model_info``);
 ``intrinsics_source``; per-view ``landmark_error_px``, ``eye_distance_px`` and
 ``landmark_error_rel_eye`` (error / outer-eye-corner distance); ``stages`` (name, iterations,
-seconds, loss_history, per-view median landmark error after the stage); ``notes``. Non-finite
+seconds, loss_history, per-view median landmark error after the stage); ``notes``; ``left_out``
+(the inputs not fitted, with the reason). Non-finite
 numbers are written as ``null``.
 """
 
@@ -64,7 +65,8 @@ def _flame_arrays(result: FitResult) -> dict[str, np.ndarray]:
     return out
 
 
-def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, model_sha256: str) -> tuple[Path, Path]:
+def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, model_sha256: str,
+                       skipped=()) -> tuple[Path, Path]:
     """Write ``flame_params.npz`` and ``fit_summary.json`` into ``out_dir`` (format: module docstring).
 
     Args:
@@ -72,6 +74,7 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, 
         result: the fit.
         model_path: the FLAME model file the fit used, as the user gave it.
         model_sha256: that file's SHA-256 (hex).
+        skipped: the inputs left out (``SkippedInput``: path, reason), listed under ``left_out``.
 
     Returns:
         ``(npz path, json path)``.
@@ -135,6 +138,7 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, 
             for s in result.stages
         ],
         "notes": list(result.notes),
+        "left_out": [{"file": str(sk.path), "reason": sk.reason} for sk in skipped],
         "files": {"params": npz_path.name},
     }
     json_path = write_json(out_dir / "fit_summary.json", summary)
