@@ -90,7 +90,7 @@ def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = to
     embedding = with_iris_landmarks(embedding, data.faces, emb_path)
     texture_space = None
     if paths["texture_space"] is not None:
-        texture_space = load_texture_space(paths["texture_space"])
+        texture_space = load_texture_space(paths["texture_space"], paths["uv_layout"])
         if len(texture_space.uv_faces) != len(data.faces):
             raise ModelFileError(f"the texture space has {len(texture_space.uv_faces)} UV faces, the FLAME model "
                                  f"{len(data.faces)}.", paths["texture_space"],
@@ -118,8 +118,11 @@ def load_assets(config: FitConfig, device: torch.device, dtype: torch.dtype = to
     return Assets(model, embedding, texture_space, uv_layout, info)
 
 
-def load_texture_space(path: Path) -> TextureSpace:
-    """FLAME_texture.npz (keys mean/tex_dir) or DECA's FLAME_albedo_from_BFM.npz (keys MU/PC)."""
+def load_texture_space(path: Path, uv_layout_obj: Path | None = None) -> TextureSpace:
+    """FLAME_texture.npz (keys mean/tex_dir) or DECA's FLAME_albedo_from_BFM.npz (keys MU/PC).
+
+    The BFM albedo is an image in FLAME's UV layout but usually carries no ``vt``/``ft``: the layout
+    then comes from ``uv_layout_obj`` (FLAME's template OBJ, ``--uv-layout``)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError("texture space not found.", path, hint="Pass --texture-space or set FLAME_PRIOR_TEXTURE.")
@@ -132,7 +135,13 @@ def load_texture_space(path: Path) -> TextureSpace:
     if {"mean", "tex_dir"} <= keys:
         return load_flame_texture_space(path)
     if {"MU", "PC"} <= keys:
-        return load_bfm_albedo(path)
+        if {"vt", "ft"} <= keys:
+            return load_bfm_albedo(path)
+        if uv_layout_obj is None:
+            raise ModelFileError("this albedo space has no UV layout (no vt/ft arrays).", path,
+                                 hint="Pass FLAME's template OBJ with --uv-layout (or FLAME_PRIOR_UV_LAYOUT).")
+        uvs, uv_faces = read_obj_uv_layout(uv_layout_obj)
+        return load_bfm_albedo(path, uvs=uvs, uv_faces=uv_faces)
     raise ModelFileError(f"unknown texture space (keys {sorted(keys)}).", path,
                          hint="Expected FLAME_texture.npz (mean, tex_dir, vt, ft) or FLAME_albedo_from_BFM.npz (MU, PC).")
 

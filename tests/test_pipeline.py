@@ -66,3 +66,20 @@ def test_flame_embedding_file_works_as_an_alternative(shared):
     path = shared("flame-assets/mediapipe_landmark_embedding.npz")
     assets = load_assets(_config(landmark_embedding=path), torch.device("cpu"))
     assert len(assets.embedding.face_idx) == 105
+
+
+def test_bfm_albedo_without_uvs_needs_the_template_obj(tmp_path):
+    """DECA's FLAME_albedo_from_BFM.npz carries no vt/ft: the UV layout comes from --uv-layout."""
+    from flame_prior.pipeline import load_texture_space
+
+    side = 8
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "bfm.npz", MU=rng.random(side * side * 3), PC=rng.random((side * side * 3, 4)))
+    with pytest.raises(ModelFileError) as e:
+        load_texture_space(tmp_path / "bfm.npz")
+    assert "--uv-layout" in str(e.value) and "bfm.npz" in str(e.value)
+    obj = tmp_path / "template.obj"
+    obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n")
+    ts = load_texture_space(tmp_path / "bfm.npz", obj)
+    assert ts.mean.shape == (side, side, 3) and ts.basis.shape == (side, side, 3, 4)
+    assert ts.uv_faces.shape == (1, 3)
