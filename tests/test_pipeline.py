@@ -83,3 +83,32 @@ def test_bfm_albedo_without_uvs_needs_the_template_obj(tmp_path):
     ts = load_texture_space(tmp_path / "bfm.npz", obj)
     assert ts.mean.shape == (side, side, 3) and ts.basis.shape == (side, side, 3, 4)
     assert ts.uv_faces.shape == (1, 3)
+
+
+def test_fit_with_a_flame_pkl_that_has_expressions(shared, tmp_path):
+    """The real-file path end to end: a FLAME-format .pkl (chumpy-style arrays, sparse J_regressor,
+    100 expression components, generated here on FLAME's topology) fits a real photo and its
+    expression coefficients are exported."""
+    import json
+    import shutil
+
+    from flame_prior.fit import FitterConfig
+    from flame_prior.flame import build_test_model, load_flame_model, write_flame_pkl
+    from flame_prior.pipeline import run
+
+    image = shared("data/singleview/ffhq/00000.png")
+    model = build_test_model(n_shape=60, n_expr=100, seed=1, template=load_flame_model(default_model_path()))
+    write_flame_pkl(model, tmp_path / "generic_model.pkl")
+    (tmp_path / "in").mkdir()
+    shutil.copy(image, tmp_path / "in" / image.name)
+    out = run(_config_for(tmp_path, FitterConfig(photometric_steps=5)), console=None)
+    summary = json.loads((out / "fit_summary.json").read_text())
+    assert summary["model"]["n_expr"] == 100 and summary["model"]["path"].endswith("generic_model.pkl")
+    with np.load(out / "flame_params.npz", allow_pickle=False) as z:
+        assert z["expression"].shape == (100,) and np.isfinite(z["expression"]).all()
+        assert np.abs(z["expression"]).sum() > 0  # the expression space was fitted
+
+
+def _config_for(tmp_path: Path, fitter) -> FitConfig:
+    return FitConfig(data=tmp_path / "in", output_dir=tmp_path / "out", flame_model=tmp_path / "generic_model.pkl",
+                     fitter=fitter)
