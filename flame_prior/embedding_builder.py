@@ -72,6 +72,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
 
+from flame_prior.flame.appearance import read_obj
+
 __all__ = [
     "FORMAT_VERSION",
     "FACE_OVAL",
@@ -152,20 +154,7 @@ def load_canonical_face_model(path: str | Path) -> tuple[np.ndarray, np.ndarray]
 
     Vertex order is Face Mesh's landmark order (the OBJ's ``v`` order; UVs are ignored).
     """
-    verts, faces = [], []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            parts = line.split()
-            if not parts:
-                continue
-            if parts[0] == "v":
-                verts.append([float(x) for x in parts[1:4]])
-            elif parts[0] == "f":
-                if len(parts) != 4:
-                    raise ValueError(f"{path}: only triangles are supported, got {line.strip()!r}")
-                faces.append([int(p.split("/")[0]) - 1 for p in parts[1:4]])
-    v = np.asarray(verts, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64)
+    v, f, _, _ = read_obj(path)
     if v.shape != (468, 3):
         raise ValueError(f"{path}: expected 468 vertices, got {v.shape[0]}")
     return v, f
