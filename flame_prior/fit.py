@@ -33,7 +33,7 @@ from torch import Tensor
 
 from flame_prior.errors import FitError, InputError
 from flame_prior.fit_landmarks import (FitState, LandmarkTargets, landmark_stage, landmark_targets,
-                                       per_view_error_px, prepare_forward_ad, project_axis_angle, rigid_stage)
+                                       per_view_error_px, prepare_forward_ad, rigid_stage)
 from flame_prior.fit_photometric import Appearance, initial_albedo_color, photometric_stage
 from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
 from flame_prior.geometry import PinholeCameras, rotation_matrix_to_axis_angle
@@ -257,8 +257,7 @@ def fit_flame(
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         with torch.no_grad():
-            cams = st.cameras()
-            pred = project_axis_angle(st.landmarks3d(st.yaw()), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+            pred = st.project(st.landmarks3d(st.yaw()))
         stages.append(StageLog(name, iters, secs, hist, per_view_error_px(pred, tg)))
         if task is not None:
             progress.update(task, completed=total)
@@ -279,7 +278,7 @@ def fit_flame(
 def _result(st: FitState, tg: LandmarkTargets, views, appearance: Appearance, stages, model_info, source, notes) -> FitResult:
     with torch.no_grad():
         cams = st.cameras()
-        pred = project_axis_angle(st.landmarks3d(st.yaw()), st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+        pred = st.project(st.landmarks3d(st.yaw()), cams)
         verts = st.model(st.flame_params()).vertices[0]
         albedo = appearance.albedo()
     errs = per_view_error_px(pred, tg)

@@ -20,7 +20,8 @@ from torch.autograd import forward_ad
 
 from flame_prior.errors import FitError
 from flame_prior.flame import FlameModel, FlameParams, LandmarkEmbedding, head_yaw_deg, landmarks_from_vertices
-from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+from flame_prior.geometry import (PinholeCameras, axis_angle_to_rotation_matrix, project_points,
+                                  rotation_matrix_to_axis_angle)
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
 
@@ -106,18 +107,20 @@ class FitState:
     def landmarks3d(self, yaw: Tensor) -> Tensor:
         """``(N, L, 3)`` world landmarks; contour rows picked by each view's yaw."""
         verts = self.model(self.flame_params(), vertex_index=self.vertex_index).vertices  # (1, M, 3)
+        return self.landmarks_on(verts, self.faces_local, yaw)
+
+    def landmarks_on(self, verts: Tensor, faces: Tensor, yaw: Tensor) -> Tensor:
+        """``(N, L, 3)`` landmarks on posed vertices ``(1, V, 3)`` with triangles ``faces``, for the
+        N views of ``yaw (N,)``: contour rows by each view's yaw, computed once when there are none."""
         n = yaw.shape[0]
-        if not self.emb.has_contour:  # the same points in every view: compute once
-            return landmarks_from_vertices(verts, self.faces_local, self.emb).expand(n, -1, -1)
-        return landmarks_from_vertices(verts.expand(n, -1, -1), self.faces_local, self.emb, yaw)
+        if not self.emb.has_contour:  # the same points in every view
+            return landmarks_from_vertices(verts, faces, self.emb).expand(n, -1, -1)
+        return landmarks_from_vertices(verts.expand(n, -1, -1), faces, self.emb, yaw)
 
-
-def project_axis_angle(points: Tensor, rot: Tensor, t: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
-    """``(N, L, 3)`` world points to ``(N, L, 2)`` pixels with axis-angle cameras."""
-    R = axis_angle_to_rotation_matrix(rot)
-    pc = points @ R.transpose(1, 2) + t[:, None]
-    z = pc[..., 2].clamp_min(1e-6)
-    return torch.stack([fx[:, None] * pc[..., 0] / z + cx[:, None], fy[:, None] * pc[..., 1] / z + cy[:, None]], -1)
+    def project(self, points: Tensor, cameras: PinholeCameras | None = None) -> Tensor:
+        """``(N, L, 3)`` world points to ``(N, L, 2)`` pixels through the current cameras (or
+        ``cameras``, when the caller already built them from this state)."""
+        return project_points(points, cameras if cameras is not None else self.cameras())[0]
 
 
 def landmark_energy(pred: Tensor, tg: LandmarkTargets, c: float) -> Tensor:

@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 
 from flame_prior import render
-from flame_prior.flame import TextureSpace, landmarks_from_vertices, sh_basis, shade_sh
-from flame_prior.fit_landmarks import (FitState, LandmarkTargets, free_parameters, landmark_energy, prior_energy,
-                                       project_axis_angle)
+from flame_prior.flame import TextureSpace, sh_basis, shade_sh
+from flame_prior.fit_landmarks import (FitState, LandmarkTargets, free_parameters, landmark_energy, prior_energy)
 from flame_prior.geometry import axis_angle_to_rotation_matrix
 from flame_prior.observe import ViewObservation
 
@@ -137,9 +136,7 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
         photo = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
         mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
         # Landmarks on the vertices just rendered (no second FLAME evaluation).
-        lm3 = (landmarks_from_vertices(verts, st.model.faces, st.emb).expand(n, -1, -1) if not st.emb.has_contour
-               else landmarks_from_vertices(verts.expand(n, -1, -1), st.model.faces, st.emb, yaw))
-        pred = project_axis_angle(lm3, st.cam_rot, st.cam_t, cams.fx, cams.fy, st.cx, st.cy)
+        pred = st.project(st.landmarks_on(verts, st.model.faces, yaw), cams)
         lmk = landmark_energy(pred, tg, cfg.robust_scale)
         loss = cfg.w_photometric * photo + cfg.w_mask * mask + cfg.w_landmark * lmk + prior_energy(st, cfg)
         if not torch.isfinite(loss):

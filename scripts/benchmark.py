@@ -164,8 +164,7 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     yaw = st.yaw()
 
     def lmk_step():
-        c = st.cameras()
-        pred = FL.project_axis_angle(st.landmarks3d(yaw), st.cam_rot, st.cam_t, c.fx, c.fy, st.cx, st.cy)
+        pred = st.project(st.landmarks3d(yaw))
         FL.landmark_energy(pred, tg, cfg.robust_scale).backward()
 
     out = {}
