@@ -23,6 +23,7 @@ from rich.table import Table
 
 from flame_prior import render
 from flame_prior.fit import FitterConfig, FitResult, fit_flame, resolve_device
+from flame_prior.fit_photometric import render_head
 from flame_prior.geometry import PinholeCameras, rotation_angle_deg
 from flame_prior.images import InputImage
 from flame_prior.intrinsics import Intrinsics
@@ -113,7 +114,7 @@ def demo_assets(seed: int, device: torch.device):
 @torch.no_grad()
 def render_scene(model, embedding, texture_space, cfg: DemoConfig, rng: np.random.Generator) -> SyntheticScene:
     """Render the truth: images, head masks (coverage) and noisy landmarks with visibility."""
-    from flame_prior.flame import FlameParams, head_yaw_deg, landmarks_from_vertices, sh_basis, shade_sh
+    from flame_prior.flame import FlameParams, head_yaw_deg, landmarks_from_vertices, sh_basis
 
     device = model.faces.device
     n, S = cfg.views, cfg.image_size
@@ -125,22 +126,17 @@ def render_scene(model, embedding, texture_space, cfg: DemoConfig, rng: np.rando
     target = verts[0].mean(0).cpu().double().numpy()
     cams = synthetic_cameras(n, S, rng, target)
     c = cams.to(device=device, dtype=torch.float32)
-    pc = verts.expand(n, -1, -1) @ c.R.transpose(1, 2) + c.t[:, None]
-    pos = render.pinhole_to_clip(pc, c.fx, c.fy, c.cx, c.cy, S, S)
     faces = model.faces
-    rast = render.rasterize(pos, faces, (S, S))
     coeffs = torch.as_tensor(rng.normal(0, 1.0, (1, texture_space.basis.shape[-1])), dtype=torch.float32, device=device)
     albedo_map = texture_space.texture_from_coeffs(coeffs)[0].to(device)
-    uv = render.interpolate(torch.as_tensor(texture_space.uvs, device=device), rast,
-                            torch.as_tensor(texture_space.uv_faces, device=device))
-    albedo = render.texture(albedo_map, uv)
-    normals = torch.nn.functional.normalize(render.interpolate(render.vertex_normals(verts, faces).expand(n, -1, -1),
-                                                               rast, faces), dim=-1)
     y0 = float(sh_basis(torch.tensor([[0.0, 0.0, 1.0]]))[0, 0])
     sh = torch.zeros(n, 9, 3, device=device)
     sh[:, 0] = 0.8 / y0
     sh[:, 1:4] = torch.as_tensor(rng.normal(0, 0.25, (n, 3, 1)), dtype=torch.float32, device=device)
-    color = shade_sh(albedo, normals, sh).clamp(0, 1)
+    color, rast, pos = render_head(verts, faces, c.R, c.t, c.fx, c.fy, c.cx, c.cy, (S, S),
+                                   torch.as_tensor(texture_space.uvs, device=device),
+                                   torch.as_tensor(texture_space.uv_faces, device=device), albedo_map, sh)
+    color = color.clamp(0, 1)
     cov = render.coverage(rast, pos, faces)[..., 0]
     background = torch.as_tensor(rng.uniform(0.1, 0.4, (n, 1, 1, 3)), dtype=torch.float32, device=device)
     image = color * cov[..., None] + background * (1 - cov[..., None])
@@ -149,7 +145,7 @@ def render_scene(model, embedding, texture_space, cfg: DemoConfig, rng: np.rando
 
     uv_l, depth = project_points(lm3.double().cpu(), cams)
     # Visibility: a landmark is seen when no surface nearer than it (by > 5 mm) covers its pixel.
-    depth_map = render.interpolate(pc[..., 2:3], rast, faces)[..., 0].cpu()
+    depth_map = render.interpolate(pos[..., 3:4], rast, faces)[..., 0].cpu()  # clip w is the camera depth
     covered = (rast[..., 3] > 0).cpu()
     views = []
     n_det = int(embedding.detector_index.max()) + 1

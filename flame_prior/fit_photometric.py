@@ -62,23 +62,45 @@ def make_crops(views: list[ViewObservation], tg: LandmarkTargets, size: int, dev
     return FaceCrops(t(imgs), t(heads), t(faces), t(valids), t(boxes), size)
 
 
+def render_head(verts: Tensor, faces: Tensor, R: Tensor, t: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor,
+                size: tuple[int, int], uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
+                vertex_normals: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The textured, SH-lit head seen by B pinhole cameras (the renderer's primitives, chained).
+
+    Args:
+        verts: ``(1, V, 3)`` posed vertices, world frame.
+        faces: ``(F, 3)`` triangles; ``uvs (T, 2)`` and ``uv_faces (F, 3)`` their texture layout.
+        R, t: ``(B, 3, 3)``, ``(B, 3)`` OpenCV world-to-camera; ``fx, fy, cx, cy``: ``(B,)`` pixels.
+        size: ``(H, W)`` of the images.
+        albedo_map: ``(Ht, Wt, 3)`` texture; ``sh``: ``(B, 9, 3)`` lighting per view.
+        vertex_normals: ``(1, V, 3)`` when the caller already has them.
+
+    Returns:
+        colour ``(B, H, W, 3)`` (not antialiased, no background), ``rast`` and the clip-space
+        positions ``pos`` for :func:`flame_prior.render.coverage` / ``antialias``.
+    """
+    b = R.shape[0]
+    H, W = size
+    pc = verts.expand(b, -1, -1) @ R.transpose(1, 2) + t[:, None]
+    pos = render.pinhole_to_clip(pc, fx, fy, cx, cy, W, H)
+    rast = render.rasterize(pos, faces, (H, W))
+    albedo = render.texture(albedo_map, render.interpolate(uvs, rast, uv_faces))
+    if vertex_normals is None:
+        vertex_normals = render.vertex_normals(verts, faces)
+    normals = torch.nn.functional.normalize(render.interpolate(vertex_normals.expand(b, -1, -1), rast, faces), dim=-1)
+    return shade_sh(albedo, normals, sh), rast, pos
+
+
 def render_views(st: FitState, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
-            fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int,
-            topology: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                 fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int,
+                 topology: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Render views ``idx`` (B,) of the current head.
 
     Returns colour (B,S,S,3), coverage (B,S,S), rast, and the posed vertices (1,V,3)."""
     verts = st.model(st.flame_params()).vertices  # (1, V, 3)
-    n = idx.shape[0]
     R = axis_angle_to_rotation_matrix(st.cam_rot[idx])
-    pc = verts.expand(n, -1, -1) @ R.transpose(1, 2) + st.cam_t[idx][:, None]
-    pos = render.pinhole_to_clip(pc, fx, fy, cx, cy, size, size)
-    rast = render.rasterize(pos, faces, (size, size))
-    uv = render.interpolate(uvs, rast, uv_faces)
-    albedo = render.texture(albedo_map, uv)
-    normals = render.interpolate(render.vertex_normals(verts, faces).expand(n, -1, -1), rast, faces)
-    normals = torch.nn.functional.normalize(normals, dim=-1)
-    color = shade_sh(albedo, normals, sh)
+    color, rast, pos = render_head(verts, faces, R, st.cam_t[idx], fx, fy, cx, cy, (size, size), uvs, uv_faces,
+                                   albedo_map, sh)
     # Silhouette gradients come from the coverage (mask term) only: an antialiased colour would blend
     # edge pixels towards the renderer's black background, not the photo's, and bias the outline.
     cov = render.coverage(rast, pos, faces, topology)[..., 0]

@@ -29,6 +29,7 @@ from flame_prior import render
 from flame_prior.config import FitConfig
 from flame_prior.errors import FitError, InputError, ModelFileError, deferred_interrupts
 from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
+from flame_prior.fit_photometric import render_head
 from flame_prior.flame import (
     FlameModel,
     FlameModelData,
@@ -40,7 +41,6 @@ from flame_prior.flame import (
     load_flame_texture_space,
     load_landmark_embedding,
     read_obj_uv_layout,
-    shade_sh,
 )
 from flame_prior.flame.uv_unwrap import cylindrical_uv_layout
 from flame_prior.images import SkippedInput, load_images
@@ -294,16 +294,12 @@ def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
         s = min(1.0, max_side / max(W, H))
         w, h = max(1, round(W * s)), max(1, round(H * s))
         sx, sy = w / W, h / H
-        pc = verts @ cams.R[i].T + cams.t[i]
-        pos = render.pinhole_to_clip(pc, cams.fx[i:i + 1] * sx, cams.fy[i:i + 1] * sy, cams.cx[i:i + 1] * sx,
-                                     cams.cy[i:i + 1] * sy, w, h)
-        rast = render.rasterize(pos, faces, (h, w))
-        albedo = render.texture(tex, render.interpolate(uvs, rast, uv_faces))
-        n = torch.nn.functional.normalize(render.interpolate(normals_v, rast, faces), dim=-1)
         sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
-        color = shade_sh(albedo, n, sh).clamp(0, 1)
+        color, rast, _ = render_head(verts, faces, cams.R[i:i + 1], cams.t[i:i + 1], cams.fx[i:i + 1] * sx,
+                                     cams.fy[i:i + 1] * sy, cams.cx[i:i + 1] * sx, cams.cy[i:i + 1] * sy, (h, w),
+                                     uvs, uv_faces, tex, sh, vertex_normals=normals_v)
         alpha = (rast[..., 3:] > 0).float()
-        rgba = (torch.cat([color, alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
+        rgba = (torch.cat([color.clamp(0, 1), alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
         out.append(cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba)
     return out
 
