@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Iterator, Literal
 
 import numpy as np
 
-from flame_prior.detectors.cache import default_cache_dir
+from flame_prior.detectors.cache import default_cache_dir, save_npz_atomic
 from flame_prior.geometry import check_shape
 
 if TYPE_CHECKING:
@@ -290,11 +289,8 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
                 notes.append(f"ignored a damaged COLMAP cache file {path} ({type(exc).__name__})")
     rec = run_colmap(views, config, workdir=workdir, progress=progress)
     if config.use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, w2c=rec.w2c, registered=rec.registered, focal_px=rec.focal_px, cx=rec.cx, cy=rec.cy,
-                 figures=np.str_(json.dumps(rec.figures)))
-        os.replace(tmp, path)
+        save_npz_atomic(path, w2c=rec.w2c, registered=rec.registered, focal_px=np.float64(rec.focal_px),
+                        cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)))
     return rec
 
 

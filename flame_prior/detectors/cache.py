@@ -86,7 +86,6 @@ class DetectionCache:
     def save(self, sha256: str, backend: str, version: str, image_shape: tuple[int, int], det: Detection | None) -> Path:
         """Write atomically (temporary file + rename); returns the path. Raises ``OSError`` if the folder is not writable."""
         path = self.path(sha256, backend, version)
-        self.root.mkdir(parents=True, exist_ok=True)
         if det is None:
             arrays = dict(
                 found=np.array(False), landmarks=np.zeros((0, 2), np.float32), confidence=np.zeros(0, np.float32),
@@ -101,12 +100,20 @@ class DetectionCache:
                 notes=np.array(det.notes, dtype=str),
             )
         arrays.update(image_shape=np.array(image_shape, np.int64), version=np.array(version))
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return save_npz_atomic(path, **arrays)
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> Path:
+    """Write a compressed ``.npz`` through a temporary file in the same folder and a rename, so a
+    reader never sees a half-written cache file (the folder is created if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
