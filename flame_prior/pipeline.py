@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -238,7 +239,7 @@ def atomic_output_dir(out: Path, overwrite: bool):
             pid = stale.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        tmp = _mkdir_unique(out.parent, f".{out.name}.partial-{os.getpid()}-")
     except OSError as err:
         raise InputError(f"cannot create the output directory ({err.strerror or err}).", out.parent,
                          hint="Choose a writable --output-dir.") from None
@@ -271,6 +272,21 @@ def atomic_output_dir(out: Path, overwrite: bool):
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _mkdir_unique(parent: Path, prefix: str) -> Path:
+    """A new directory ``<parent>/<prefix><random>`` with the umask's mode.
+
+    Not :func:`tempfile.mkdtemp`: its mode 0700 would survive the rename and hide the output from
+    other users and services."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
 
 
 # --------------------------------------------------------------------------------------------
