@@ -20,6 +20,7 @@ from rich.markup import escape
 from flame_prior.config import FitConfig
 from flame_prior.demo import DemoConfig
 from flame_prior.errors import FlamePriorError, Interrupted, signal_handler
+from flame_prior.progress import make_console
 
 Command = Union[
     Annotated[FitConfig, tyro.conf.subcommand("fit", description="Fit FLAME and one camera per view to photos.")],
@@ -41,7 +42,7 @@ def execute(config, console: Console | None = None) -> int:
     0 success, 1 internal failure (an unexpected exception: a bug), 2 bad input, 3 bad model file,
     4 fit failed, 130 interrupted. With ``FLAME_PRIOR_DEBUG=1`` the traceback is printed too.
     """
-    console = console or Console(stderr=True)
+    console = console or make_console()
     try:
         if isinstance(config, DemoConfig):
             from flame_prior.demo import run_demo

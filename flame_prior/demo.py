@@ -28,6 +28,7 @@ from flame_prior.geometry import PinholeCameras, rotation_angle_deg
 from flame_prior.images import InputImage
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
+from flame_prior.progress import make_console, make_progress, stage
 
 
 @dataclass
@@ -192,17 +193,49 @@ def camera_errors(fit: PinholeCameras, truth: PinholeCameras, target: np.ndarray
             "global_scale": [scale]}
 
 
+def error_table(errors: dict[str, list[float]], cfg: DemoConfig) -> Table:
+    """The camera errors per view; the focal column only when the focal was fitted (given, it is exact)."""
+    table = Table(title=f"demo: camera errors against the truth ({cfg.views} views, {cfg.image_size} px, "
+                        f"landmark noise {cfg.noise_px} px)",
+                  caption="camera centre error: distance between the fitted and the true camera centre, in % of "
+                          "the true camera's distance to the head; after scale: once the one global scale that "
+                          "photographs cannot observe is removed")
+    columns = {"rotation error °": "rotation_deg", "camera centre error %": "translation_pct",
+               "camera centre error after scale %": "translation_scaled_pct"}
+    if cfg.unknown_focal:
+        columns["focal error %"] = "focal_pct"
+    table.add_column("view", justify="right")
+    for title in columns:
+        table.add_column(title, justify="right")
+    for i in range(cfg.views):
+        table.add_row(str(i), *(f"{errors[key][i]:.3f}" for key in columns.values()))
+    return table
+
+
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     """Render, fit, export, compare; returns the camera errors (also written to camera_errors.json)."""
-    from flame_prior.pipeline import check_output_dir, print_summary, write_all
+    from flame_prior.pipeline import check_output_dir, print_summary
 
-    console = console or Console(stderr=True)
+    console = console or make_console()
     out = check_output_dir(cfg.output_dir, None, cfg.overwrite)
     t0 = time.perf_counter()
+    with make_progress(console) as progress:
+        scene, intr, result, errors, summary, timings = _render_fit_write(cfg, out, progress)
+    timings["total"] = time.perf_counter() - t0
+    console.print(error_table(errors, cfg))
+    print_summary(console, out, scene.views, [], intr, result, timings)
+    summary["total_seconds"] = timings["total"]
+    return summary
+
+
+def _render_fit_write(cfg: DemoConfig, out: Path, progress):
+    from flame_prior.pipeline import write_all
+
     device = resolve_device(cfg.device)
     rng = np.random.default_rng(cfg.seed)
-    data, model, embedding, texture_space = demo_assets(cfg.seed, device)
-    scene = render_scene(model, embedding, texture_space, cfg, rng)
+    with stage(progress, "rendering the synthetic views"):
+        data, model, embedding, texture_space = demo_assets(cfg.seed, device)
+        scene = render_scene(model, embedding, texture_space, cfg, rng)
     n, S = cfg.views, cfg.image_size
     f_true = scene.cameras.fx.numpy()
     if cfg.unknown_focal:
@@ -213,32 +246,18 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
         intr = Intrinsics(f_true.copy(), f_true.copy(), np.full(n, S / 2), np.full(n, S / 2), "given", False)
     info = {"path": "synthetic (bundled FLAME 2023 Open + generated expression/texture spaces)",
             "sha256": data.sha256, "name": "demo", "n_shape": data.n_shape, "n_expr": data.n_expr, "notes": []}
-    from rich.progress import Progress
-
     t_fit = time.perf_counter()
-    with Progress(console=console, transient=True) as progress:
+    with stage(progress, "fit"):
         result: FitResult = fit_flame(model, embedding, scene.views, intr, cfg.fitter, texture_space=texture_space,
                                       model_info=info, progress=progress)
     t_fit = time.perf_counter() - t_fit
     errors = camera_errors(result.cameras, scene.cameras, scene.target)
     summary = {k: {"median": float(np.median(v)), "max": float(np.max(v)), "per_view": v} for k, v in errors.items()}
-    summary["fit_seconds"] = t_fit
-    summary["views"] = n
-    summary["image_size"] = S
-    summary["noise_px"] = cfg.noise_px
-    summary["unknown_focal"] = cfg.unknown_focal
-    timings = {s.name: s.seconds for s in result.stages}
-    timings["fit"] = t_fit
-    write_all(out, scene.views, intr, result, [], timings, model_info=info, overwrite=cfg.overwrite,
-              avatar_format=False, extra_files={"camera_errors.json": json.dumps(summary, indent=2)})
-    timings["total"] = time.perf_counter() - t0
-    table = Table(title=f"demo: camera errors against the truth ({n} views, {S}px, noise {cfg.noise_px}px)")
-    for col in ("view", "rotation °", "translation %", "translation % (scale-aligned)", "focal %"):
-        table.add_column(col, justify="right")
-    for i in range(n):
-        table.add_row(str(i), f"{errors['rotation_deg'][i]:.3f}", f"{errors['translation_pct'][i]:.3f}",
-                      f"{errors['translation_scaled_pct'][i]:.3f}", f"{errors['focal_pct'][i]:.3f}")
-    console.print(table)
-    print_summary(console, out, scene.views, [], intr, result, timings)
-    summary["total_seconds"] = timings["total"]
-    return summary
+    summary.update(fit_seconds=t_fit, views=n, image_size=S, noise_px=cfg.noise_px, unknown_focal=cfg.unknown_focal)
+    timings = {"fit": t_fit, **{f"fit.{s.name}": s.seconds for s in result.stages}}
+    t_export = time.perf_counter()
+    with stage(progress, "writing the outputs"):
+        write_all(out, scene.views, intr, result, [], timings, model_info=info, overwrite=cfg.overwrite,
+                  avatar_format=False, extra_files={"camera_errors.json": json.dumps(summary, indent=2)})
+    timings["export"] = time.perf_counter() - t_export
+    return scene, intr, result, errors, summary, timings
