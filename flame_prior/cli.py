@@ -20,11 +20,14 @@ from rich.markup import escape
 from flame_prior.config import FitConfig
 from flame_prior.demo import DemoConfig
 from flame_prior.errors import FlamePriorError, Interrupted, signal_handler
+from flame_prior.lpips_weights import WeightsConfig
 from flame_prior.progress import make_console
 
 Command = Union[
     Annotated[FitConfig, tyro.conf.subcommand("fit", description="Fit FLAME and one camera per view to photos.")],
     Annotated[DemoConfig, tyro.conf.subcommand("demo", description="Synthetic round trip with known cameras.")],
+    Annotated[WeightsConfig, tyro.conf.subcommand(
+        "nerfstudio-weights", description="Install the AlexNet weights of nerfstudio's LPIPS metric (offline).")],
 ]
 
 
@@ -48,6 +51,10 @@ def execute(config, console: Console | None = None) -> int:
             from flame_prior.demo import run_demo
 
             run_demo(config, console=console)
+        elif isinstance(config, WeightsConfig):
+            from flame_prior.lpips_weights import install_weights
+
+            console.print(install_weights(config), markup=False, highlight=False, soft_wrap=True)
         else:
             from flame_prior.pipeline import run
 
