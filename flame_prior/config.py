@@ -13,6 +13,8 @@ from pathlib import Path
 from flame_prior.fit import FitterConfig
 from flame_prior.intrinsics import IntrinsicsConfig
 from flame_prior.observe import DetectConfig
+from flame_prior.track import TrackerConfig
+from flame_prior.video import VideoConfig
 
 #: Environment variables that stand in for the model-file flags.
 ENV_FLAME_MODEL = "FLAME_PRIOR_MODEL"
@@ -26,7 +28,8 @@ class FitConfig:
     """Recover camera poses (and a FLAME head) from photographs of one head."""
 
     data: Path
-    """A folder of images of one head, or a single image."""
+    """A folder of images of one head, a single image, a clip (.mp4, .mov, ...), a folder of clips, or a
+    folder per camera (synchronised cameras of a dynamic sequence)."""
     output_dir: Path
     """Where the dataset is written (transforms.json, images, masks, FLAME parameters, report)."""
     flame_model: Path | None = None
@@ -47,6 +50,10 @@ class FitConfig:
     """Replace an existing output directory (only once the new one is complete)."""
     avatar_format: bool = False
     """Also write the FLAME-avatar dataset (GaussianAvatars / VHAP format) under <output-dir>/avatar."""
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Clips: frames kept, blur and duplicate tests, static or dynamic sequence."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """Dynamic sequences: keyframes, tracking steps, temporal smoothness."""
     detect: DetectConfig = field(default_factory=DetectConfig)
     """Face detection, landmarks and head masks."""
     intrinsics: IntrinsicsConfig = field(default_factory=IntrinsicsConfig)

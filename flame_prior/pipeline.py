@@ -43,10 +43,11 @@ from flame_prior.flame import (
     read_obj_uv_layout,
 )
 from flame_prior.flame.uv_unwrap import cylindrical_uv_layout
-from flame_prior.images import SkippedInput, load_images
+from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import estimate_intrinsics
 from flame_prior.observe import ViewObservation, observe
 from flame_prior.progress import make_console, make_progress, stage
+from flame_prior.video import Intake, is_video, load_inputs
 
 FLAME_DOWNLOAD_HINT = (
     "FLAME is obtained (after registration) from https://flame.is.tue.mpg.de; pass the file with "
@@ -334,13 +335,37 @@ def prepare_views(
     config: FitConfig, embedding: LandmarkEmbedding, progress
 ) -> tuple[list[ViewObservation], list[SkippedInput], dict[str, float]]:
     """Intake and detection; views the fit cannot use are left out with a reason."""
+    prepared = prepare_inputs(config, embedding, progress)
+    return prepared.views, prepared.skipped, prepared.timings
+
+
+@dataclass
+class PreparedViews:
+    """What intake and detection give the fit: the usable views, what was left out, the intake
+    record (clips, cameras, timesteps, frames considered) and the kind of sequence."""
+
+    views: list[ViewObservation]
+    skipped: list[SkippedInput]
+    timings: dict[str, float]
+    intake: Intake
+    sequence: str  # "static" | "dynamic"
+    sequence_reason: str
+
+
+def prepare_inputs(config: FitConfig, embedding: LandmarkEmbedding, progress, model: FlameModel | None = None
+                   ) -> PreparedViews:
+    """Intake (photos or clips), detection, and for clips the choice of frames (:mod:`flame_prior.video`)."""
+    from flame_prior import video
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    with stage(progress, "reading images"):
-        images, skipped = load_images(config.data)
+    with stage(progress or None, "reading images" if not Path(config.data).is_file() or not is_video(config.data)
+               else "decoding the clip"):
+        intake = load_inputs(config.data, config.video, static_pool=config.video.sequence != "dynamic")
+    skipped = list(intake.skipped)
     timings["intake"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    views, no_face = observe(images, config.detect, progress=progress)
+    views, no_face = observe(intake.images, config.detect, progress=progress)
     timings["detection"] = time.perf_counter() - t0
     skipped = skipped + no_face
     usable = []
@@ -351,10 +376,13 @@ def prepare_views(
         else:
             skipped.append(SkippedInput(v.image.path, reason))
     if not usable:
-        reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped) or "no images"
+        reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:12]) or "no images"
         raise FitError(f"no view can be fitted ({reasons}).", config.data,
-                       hint="Use photos that show one face, large enough (at least ~100 px across).")
-    return usable, skipped, timings
+                       hint="Use photos or clips that show one face, large enough (at least ~100 px across).")
+    t0 = time.perf_counter()
+    usable, skipped, sequence, why = video.choose_views(usable, skipped, intake, config.video, embedding, model)
+    timings["frame selection"] = time.perf_counter() - t0
+    return PreparedViews(usable, skipped, timings, intake, sequence, why)
 
 
 def run(config: FitConfig, console: Console | None = None) -> Path:
@@ -368,7 +396,12 @@ def run(config: FitConfig, console: Console | None = None) -> Path:
     with make_progress(console) as progress:
         with stage(progress, "loading the model files"):
             assets = load_assets(config, device)
-        views, skipped, timings = prepare_views(config, assets.embedding, progress)
+        prepared = prepare_inputs(config, assets.embedding, progress, assets.model)
+        views, skipped, timings = prepared.views, prepared.skipped, prepared.timings
+        if prepared.sequence == "dynamic":
+            from flame_prior.track import run_dynamic
+
+            return run_dynamic(config, assets, prepared, out, progress, console, t_start)
         t0 = time.perf_counter()
         with stage(progress, "focal length"):
             intrinsics = estimate_intrinsics(views, config.intrinsics, progress=progress)
@@ -384,7 +417,10 @@ def run(config: FitConfig, console: Console | None = None) -> Path:
         t0 = time.perf_counter()
         with stage(progress, "writing the outputs"):
             write_all(out, views, intrinsics, result, skipped, timings, model_info=assets.model_info,
-                      overwrite=config.overwrite, avatar_format=config.avatar_format)
+                      overwrite=config.overwrite, avatar_format=config.avatar_format,
+                      summary_extra={"sequence": {"kind": "static", "reason": prepared.sequence_reason},
+                                     "video": prepared.intake.summary()},
+                      report_html=sequence_report_html(prepared))
         timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     print_summary(console, out, views, skipped, intrinsics, result, timings)
@@ -392,16 +428,32 @@ def run(config: FitConfig, console: Console | None = None) -> Path:
 
 
 def write_all(out: Path, views, intrinsics, result: FitResult, skipped, timings, *, model_info: dict,
-              overwrite: bool, avatar_format: bool, extra_files: dict[str, str] | None = None) -> None:
-    """All exports, into a temporary directory renamed to ``out`` when complete."""
+              overwrite: bool, avatar_format: bool, extra_files: dict[str, str] | None = None,
+              summary_extra: dict | None = None, report_html: str = "") -> None:
+    """All exports, into a temporary directory renamed to ``out`` when complete.
+
+    ``summary_extra`` adds top-level entries to ``fit_summary.json`` (the sequence kind, the frames
+    chosen from clips); ``report_html`` is a section appended to the report."""
     from flame_prior.export import write_outputs
+    from flame_prior.export.sequence import append_report_section, extend_summary
 
     with atomic_output_dir(out, overwrite) as tmp:
         write_outputs(tmp, views, intrinsics, result, skipped, timings,
                       model_path=model_info["path"], model_sha256=model_info["sha256"],
                       avatar_format=avatar_format, renders=render_previews(result))
+        if summary_extra:
+            extend_summary(tmp / "fit_summary.json", summary_extra)
+        if report_html:
+            append_report_section(tmp / "report.html", report_html)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+
+
+def sequence_report_html(prepared: PreparedViews) -> str:
+    """The report's section on the sequence kind and the frames chosen from clips (empty for photos)."""
+    from flame_prior.export.sequence import frame_selection_html
+
+    return frame_selection_html(prepared.intake, prepared.sequence, prepared.sequence_reason)
 
 
 def print_summary(console: Console, out: Path, views, skipped, intrinsics, result: FitResult, timings) -> None:

@@ -1,0 +1,540 @@
+"""Dynamic sequences: one FLAME per timestep, one shared identity, cameras fixed.
+
+Public entries: :func:`track_sequence` (the tracker) and :func:`run_dynamic` (what
+:func:`flame_prior.pipeline.run` hands a dynamic sequence to), configured by :class:`TrackerConfig`.
+
+The face moves in front of one camera, or of several synchronised cameras (a folder per camera). The
+world is FLAME's frame at rest; the cameras hold still in it and the head moves: every timestep has
+its own global ``rotation`` and ``translation`` (the head's rigid motion), ``neck_pose``, ``jaw_pose``,
+``eye_pose`` and ``expression``; ``shape`` is shared (GaussianAvatars' and VHAP's convention).
+
+1. **Keyframes** — up to ``keyframes`` timesteps that cover the head's poses (single camera) or the
+   first timestep that every camera sees (several cameras) go through the static fit
+   (:func:`flame_prior.fit.fit_flame`: rigid, landmarks, and the photometric stage only there). It
+   gives the identity, the intrinsics and the cameras. With one camera, the camera of the first
+   keyframe is *the* camera; the other keyframes' cameras become head poses.
+2. **Tracking** — timesteps in order, each started from the previous one, a few Levenberg-Marquardt
+   steps on the same robust landmark energy as the landmark stage
+   (:func:`flame_prior.fit_landmarks.landmark_targets`, Geman-McClure IRLS weights, one view counts
+   once), plus the zero-mean priors of the fitter and **temporal smoothness**: a quadratic pull
+   ``w_smooth |theta_t - theta_{t-1}|^2`` per parameter group. Only the vertices the landmarks sit on
+   are evaluated, with the identity folded into the template (:func:`landmark_vertex_model`); the
+   Jacobian comes from forward differences in one pass batched over the per-timestep parameters.
+3. **Identity refinement** — with the tracked expressions and poses held, the shape is re-fitted on
+   the keyframes (each keyframe its own expression now), then every timestep is tracked again.
+
+A model without an expression space (the bundled FLAME 2023 Open subset) tracks jaw, eyes, neck and
+the rigid motion only, and says so up front.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flame_prior.errors import FitError
+from flame_prior.flame import FlameModel, FlameParams, LandmarkEmbedding, head_yaw_deg
+from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+
+__all__ = ["TrackerConfig", "SequenceFit", "track_sequence", "run_dynamic", "NO_EXPRESSION_NOTE"]
+
+NO_EXPRESSION_NOTE = ("this FLAME model has no expression space: the dynamic fit tracks jaw, eyes, neck and the head's "
+                      "rigid motion only (pass a full FLAME model with --flame-model for expressions)")
+
+#: Per-timestep parameter groups in the order of the tracked vector, with their sizes (E: n_expr).
+GROUPS = ("rotation", "translation", "neck_pose", "jaw_pose", "eye_pose", "expression")
+
+
+@dataclass
+class TrackerConfig:
+    """Dynamic sequences: keyframes, tracking steps, temporal smoothness."""
+
+    keyframes: int = 8
+    """Timesteps (covering the poses) that the static fit uses for identity, intrinsics and cameras (single camera)."""
+    steps: int = 3
+    """Levenberg-Marquardt steps per timestep (each started from the previous timestep's result)."""
+    refine_identity: bool = True
+    """Re-fit the shape with the tracked expressions and poses held, then track again."""
+    identity_timesteps: int = 24
+    """Timesteps (evenly spread, keyframes included) the identity is re-fitted on."""
+    smooth_rotation: float = 0.05
+    """Weight of |rotation_t - rotation_{t-1}|^2 (radians) — the head's rigid motion."""
+    smooth_translation: float = 5.0
+    """Weight of |translation_t - translation_{t-1}|^2 (metres)."""
+    smooth_pose: float = 0.05
+    """Weight of the jaw/neck/eye rotations' change between timesteps (radians)."""
+    smooth_expression: float = 1e-4
+    """Weight of the expression coefficients' change between timesteps."""
+
+
+@dataclass
+class SequenceFit:
+    """A tracked sequence: shared identity, fixed cameras, per-timestep FLAME.
+
+    Attributes:
+        shape: ``(n_shape,)``.
+        params: per-timestep ``(T, k)`` arrays, keys of :data:`GROUPS` (``eye_pose (T, 6)``,
+            ``expression (T, n_expr)``), FLAME's meaning (rotation about the root joint, translation
+            added after skinning; metres, radians).
+        cameras: ``C`` fixed cameras, OpenCV world-to-camera in FLAME's rest frame, float64.
+        timesteps: ``(T,)`` the intake's timestep numbers (gaps where no camera saw a face).
+        times: ``(T,)`` seconds.
+        view_index: ``(T, C)`` index into the views list of the observation of (timestep, camera), -1 if none.
+        landmark_px: ``(T, C)`` median landmark error in pixels (NaN where no view).
+        seconds: tracking time (both passes), keyframe fit excluded.
+        notes: remarks for the summary.
+    """
+
+    shape: np.ndarray
+    params: dict[str, np.ndarray]
+    cameras: PinholeCameras
+    timesteps: np.ndarray
+    times: np.ndarray
+    view_index: np.ndarray
+    landmark_px: np.ndarray
+    seconds: float
+    keyframe_timesteps: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def timesteps_per_second(self) -> float:
+        passes = 2 if any("identity refined" in n for n in self.notes) else 1
+        return passes * len(self.timesteps) / max(self.seconds, 1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Levenberg-Marquardt on a residual batched for forward-mode AD
+
+
+def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean: Tensor, smooth_w: Tensor,
+        smooth_mean: Tensor, steps: int) -> tuple[Tensor, float]:
+    """Minimise ``sum w rho(|e|^2) + sum prior_w (theta - prior_mean)^2 + sum smooth_w (theta - smooth_mean)^2``.
+
+    ``residual(theta (B, P)) -> (B, R, 2)`` normalised landmark residuals, rows of the batch being
+    independent parameter sets; ``weights (R,)`` each landmark's weight (one view sums to 1).
+    Geman-McClure IRLS with Marquardt damping, as :func:`flame_prior.fit_landmarks.fit_landmarks_lm`.
+    The Jacobian is taken by forward differences in float64 in ONE batched pass (the current point
+    plus one step per parameter): with a few dozen parameters and a few hundred vertices this is
+    several times faster on the CPU than forward-mode AD, whose decompositions run in Python.
+    """
+    P = theta.numel()
+    h = 1e-6  # float64 forward differences: ~1e-8 relative accuracy, one batched primal pass
+    steps_h = torch.eye(P, dtype=theta.dtype, device=theta.device) * h
+    w_diag = prior_w + smooth_w
+
+    def cost(th: Tensor, e: Tensor | None = None) -> tuple[float, Tensor]:
+        if e is None:
+            with torch.no_grad():
+                e = residual(th[None])[0]
+        e2 = (e ** 2).sum(-1)
+        reg = (prior_w * (th - prior_mean) ** 2).sum() + (smooth_w * (th - smooth_mean) ** 2).sum()
+        return float((weights * e2 / (e2 + c * c)).sum() + reg), e
+
+    current, e = cost(theta)
+    lam = 1e-3
+    for _ in range(steps):
+        with torch.no_grad():
+            out = residual(torch.cat([theta[None], theta[None] + steps_h]))  # (1 + P, R, 2)
+        e = out[0]
+        J = (out[1:] - out[:1]) / h  # (P, R, 2)
+        J = J.reshape(P, -1).T  # (2R, P)
+        e2 = (e ** 2).sum(-1)
+        a = (weights * c * c / (e2 + c * c) ** 2)[:, None].expand_as(e).reshape(-1)
+        A = J.T @ (J * a[:, None]) + torch.diag(w_diag)
+        g = J.T @ (a * e.reshape(-1)) + prior_w * (theta - prior_mean) + smooth_w * (theta - smooth_mean)
+        diag = torch.diagonal(A).clamp_min(1e-12)
+        accepted = False
+        for _try in range(6):
+            step = torch.linalg.solve((A + lam * torch.diag(diag)).double(), -g.double()).to(theta)
+            cand = theta + step
+            new, e_new = cost(cand)
+            if math.isfinite(new) and new <= current:
+                improved = current - new
+                theta, current, e, lam, accepted = cand, new, e_new, max(lam / 5, 1e-9), True
+                break
+            lam *= 8
+        if not accepted or improved < 1e-6 * max(current, 1e-12):
+            break
+    return theta, current
+
+
+# --------------------------------------------------------------------------------------------
+# The tracker
+
+
+def landmark_vertex_model(data, vertex_index: Tensor, shape: Tensor | None = None) -> FlameModel:
+    """FLAME in float64 restricted to the vertices ``vertex_index`` (the landmarks' triangles), its
+    buffers sliced once instead of on every call; with ``shape`` the identity is folded into the
+    template and the joints, leaving only the expression blend shapes (``n_shape`` becomes 0). Its
+    output equals ``FlameModel(data)(params).vertices[:, vertex_index]``."""
+    m = FlameModel(data, dtype=torch.float64).to(vertex_index.device)
+    idx = vertex_index.long()
+    n_shape = m.n_shape
+    v, dirs = m.v_template[idx], m.shapedirs[idx]
+    J, J_dirs = m.J_template, m.J_shapedirs
+    if shape is not None:
+        s = shape.to(v).reshape(-1)
+        v = v + dirs[..., :n_shape] @ s
+        J = J + J_dirs[..., :n_shape] @ s
+        dirs, J_dirs = dirs[..., n_shape:], J_dirs[..., n_shape:]
+        m.n_shape = 0
+    for name, value in (("v_template", v), ("shapedirs", dirs), ("posedirs", m.posedirs[idx]),
+                        ("lbs_weights", m.lbs_weights[idx]), ("J_template", J), ("J_shapedirs", J_dirs)):
+        setattr(m, name, value.contiguous())
+    return m
+
+
+class _Problem:
+    """Tensors shared by every timestep: model subset, fixed cameras, identity."""
+
+    def __init__(self, model: FlameModel, emb: LandmarkEmbedding, cameras: PinholeCameras, shape: Tensor,
+                 fit_shape: bool = False):
+        from flame_prior.fit_landmarks import FitState
+        from flame_prior.intrinsics import Intrinsics
+
+        dev = model.faces.device
+        dtype = torch.float64  # forward differences need the digits
+        self.dtype, self.device, self.emb = dtype, dev, emb
+        cams = cameras.to(device=dev, dtype=dtype)
+        self.R, self.t = cams.R, cams.t  # (C, 3, 3), (C, 3)
+        self.fx, self.fy, self.cx, self.cy = cams.fx, cams.fy, cams.cx, cams.cy
+        c = len(cameras)
+        intr = Intrinsics(cams.fx.cpu().numpy(), cams.fy.cpu().numpy(), cams.cx.cpu().numpy(), cams.cy.cpu().numpy(),
+                          "given", False)
+        subset = FitState(model, emb, intr, c, dev, dtype)  # the landmark stage's vertex subset, reused
+        self.faces_local = subset.faces_local
+        self.shape = shape.to(device=dev, dtype=dtype).reshape(1, -1)
+        self.model = landmark_vertex_model(model.data, subset.vertex_index, None if fit_shape else self.shape[0])
+        self.n_expr = model.n_expr
+        self.fit_shape = fit_shape
+        self.sizes = {"rotation": 3, "translation": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6,
+                      "expression": model.n_expr}
+
+    def unpack(self, theta: Tensor) -> dict[str, Tensor]:
+        out, i = {}, 0
+        for k in GROUPS:
+            out[k] = theta[:, i: i + self.sizes[k]]
+            i += self.sizes[k]
+        return out
+
+    def pack(self, d: dict[str, Tensor]) -> Tensor:
+        return torch.cat([d[k].reshape(-1) for k in GROUPS])
+
+    def params(self, theta: Tensor, shape: Tensor | None = None) -> FlameParams:
+        p = self.unpack(theta)
+        b = theta.shape[0]
+        s = (self.shape if shape is None else shape).expand(b, -1) if self.fit_shape else theta.new_zeros(b, 0)
+        return FlameParams(shape=s, expression=p["expression"], rotation=p["rotation"], neck_pose=p["neck_pose"],
+                           jaw_pose=p["jaw_pose"], eye_pose=p["eye_pose"], translation=p["translation"])
+
+    def project(self, verts: Tensor, cams: list[int], yaw: Tensor) -> Tensor:
+        """``(B, M, 3)`` subset vertices -> ``(B, n_cams, L, 2)`` pixels through the fixed cameras."""
+        from flame_prior.flame import landmarks_from_vertices
+
+        b = verts.shape[0]
+        static = None if self.emb.has_contour else landmarks_from_vertices(verts, self.faces_local, self.emb)
+        out = []
+        for j, c in enumerate(cams):
+            lm = static if static is not None else landmarks_from_vertices(verts, self.faces_local, self.emb,
+                                                                           yaw[j].expand(b))
+            X = lm @ self.R[c].T + self.t[c]
+            Z = X[..., 2].clamp_min(1e-6)
+            out.append(torch.stack([self.fx[c] * X[..., 0] / Z + self.cx[c], self.fy[c] * X[..., 1] / Z + self.cy[c]],
+                                   -1))
+        return torch.stack(out, 1)
+
+    def head_yaw(self, theta: Tensor, cams: list[int]) -> Tensor:
+        """Per camera, the head's yaw in that camera (contour rows of a dynamic embedding)."""
+        with torch.no_grad():
+            Rh = axis_angle_to_rotation_matrix(self.unpack(theta[None])["rotation"])[0]
+            return head_yaw_deg(self.R[cams] @ Rh)
+
+
+def _targets(views, emb, device, dtype):
+    from flame_prior.fit_landmarks import landmark_targets
+
+    return landmark_targets(views, emb, device, dtype)
+
+
+def _group_vector(prob: _Problem, values: dict[str, float]) -> Tensor:
+    return torch.cat([torch.full((prob.sizes[k],), float(values.get(k, 0.0)), dtype=prob.dtype, device=prob.device)
+                      for k in GROUPS])
+
+
+def track_sequence(model: FlameModel, emb: LandmarkEmbedding, views, timestep: list[int], camera: list[int],
+                   cameras: PinholeCameras, shape: Tensor, init: dict[str, np.ndarray], fitter_cfg, cfg: TrackerConfig,
+                   progress=None, fit_groups: set[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Track every timestep in order, each started from the previous one.
+
+    Args:
+        views: observations; ``views[i]`` is timestep ``timestep[i]`` seen by camera ``camera[i]``.
+        cameras: the ``C`` fixed cameras (OpenCV world-to-camera, FLAME's rest frame).
+        shape: ``(n_shape,)`` the identity, held.
+        init: per-group start of the first timestep (``(k,)`` arrays, keys of :data:`GROUPS`).
+        fitter_cfg: :class:`flame_prior.fit.FitterConfig` (priors, robust scale, what to fit).
+        fit_groups: groups that move (default: rigid motion + what ``fitter_cfg`` fits).
+
+    Returns:
+        ``(params, landmark_px, ts_order)``: per-timestep arrays ``(T, k)``, ``(T, C)`` median landmark
+        error in pixels, and the sorted timestep numbers.
+    """
+    prob = _Problem(model, emb, cameras, shape)
+    ts_order = np.array(sorted(set(timestep)))
+    C = len(cameras)
+    if fit_groups is None:
+        fit_groups = {"rotation", "translation"}
+        if fitter_cfg.fit_expression and model.n_expr:
+            fit_groups.add("expression")
+        if fitter_cfg.fit_jaw:
+            fit_groups.add("jaw_pose")
+        if fitter_cfg.fit_eyes:
+            fit_groups.add("eye_pose")
+        if fitter_cfg.fit_neck:
+            fit_groups.add("neck_pose")
+    by_t: dict[int, list[int]] = {}
+    for i, t in enumerate(timestep):
+        by_t.setdefault(t, []).append(i)
+    free = torch.cat([torch.full((prob.sizes[k],), k in fit_groups, dtype=torch.bool) for k in GROUPS])
+    free_idx = torch.nonzero(free).reshape(-1).to(prob.device)
+    prior_w_all = _group_vector(prob, {"expression": fitter_cfg.expression_prior, "jaw_pose": fitter_cfg.pose_prior,
+                                       "eye_pose": fitter_cfg.pose_prior, "neck_pose": fitter_cfg.pose_prior})
+    smooth_w_all = _group_vector(prob, {"rotation": cfg.smooth_rotation, "translation": cfg.smooth_translation,
+                                        "neck_pose": cfg.smooth_pose, "jaw_pose": cfg.smooth_pose,
+                                        "eye_pose": cfg.smooth_pose, "expression": cfg.smooth_expression})
+    full = prob.pack({k: torch.as_tensor(np.asarray(init.get(k, np.zeros(prob.sizes[k])), dtype=np.float64),
+                                         dtype=prob.dtype, device=prob.device) for k in GROUPS})
+    out = {k: np.zeros((len(ts_order), prob.sizes[k])) for k in GROUPS}
+    err = np.full((len(ts_order), C), np.nan)
+    task = progress.add_task("track: timesteps", total=len(ts_order)) if progress else None
+    previous = None
+    for k, t in enumerate(ts_order):
+        idx = by_t[int(t)]
+        cams = [camera[i] for i in idx]
+        tg = _targets([views[i] for i in idx], emb, prob.device, prob.dtype)
+        scale = tg.scale[:, None, None]
+        wts = tg.view_weight.reshape(-1)
+        yaw = prob.head_yaw(full, cams)
+        base = full.clone()
+
+        def residual(theta_free: Tensor, base=base, cams=cams, tg=tg, scale=scale, yaw=yaw) -> Tensor:
+            b = theta_free.shape[0]
+            th = base[None].expand(b, -1).index_copy(1, free_idx, theta_free)
+            verts = prob.model(prob.params(th)).vertices
+            pred = prob.project(verts, cams, yaw)  # (b, n, L, 2)
+            return ((pred - tg.points[None]) / scale[None]).reshape(b, -1, 2)
+
+        smooth_mean = (previous if previous is not None else full)[free_idx]
+        smooth_w = smooth_w_all[free_idx] if previous is not None else torch.zeros_like(smooth_w_all[free_idx])
+        theta, _ = _lm(full[free_idx], residual, wts, fitter_cfg.robust_scale, prior_w_all[free_idx],
+                       torch.zeros_like(smooth_mean), smooth_w, smooth_mean, cfg.steps)
+        full = full.index_copy(0, free_idx, theta)
+        previous = full.clone()
+        with torch.no_grad():
+            pred = residual(theta[None])[0].reshape(len(idx), -1, 2) * scale
+            e = pred.norm(dim=-1)  # pixels
+            for j, c in enumerate(cams):
+                wj = tg.weight[j] > 0.05
+                err[k, c] = float(e[j][wj].median()) if bool(wj.any()) else float("nan")
+        for g, v in prob.unpack(full[None]).items():
+            out[g][k] = v[0].detach().cpu().double().numpy()
+        if task is not None:
+            progress.advance(task)
+    return out, err, ts_order
+
+
+def refine_identity(model: FlameModel, emb: LandmarkEmbedding, views, keyframe_views: list[list[int]],
+                    keyframe_params: list[dict[str, np.ndarray]], camera: list[int], cameras: PinholeCameras,
+                    shape: Tensor, fitter_cfg, steps: int = 8) -> Tensor:
+    """Re-fit the shape on some timesteps (``keyframe_views``: per timestep, indices into ``views``),
+    each with its tracked expression and pose (``keyframe_params``) held."""
+    prob = _Problem(model, emb, cameras, shape, fit_shape=True)
+    thetas = torch.stack([prob.pack({k: torch.as_tensor(p[k], dtype=prob.dtype, device=prob.device) for k in GROUPS})
+                          for p in keyframe_params])  # (K, P)
+    per_key = [(_targets([views[i] for i in idx], emb, prob.device, prob.dtype), [camera[i] for i in idx])
+               for idx in keyframe_views]
+    n_views = sum(len(idx) for idx in keyframe_views)
+    wts = torch.cat([tg.view_weight.reshape(-1) for tg, _ in per_key]) / max(1, len(per_key)) * len(per_key)
+
+    def residual(shape_b: Tensor) -> Tensor:
+        b = shape_b.shape[0]
+        res = []
+        for (tg, cams), th in zip(per_key, thetas):
+            yaw = prob.head_yaw(th, cams)
+            verts = prob.model(prob.params(th[None].expand(b, -1), shape=shape_b)).vertices
+            pred = prob.project(verts, cams, yaw)
+            res.append(((pred - tg.points[None]) / tg.scale[None, :, None, None]).reshape(b, -1, 2))
+        return torch.cat(res, 1)
+
+    s0 = prob.shape[0]
+    n = s0.numel()
+    prior = torch.full((n,), fitter_cfg.shape_prior, dtype=prob.dtype, device=prob.device)
+    z = torch.zeros(n, dtype=prob.dtype, device=prob.device)
+    del n_views
+    shape_new, _ = _lm(s0, residual, wts, fitter_cfg.robust_scale, prior, z, z, z, steps)
+    return shape_new
+
+
+# --------------------------------------------------------------------------------------------
+# Head poses from the static fit's cameras (single camera)
+
+
+def head_pose_from_camera(R_ref: np.ndarray, t_ref: np.ndarray, R_j: np.ndarray, t_j: np.ndarray,
+                          root_joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FLAME ``rotation`` (axis-angle) and ``translation`` that move the head so that the fixed camera
+    ``(R_ref, t_ref)`` sees it as camera ``(R_j, t_j)`` saw the head at rest.
+
+    ``R_ref (Rh x + th) + t_ref = R_j x + t_j`` gives ``Rh = R_refᵀ R_j``, ``th = R_refᵀ (t_j - t_ref)``;
+    FLAME rotates about the root joint ``J`` and then translates: ``translation = th + Rh J - J``.
+    """
+    Rh = R_ref.T @ R_j
+    th = R_ref.T @ (t_j - t_ref)
+    trans = th + Rh @ root_joint - root_joint
+    rot = rotation_matrix_to_axis_angle(torch.as_tensor(Rh[None], dtype=torch.float64))[0].numpy()
+    return rot, trans
+
+
+def root_joint(model: FlameModel, shape: Tensor) -> np.ndarray:
+    with torch.no_grad():
+        dtype = model.v_template.dtype
+        p = FlameParams.zeros(1, model.n_shape, model.n_expr, dtype=dtype, device=model.v_template.device)
+        p.shape = shape.reshape(1, -1).to(p.shape)
+        return model(p, vertex_index=torch.zeros(1, dtype=torch.long, device=p.shape.device)).joints[0, 0].double().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# The dynamic run
+
+
+def _keyframes(prepared, n_key: int, model, emb) -> list[int]:
+    """Single camera: indices (into views) of up to ``n_key`` timesteps covering the head's poses."""
+    from flame_prior.video import head_poses_deg, select_by_pose
+    from flame_prior.flame import landmarks_from_vertices
+
+    views = prepared.views
+    with torch.no_grad():
+        dtype = model.v_template.dtype
+        p = FlameParams.zeros(1, model.n_shape, model.n_expr, dtype=dtype, device=model.v_template.device)
+        verts = model(p).vertices
+        lm3 = landmarks_from_vertices(verts, model.faces, emb, torch.zeros(1, dtype=dtype))[0].double().cpu().numpy()
+    poses = head_poses_deg(views, lm3, emb.detector_index.astype(np.int64))
+    chosen, _ = select_by_pose(poses, np.zeros(len(views)), n_key, 0.5)
+    return chosen
+
+
+def fit_dynamic(assets, prepared, config, progress=None):
+    """Keyframe fit, tracking, identity refinement, tracking again. Returns ``(static FitResult of the
+    keyframes, SequenceFit, keyframe view indices, intrinsics)``."""
+    from flame_prior.fit import fit_flame
+    from flame_prior.intrinsics import estimate_intrinsics
+
+    views = prepared.views
+    name_to_i = {v.image.name: i for i, v in enumerate(views)}
+    intake = prepared.intake
+    pos = {im.name: j for j, im in enumerate(intake.images)}
+    timestep = [intake.timestep[pos[v.image.name]] for v in views]
+    camera = [intake.camera[pos[v.image.name]] for v in views]
+    times = {intake.timestep[pos[v.image.name]]: intake.time[pos[v.image.name]] for v in views}
+    n_cams = max(camera) + 1
+    notes: list[str] = []
+    if assets.model.n_expr == 0:
+        notes.append(NO_EXPRESSION_NOTE)
+    # 1. keyframes
+    if n_cams == 1:
+        key = _keyframes(prepared, config.tracker.keyframes, assets.model, assets.embedding)
+    else:
+        counts: dict[int, list[int]] = {}
+        for i, t in enumerate(timestep):
+            counts.setdefault(t, []).append(i)
+        full_t = [t for t in sorted(counts) if len({camera[i] for i in counts[t]}) == n_cams]
+        if not full_t:
+            raise FitError("no timestep has a face in every camera: the cameras cannot be placed together.",
+                           config.data, hint="Check that the camera folders show the same moments.")
+        key = sorted(counts[full_t[0]], key=lambda i: camera[i])
+    key_views = [views[i] for i in key]
+    intr = estimate_intrinsics(key_views, config.intrinsics, progress=progress)  # COLMAP sees still keyframes only
+    result = fit_flame(assets.model, assets.embedding, key_views, intr, config.fitter,
+                       texture_space=assets.texture_space, uv_layout=assets.uv_layout, model_info=assets.model_info,
+                       progress=progress)
+    cams = result.cameras
+    shape = torch.as_tensor(result.flame["shape"], dtype=torch.float64)
+    J = root_joint(assets.model, shape)
+    base = {"neck_pose": result.flame["neck_pose"], "jaw_pose": result.flame["jaw_pose"],
+            "eye_pose": result.flame["eye_pose"], "expression": result.flame["expression"]}
+    if n_cams == 1:
+        order = sorted(range(len(key)), key=lambda j: timestep[key[j]])
+        ref = order[0]
+        fixed = cams.subset([ref])
+        R = cams.R.numpy()
+        t = cams.t.numpy()
+        key_init = {}
+        for j in range(len(key)):
+            rot, trans = head_pose_from_camera(R[ref], t[ref], R[j], t[j], J)
+            key_init[key[j]] = {**base, "rotation": rot, "translation": trans}
+    else:
+        fixed = cams
+        key_init = {i: {**base, "rotation": np.zeros(3), "translation": np.zeros(3)} for i in key}
+    first_t = min(timestep)
+    # start from the keyframe nearest in time to the first timestep
+    start = min(key_init, key=lambda i: abs(timestep[i] - first_t))
+    t0 = time.perf_counter()
+    params, err, ts = track_sequence(assets.model, assets.embedding, views, timestep, camera, fixed,
+                                     shape.to(assets.model.v_template.dtype), key_init[start], config.fitter,
+                                     config.tracker, progress)
+    if config.tracker.refine_identity and config.fitter.fit_shape and assets.model.n_shape:
+        spread = ts[np.unique(np.linspace(0, len(ts) - 1, config.tracker.identity_timesteps).round().astype(int))]
+        kts = sorted({timestep[i] for i in key} | {int(t) for t in spread})
+        pos_t = {int(v): k for k, v in enumerate(ts)}
+        key_groups = [[i for i in range(len(views)) if timestep[i] == t] for t in kts]
+        key_params = [{g: params[g][pos_t[t]] for g in GROUPS} for t in kts]
+        shape = refine_identity(assets.model, assets.embedding, views, key_groups, key_params, camera, fixed,
+                                shape.to(assets.model.v_template.dtype), config.fitter).double().cpu()
+        params, err, ts = track_sequence(assets.model, assets.embedding, views, timestep, camera, fixed,
+                                         shape.to(assets.model.v_template.dtype),
+                                         {g: params[g][0] for g in GROUPS}, config.fitter, config.tracker, progress)
+        notes.append(f"identity refined on {len(kts)} timesteps with their tracked expressions and poses, then tracked again")
+    seconds = time.perf_counter() - t0
+    view_index = np.full((len(ts), n_cams), -1, dtype=np.int64)
+    pos_t = {int(v): k for k, v in enumerate(ts)}
+    for i, (tt, c) in enumerate(zip(timestep, camera)):
+        view_index[pos_t[tt], c] = i
+    seq = SequenceFit(shape=shape.numpy(), params=params, cameras=fixed.detach().to(dtype=torch.float64),
+                      timesteps=ts, times=np.array([times[int(t)] for t in ts]), view_index=view_index,
+                      landmark_px=err, seconds=seconds, keyframe_timesteps=sorted({timestep[i] for i in key}),
+                      notes=notes)
+    del name_to_i
+    return result, seq, key, intr
+
+
+def run_dynamic(config, assets, prepared, out, progress, console, t_start: float):
+    """Fit and write a dynamic sequence (called by :func:`flame_prior.pipeline.run`)."""
+    from rich.markup import escape
+
+    from flame_prior.export.sequence import write_sequence_outputs
+    from flame_prior.pipeline import atomic_output_dir
+
+    if assets.model.n_expr == 0:
+        console.print(f"note: {escape(NO_EXPRESSION_NOTE)}", highlight=False)
+    timings = dict(prepared.timings)
+    t0 = time.perf_counter()
+    result, seq, key, intr = fit_dynamic(assets, prepared, config, progress)
+    timings["fit"] = time.perf_counter() - t0
+    timings["tracking"] = seq.seconds
+    t0 = time.perf_counter()
+    with atomic_output_dir(out, config.overwrite) as tmp:
+        write_sequence_outputs(tmp, prepared, result, seq, key, intr, timings, model_info=assets.model_info,
+                               avatar_format=config.avatar_format)
+    timings["export"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    console.print(f"flame-prior: dynamic sequence, {len(seq.timesteps)} timesteps x {len(seq.cameras)} camera(s); "
+                  f"tracking {seq.timesteps_per_second:.1f} timesteps/s; median landmark error "
+                  f"{np.nanmedian(seq.landmark_px):.2f} px")
+    for n in seq.notes + result.notes + prepared.intake.notes:
+        console.print(f"note: {escape(n)}", highlight=False)
+    console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    console.print(f"output: [bold]{escape(str(out))}[/bold] (report: {escape(str(out / 'report.html'))})")
+    return out
