@@ -527,7 +527,7 @@ def run_dynamic(config, assets, prepared, out, progress, console, t_start: float
     t0 = time.perf_counter()
     with atomic_output_dir(out, config.overwrite) as tmp:
         write_sequence_outputs(tmp, prepared, result, seq, key, intr, timings, model_info=assets.model_info,
-                               avatar_format=config.avatar_format)
+                               avatar_format=config.avatar_format, model=assets.model)
     timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     console.print(f"flame-prior: dynamic sequence, {len(seq.timesteps)} timesteps x {len(seq.cameras)} camera(s); "
