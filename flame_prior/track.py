@@ -20,8 +20,9 @@ its own global ``rotation`` and ``translation`` (the head's rigid motion), ``nec
    ``w_smooth |theta_t - theta_{t-1}|^2`` per parameter group. Only the vertices the landmarks sit on
    are evaluated, with the identity folded into the template (:func:`landmark_vertex_model`); the
    Jacobian comes from forward differences in one pass batched over the per-timestep parameters.
-3. **Identity refinement** — with the tracked expressions and poses held, the shape is re-fitted on
-   the keyframes (each keyframe its own expression now), then every timestep is tracked again.
+3. **Identity refinement** — the shape and the parameters of ``identity_timesteps`` timesteps spread
+   over the sequence are adjusted together (:func:`refine_identity`, started from the tracking), then
+   every timestep is tracked again with the refined shape.
 
 A model without an expression space (the bundled FLAME 2023 Open subset) tracks jaw, eyes, neck and
 the rigid motion only, and says so up front.
@@ -86,7 +87,8 @@ class SequenceFit:
         times: ``(T,)`` seconds.
         view_index: ``(T, C)`` index into the views list of the observation of (timestep, camera), -1 if none.
         landmark_px: ``(T, C)`` median landmark error in pixels (NaN where no view).
-        seconds: tracking time (both passes), keyframe fit excluded.
+        seconds: tracking and identity refinement, keyframe fit excluded.
+        track_seconds: the tracking passes alone (what ``timesteps_per_second`` divides).
         notes: remarks for the summary.
     """
 
@@ -98,13 +100,16 @@ class SequenceFit:
     view_index: np.ndarray
     landmark_px: np.ndarray
     seconds: float
+    track_seconds: float = float("nan")
     keyframe_timesteps: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    passes: int = 1
+
     @property
     def timesteps_per_second(self) -> float:
-        passes = 2 if any("identity refined" in n for n in self.notes) else 1
-        return passes * len(self.timesteps) / max(self.seconds, 1e-9)
+        """Tracking speed: timesteps tracked (every pass) per second of tracking."""
+        return self.passes * len(self.timesteps) / max(self.track_seconds, 1e-9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +271,20 @@ def _group_vector(prob: _Problem, values: dict[str, float]) -> Tensor:
                       for k in GROUPS])
 
 
+def _fit_groups(fitter_cfg, model) -> set[str]:
+    """The per-timestep groups that move: the rigid motion, and what the fitter's config fits."""
+    groups = {"rotation", "translation"}
+    if fitter_cfg.fit_expression and model.n_expr:
+        groups.add("expression")
+    if fitter_cfg.fit_jaw:
+        groups.add("jaw_pose")
+    if fitter_cfg.fit_eyes:
+        groups.add("eye_pose")
+    if fitter_cfg.fit_neck:
+        groups.add("neck_pose")
+    return groups
+
+
 def track_sequence(model: FlameModel, emb: LandmarkEmbedding, views, timestep: list[int], camera: list[int],
                    cameras: PinholeCameras, shape: Tensor, init: dict[str, np.ndarray], fitter_cfg, cfg: TrackerConfig,
                    progress=None, fit_groups: set[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -287,15 +306,7 @@ def track_sequence(model: FlameModel, emb: LandmarkEmbedding, views, timestep: l
     ts_order = np.array(sorted(set(timestep)))
     C = len(cameras)
     if fit_groups is None:
-        fit_groups = {"rotation", "translation"}
-        if fitter_cfg.fit_expression and model.n_expr:
-            fit_groups.add("expression")
-        if fitter_cfg.fit_jaw:
-            fit_groups.add("jaw_pose")
-        if fitter_cfg.fit_eyes:
-            fit_groups.add("eye_pose")
-        if fitter_cfg.fit_neck:
-            fit_groups.add("neck_pose")
+        fit_groups = _fit_groups(fitter_cfg, model)
     by_t: dict[int, list[int]] = {}
     for i, t in enumerate(timestep):
         by_t.setdefault(t, []).append(i)
@@ -349,34 +360,104 @@ def track_sequence(model: FlameModel, emb: LandmarkEmbedding, views, timestep: l
 
 def refine_identity(model: FlameModel, emb: LandmarkEmbedding, views, keyframe_views: list[list[int]],
                     keyframe_params: list[dict[str, np.ndarray]], camera: list[int], cameras: PinholeCameras,
-                    shape: Tensor, fitter_cfg, steps: int = 8) -> Tensor:
-    """Re-fit the shape on some timesteps (``keyframe_views``: per timestep, indices into ``views``),
-    each with its tracked expression and pose (``keyframe_params``) held."""
+                    shape: Tensor, fitter_cfg, fit_groups: set[str], steps: int = 6
+                    ) -> tuple[Tensor, list[dict[str, np.ndarray]]]:
+    """Bundle adjustment of the identity: the shape and the per-timestep parameters of K timesteps
+    (``keyframe_views``: per timestep, indices into ``views``; started from ``keyframe_params``)
+    together, by Levenberg-Marquardt on the landmark energy with the fitter's priors.
+
+    Alternating (hold the expressions, fit the shape, track again) converges slowly because shape and
+    expression move the same landmarks; solving them together separates them through the timesteps
+    that share the shape. The Jacobian is block-sparse (timestep k depends on the shape and its own
+    parameters only); forward differences of all blocks come from one batched pass.
+
+    Returns:
+        ``(shape, params)``: the refined shape and each timestep's refined parameters.
+    """
     prob = _Problem(model, emb, cameras, shape, fit_shape=True)
-    thetas = torch.stack([prob.pack({k: torch.as_tensor(p[k], dtype=prob.dtype, device=prob.device) for k in GROUPS})
+    K = len(keyframe_views)
+    P = sum(prob.sizes.values())
+    free = torch.cat([torch.full((prob.sizes[k],), k in fit_groups, dtype=torch.bool) for k in GROUPS])
+    fidx = torch.nonzero(free).reshape(-1)
+    F = int(fidx.numel())
+    thetas = torch.stack([prob.pack({k: torch.as_tensor(p[k], dtype=prob.dtype) for k in GROUPS})
                           for p in keyframe_params])  # (K, P)
-    per_key = [(_targets([views[i] for i in idx], emb, prob.device, prob.dtype), [camera[i] for i in idx])
-               for idx in keyframe_views]
-    n_views = sum(len(idx) for idx in keyframe_views)
-    wts = torch.cat([tg.view_weight.reshape(-1) for tg, _ in per_key]) / max(1, len(per_key)) * len(per_key)
+    blocks = [(_targets([views[i] for i in idx], emb, prob.device, prob.dtype), [camera[i] for i in idx])
+              for idx in keyframe_views]
+    S = prob.shape.shape[1]
+    c = fitter_cfg.robust_scale
+    prior_theta = _group_vector(prob, {"expression": fitter_cfg.expression_prior, "jaw_pose": fitter_cfg.pose_prior,
+                                       "eye_pose": fitter_cfg.pose_prior, "neck_pose": fitter_cfg.pose_prior})[fidx]
+    prior_s = torch.full((S,), fitter_cfg.shape_prior, dtype=prob.dtype)
+    h = 1e-6
 
-    def residual(shape_b: Tensor) -> Tensor:
-        b = shape_b.shape[0]
-        res = []
-        for (tg, cams), th in zip(per_key, thetas):
-            yaw = prob.head_yaw(th, cams)
-            verts = prob.model(prob.params(th[None].expand(b, -1), shape=shape_b)).vertices
-            pred = prob.project(verts, cams, yaw)
-            res.append(((pred - tg.points[None]) / tg.scale[None, :, None, None]).reshape(b, -1, 2))
-        return torch.cat(res, 1)
+    def residuals(shape_rows: Tensor, theta_rows: Tensor, k: int) -> Tensor:
+        """``(B, S)``, ``(B, P)`` -> ``(B, R_k, 2)`` residuals of timestep ``k``."""
+        tg, cams = blocks[k]
+        yaw = prob.head_yaw(theta_rows[0], cams)
+        verts = prob.model(prob.params(theta_rows, shape=shape_rows)).vertices
+        pred = prob.project(verts, cams, yaw)
+        return ((pred - tg.points[None]) / tg.scale[None, :, None, None]).reshape(theta_rows.shape[0], -1, 2)
 
-    s0 = prob.shape[0]
-    n = s0.numel()
-    prior = torch.full((n,), fitter_cfg.shape_prior, dtype=prob.dtype, device=prob.device)
-    z = torch.zeros(n, dtype=prob.dtype, device=prob.device)
-    del n_views
-    shape_new, _ = _lm(s0, residual, wts, fitter_cfg.robust_scale, prior, z, z, z, steps)
-    return shape_new
+    def cost(shape_v: Tensor, th: Tensor) -> tuple[float, list[Tensor]]:
+        es, total = [], 0.0
+        with torch.no_grad():
+            for k in range(K):
+                e = residuals(shape_v[None], th[k:k + 1], k)[0]
+                e2 = (e ** 2).sum(-1)
+                total += float((blocks[k][0].view_weight.reshape(-1) * e2 / (e2 + c * c)).sum())
+                es.append(e)
+        total += float((prior_s * shape_v ** 2).sum() + (prior_theta * th[:, fidx] ** 2).sum())
+        return total, es
+
+    shape_v = prob.shape[0].clone()
+    current, es = cost(shape_v, thetas)
+    lam = 1e-3
+    n = S + K * F
+    for _ in range(steps):
+        A = torch.zeros(n, n, dtype=prob.dtype)
+        g = torch.zeros(n, dtype=prob.dtype)
+        for k in range(K):
+            base_s = shape_v[None].expand(1 + S + F, -1).clone()
+            base_t = thetas[k][None].expand(1 + S + F, -1).clone()
+            base_s[1:1 + S] += torch.eye(S, dtype=prob.dtype) * h
+            base_t[1 + S:, fidx] += torch.eye(F, dtype=prob.dtype) * h
+            with torch.no_grad():
+                out = residuals(base_s, base_t, k)
+            e = out[0]
+            J = ((out[1:] - out[:1]) / h).reshape(S + F, -1).T  # (2R, S + F)
+            e2 = (e ** 2).sum(-1)
+            a = (blocks[k][0].view_weight.reshape(-1) * c * c / (e2 + c * c) ** 2)[:, None].expand_as(e).reshape(-1)
+            JtW = J.T * a
+            H = JtW @ J
+            gk = JtW @ e.reshape(-1)
+            cols = torch.cat([torch.arange(S), S + k * F + torch.arange(F)])
+            A[cols[:, None], cols[None]] += H
+            g[cols] += gk
+        A[:S, :S] += torch.diag(prior_s)
+        g[:S] += prior_s * shape_v
+        for k in range(K):
+            sl = slice(S + k * F, S + (k + 1) * F)
+            A[sl, sl] += torch.diag(prior_theta)
+            g[sl] += prior_theta * thetas[k, fidx]
+        diag = torch.diagonal(A).clamp_min(1e-12)
+        accepted = False
+        for _try in range(6):
+            step = torch.linalg.solve(A + lam * torch.diag(diag), -g)
+            s_c = shape_v + step[:S]
+            t_c = thetas.clone()
+            t_c[:, fidx] += step[S:].reshape(K, F)
+            new, _ = cost(s_c, t_c)
+            if math.isfinite(new) and new <= current:
+                gain = current - new
+                shape_v, thetas, current, lam, accepted = s_c, t_c, new, max(lam / 5, 1e-9), True
+                break
+            lam *= 8
+        if not accepted or gain < 1e-6 * max(current, 1e-12):
+            break
+    params = [{g_: v[0].numpy() for g_, v in prob.unpack(thetas[k:k + 1]).items()} for k in range(K)]
+    del P
+    return shape_v, params
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,20 +563,26 @@ def fit_dynamic(assets, prepared, config, progress=None):
     # start from the keyframe nearest in time to the first timestep
     start = min(key_init, key=lambda i: abs(timestep[i] - first_t))
     t0 = time.perf_counter()
+    track_seconds, passes = 0.0, 1
     params, err, ts = track_sequence(assets.model, assets.embedding, views, timestep, camera, fixed,
                                      shape.to(assets.model.v_template.dtype), key_init[start], config.fitter,
                                      config.tracker, progress)
+    track_seconds += time.perf_counter() - t0
     if config.tracker.refine_identity and config.fitter.fit_shape and assets.model.n_shape:
         spread = ts[np.unique(np.linspace(0, len(ts) - 1, config.tracker.identity_timesteps).round().astype(int))]
         kts = sorted({timestep[i] for i in key} | {int(t) for t in spread})
         pos_t = {int(v): k for k, v in enumerate(ts)}
         key_groups = [[i for i in range(len(views)) if timestep[i] == t] for t in kts]
         key_params = [{g: params[g][pos_t[t]] for g in GROUPS} for t in kts]
-        shape = refine_identity(assets.model, assets.embedding, views, key_groups, key_params, camera, fixed,
-                                shape.to(assets.model.v_template.dtype), config.fitter).double().cpu()
+        shape, _ = refine_identity(assets.model, assets.embedding, views, key_groups, key_params, camera, fixed,
+                                   shape.double(), config.fitter, _fit_groups(config.fitter, assets.model))
+        shape = shape.double().cpu()
+        t1 = time.perf_counter()
         params, err, ts = track_sequence(assets.model, assets.embedding, views, timestep, camera, fixed,
                                          shape.to(assets.model.v_template.dtype),
                                          {g: params[g][0] for g in GROUPS}, config.fitter, config.tracker, progress)
+        track_seconds += time.perf_counter() - t1
+        passes = 2
         notes.append(f"identity refined on {len(kts)} timesteps with their tracked expressions and poses, then tracked again")
     seconds = time.perf_counter() - t0
     view_index = np.full((len(ts), n_cams), -1, dtype=np.int64)
@@ -504,7 +591,7 @@ def fit_dynamic(assets, prepared, config, progress=None):
         view_index[pos_t[tt], c] = i
     seq = SequenceFit(shape=shape.numpy(), params=params, cameras=fixed.detach().to(dtype=torch.float64),
                       timesteps=ts, times=np.array([times[int(t)] for t in ts]), view_index=view_index,
-                      landmark_px=err, seconds=seconds, keyframe_timesteps=sorted({timestep[i] for i in key}),
+                      landmark_px=err, seconds=seconds, track_seconds=track_seconds, passes=passes, keyframe_timesteps=sorted({timestep[i] for i in key}),
                       notes=notes)
     del name_to_i
     return result, seq, key, intr

@@ -41,10 +41,19 @@ def sequence_truth(T: int, n_expr: int, rng: np.random.Generator) -> dict[str, n
 
 
 @torch.no_grad()
-def render_sequence(T: int = 30, n_cams: int = 1, size: int = 256, noise_px: float = 0.5, seed: int = 0):
-    """Returns ``(data, model, embedding, texture_space, views, timestep, camera, cameras, truth, shape)``."""
+def render_sequence(T: int = 30, n_cams: int = 1, size: int = 256, noise_px: float = 0.5, seed: int = 0,
+                    expressions: bool = True):
+    """Returns ``(data, model, embedding, texture_space, views, timestep, camera, cameras, truth, shape)``.
+
+    ``expressions=False``: the bundled FLAME 2023 Open subset as it is (no expression space)."""
     rng = np.random.default_rng(seed)
     data, model, emb, ts = demo_assets(seed, torch.device("cpu"))
+    if not expressions:
+        from flame_prior.flame import FlameModel, load_flame_model
+        from flame_prior.pipeline import default_model_path
+
+        data = load_flame_model(default_model_path())
+        model = FlameModel(data)
     truth = sequence_truth(T, model.n_expr, rng)
     shape = rng.normal(0, 0.8, model.n_shape)
     p = FlameParams.zeros(T, model.n_shape, model.n_expr)
