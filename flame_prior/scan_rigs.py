@@ -353,7 +353,8 @@ def make_rig(name: str, small: bool = False, seed: int = 0) -> Rig:
     """One of :data:`RIG_NAMES` (``small``: a few views at a low resolution, for tests).
 
     * ``turning_head``: a fixed camera, the head turns -60..60° yaw with some pitch; the background
-      is a fixed textured image and the light stays with the camera. 768x1024, ~150 px eye distance.
+      is a fixed textured image and the light stays with the camera. 768x1024, ~150 px eye distance
+      (small: 4 views, ±45°, 384x512, ~75 px).
     * ``moving_camera``: a camera moves around a still head (-70..70° yaw, -15..20° elevation) in a
       textured room (the whole scene is rigid); 1280x960, ~150 px.
     * ``ring``: 12 cameras every 30° all around (profiles and back views), textured room; 1280x960.
@@ -367,7 +368,7 @@ def make_rig(name: str, small: bool = False, seed: int = 0) -> Rig:
     views: list[RigView] = []
     if name == "turning_head":
         n, size, f, d = (4, (384, 512), 630, 0.8) if small else (12, (768, 1024), 1260, 0.8)
-        for i, yaw in enumerate(np.linspace(-60, 60, n)):
+        for i, yaw in enumerate(np.linspace(-45, 45, n) if small else np.linspace(-60, 60, n)):
             views.append(_view(f"turn_{i:02d}", yaw, rng.uniform(-10, 10), d, f, size, roll=rng.uniform(-4, 4)))
         return Rig(name, "fixed camera, turning head, static textured background", views, "static", "camera")
     if name == "moving_camera":
@@ -415,6 +416,19 @@ def make_rig(name: str, small: bool = False, seed: int = 0) -> Rig:
     raise ValueError(f"unknown rig {name!r}; known: {', '.join(RIG_NAMES)}")
 
 
+def _view_facts(scan: ScanHead, view: RigView) -> dict:
+    """What a view shows: the head's yaw seen from the camera (0 = frontal, 90 = the subject's left
+    profile), its elevation, and the outer-eye-corner distance in pixels (distortion included)."""
+    R, t = np.asarray(view.R), np.asarray(view.t)
+    d = -R.T @ t - HEAD_CENTRE
+    yaw = math.degrees(math.atan2(d[0], d[2]))
+    elev = math.degrees(math.atan2(d[1], math.hypot(d[0], d[2])))
+    pc = scan.eye_corners @ R.T + t
+    x, y = distort_normalised(pc[:, 0] / pc[:, 2], pc[:, 1] / pc[:, 2], view.distortion)
+    uv = np.stack([x * view.fx + view.cx, y * view.fy + view.cy], -1)
+    return {"yaw_deg": yaw, "elevation_deg": elev, "eye_distance_px": float(np.linalg.norm(uv[1] - uv[0]))}
+
+
 def write_rig(scan: ScanHead, rig: Rig, folder: Path | str, supersample: int | None = None, progress=None) -> Path:
     """Render every view to ``folder/images/<name>.png`` and write ``folder/truth.json`` (cameras,
     rig, attribution) and ``folder/ATTRIBUTION.txt``. Returns the images folder. A folder that
@@ -428,7 +442,7 @@ def write_rig(scan: ScanHead, rig: Rig, folder: Path | str, supersample: int | N
              "frame": "scan frame: metres, outer eye corners 9.5 cm apart, origin between them, +Y up, +Z out of "
                       "the face; OpenCV world-to-camera x_cam = R x + t",
              "head_centre": HEAD_CENTRE.tolist(), "attribution": ATTRIBUTION,
-             "views": [asdict(v) for v in rig.views]}
+             "views": [{**asdict(v), **_view_facts(scan, v)} for v in rig.views]}
     text = json.dumps(truth, indent=1)
     truth_file = folder / "truth.json"
     if truth_file.exists() and truth_file.read_text() == text and all(
