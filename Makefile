@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   installs flame-prior in .venv and runs the synthetic round trip
-#   make test   installs flame-prior (+ test extras) in .venv and runs the test suite, then builds
+#   make test   installs flame-prior (+ test and ray extras) in .venv and runs the test suite, then builds
 #               .venv-ns with the [nerfstudio] extra and runs the nerfstudio tests (scripts/ci_nerfstudio.sh)
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -16,7 +16,7 @@ $(BIN)/python:
 # The CPU wheel of torch first (small); the project's range then accepts it.
 install: $(BIN)/python
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
 
 demo: install
 	$(BIN)/flame-prior demo --output-dir outputs/demo

@@ -17,6 +17,7 @@ import tyro
 from rich.console import Console
 from rich.markup import escape
 
+from flame_prior.batch.config import BatchConfig
 from flame_prior.config import FitConfig
 from flame_prior.demo import DemoConfig
 from flame_prior.errors import FlamePriorError, Interrupted, signal_handler
@@ -25,6 +26,8 @@ from flame_prior.progress import make_console
 
 Command = Union[
     Annotated[FitConfig, tyro.conf.subcommand("fit", description="Fit FLAME and one camera per view to photos.")],
+    Annotated[BatchConfig, tyro.conf.subcommand("batch", description="Fit many scenes (a folder per subject, or "
+                                                 "--single-images), resumable, on worker processes or Ray.")],
     Annotated[DemoConfig, tyro.conf.subcommand("demo", description="Synthetic round trip with known cameras.")],
     Annotated[WeightsConfig, tyro.conf.subcommand(
         "nerfstudio-weights", description="Install the AlexNet weights of nerfstudio's LPIPS metric (offline).")],
@@ -55,6 +58,10 @@ def execute(config, console: Console | None = None) -> int:
             from flame_prior.lpips_weights import install_weights
 
             console.print(install_weights(config), markup=False, highlight=False, soft_wrap=True)
+        elif isinstance(config, BatchConfig):
+            from flame_prior.batch import run_batch
+
+            run_batch(config, console=console)
         else:
             from flame_prior.pipeline import run
 

@@ -69,7 +69,7 @@ class DetectConfig:
 
 
 def observe(
-    images: list[InputImage], config: DetectConfig, progress=None
+    images: list[InputImage], config: DetectConfig, progress=None, detector=None
 ) -> tuple[list[ViewObservation], list[SkippedInput]]:
     """Detect the face in every image: landmarks, per-landmark confidence and a head mask.
 
@@ -78,6 +78,8 @@ def observe(
         config: backend and options.
         progress: a running ``rich.progress.Progress`` to add a task to; None shows a progress bar
             of its own on stderr; False shows none.
+        detector: an open backend (:func:`flame_prior.detectors.make_detector` of the same
+            config) to reuse across calls; the caller closes it. None: one is opened and closed here.
 
     Returns:
         ``(observations, skipped)``: one observation per view with a usable face, in input order,
@@ -90,7 +92,9 @@ def observe(
     from flame_prior.detectors import make_detector
     from flame_prior.detectors.cache import CacheMiss, DetectionCache, default_cache_dir, quantise_mask_u8
 
-    detector = make_detector(config)
+    owned = detector is None
+    if owned:
+        detector = make_detector(config)
     cache = None
     if config.use_cache and detector.cacheable:
         cache = DetectionCache(config.cache_dir if config.cache_dir is not None else default_cache_dir())
@@ -140,7 +144,8 @@ def observe(
                     )
                 )
     finally:
-        detector.close()
+        if owned:
+            detector.close()
     return observations, skipped
 
 

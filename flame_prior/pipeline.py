@@ -44,7 +44,7 @@ from flame_prior.flame import (
 )
 from flame_prior.flame.uv_unwrap import cylindrical_uv_layout
 from flame_prior.images import SkippedInput
-from flame_prior.intrinsics import estimate_intrinsics
+from flame_prior.intrinsics import Intrinsics, estimate_intrinsics
 from flame_prior.observe import ViewObservation, observe
 from flame_prior.progress import make_console, make_progress, stage
 from flame_prior.video import Intake, is_video, load_inputs
@@ -352,9 +352,12 @@ class PreparedViews:
     sequence_reason: str
 
 
-def prepare_inputs(config: FitConfig, embedding: LandmarkEmbedding, progress, model: FlameModel | None = None
-                   ) -> PreparedViews:
-    """Intake (photos or clips), detection, and for clips the choice of frames (:mod:`flame_prior.video`)."""
+def prepare_inputs(config: FitConfig, embedding: LandmarkEmbedding, progress, model: FlameModel | None = None,
+                   detector=None) -> PreparedViews:
+    """Intake (photos or clips), detection, and for clips the choice of frames (:mod:`flame_prior.video`).
+
+    ``detector``: an open detection backend to reuse (a batch worker keeps one for all its scenes);
+    None opens one for this call."""
     from flame_prior import video
 
     timings: dict[str, float] = {}
@@ -365,7 +368,7 @@ def prepare_inputs(config: FitConfig, embedding: LandmarkEmbedding, progress, mo
     skipped = list(intake.skipped)
     timings["intake"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    views, no_face = observe(intake.images, config.detect, progress=progress)
+    views, no_face = observe(intake.images, config.detect, progress=progress, detector=detector)
     timings["detection"] = time.perf_counter() - t0
     skipped = skipped + no_face
     usable = []
@@ -385,6 +388,56 @@ def prepare_inputs(config: FitConfig, embedding: LandmarkEmbedding, progress, mo
     return PreparedViews(usable, skipped, timings, intake, sequence, why)
 
 
+@dataclass
+class SceneFit:
+    """A static scene fitted, not yet written: what :func:`write_scene` and the summary need."""
+
+    prepared: PreparedViews
+    intrinsics: Intrinsics
+    result: FitResult
+
+    @property
+    def views(self) -> list[ViewObservation]:
+        return self.prepared.views
+
+    @property
+    def skipped(self) -> list[SkippedInput]:
+        return self.prepared.skipped
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.prepared.timings
+
+
+def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progress) -> SceneFit:
+    """Intrinsics and the fit of a static scene's views (``prepared.sequence == "static"``); their
+    seconds are added to ``prepared.timings``."""
+    timings = prepared.timings
+    t0 = time.perf_counter()
+    with stage(progress, "focal length"):
+        intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress)
+    timings["intrinsics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with stage(progress, "fit"):
+        result = fit_flame(assets.model, assets.embedding, prepared.views, intrinsics, config.fitter,
+                           texture_space=assets.texture_space, uv_layout=assets.uv_layout,
+                           model_info=assets.model_info, progress=progress)
+    timings["fit"] = time.perf_counter() - t0
+    for s in result.stages:
+        timings[f"fit.{s.name}"] = s.seconds
+    return SceneFit(prepared, intrinsics, result)
+
+
+def write_scene(out: Path, config: FitConfig, assets: Assets, fit: SceneFit,
+                extra_files: dict[str, str] | None = None) -> None:
+    """Every output of a static scene, written atomically into ``out`` (see :func:`write_all`)."""
+    write_all(out, fit.views, fit.intrinsics, fit.result, fit.skipped, fit.timings, model_info=assets.model_info,
+              overwrite=config.overwrite, avatar_format=config.avatar_format, extra_files=extra_files,
+              summary_extra={"sequence": {"kind": "static", "reason": fit.prepared.sequence_reason},
+                             "video": fit.prepared.intake.summary()},
+              report_html=sequence_report_html(fit.prepared))
+
+
 def run(config: FitConfig, console: Console | None = None) -> Path:
     """Do the whole job for ``config``; return the output directory."""
     console = console or make_console()
@@ -397,33 +450,17 @@ def run(config: FitConfig, console: Console | None = None) -> Path:
         with stage(progress, "loading the model files"):
             assets = load_assets(config, device)
         prepared = prepare_inputs(config, assets.embedding, progress, assets.model)
-        views, skipped, timings = prepared.views, prepared.skipped, prepared.timings
         if prepared.sequence == "dynamic":
             from flame_prior.track import run_dynamic
 
             return run_dynamic(config, assets, prepared, out, progress, console, t_start)
-        t0 = time.perf_counter()
-        with stage(progress, "focal length"):
-            intrinsics = estimate_intrinsics(views, config.intrinsics, progress=progress)
-        timings["intrinsics"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with stage(progress, "fit"):
-            result = fit_flame(assets.model, assets.embedding, views, intrinsics, config.fitter,
-                               texture_space=assets.texture_space, uv_layout=assets.uv_layout,
-                               model_info=assets.model_info, progress=progress)
-        timings["fit"] = time.perf_counter() - t0
-        for s in result.stages:
-            timings[f"fit.{s.name}"] = s.seconds
+        fit = fit_static(config, assets, prepared, progress)
         t0 = time.perf_counter()
         with stage(progress, "writing the outputs"):
-            write_all(out, views, intrinsics, result, skipped, timings, model_info=assets.model_info,
-                      overwrite=config.overwrite, avatar_format=config.avatar_format,
-                      summary_extra={"sequence": {"kind": "static", "reason": prepared.sequence_reason},
-                                     "video": prepared.intake.summary()},
-                      report_html=sequence_report_html(prepared))
-        timings["export"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    print_summary(console, out, views, skipped, intrinsics, result, timings)
+            write_scene(out, config, assets, fit)
+        fit.timings["export"] = time.perf_counter() - t0
+    fit.timings["total"] = time.perf_counter() - t_start
+    print_summary(console, out, fit.views, fit.skipped, fit.intrinsics, fit.result, fit.timings)
     return out
 
 

@@ -48,6 +48,13 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   scene and the real scene, same renderer/model/detections; flame-prior's fit time and 51-point
   landmark error as ratios to it (target: >= 10x faster at equal or lower error).
 * **profile**: cProfile and the torch profiler on a few photometric steps (hot spots).
+* **batch** (``--batch-only`` runs only this section): ``flame-prior batch --single-images --preset fast
+  --scene-outputs record`` on a data set of ``--batch-images`` variants (flips, small rotations and
+  zooms: distinct files) of the five shared FFHQ images, detection included (a fresh cache per run):
+  images/s with 1 and 2 worker processes and with Ray (local, 2 workers), as wall time of the whole
+  run and as the steady rate between the first and the last scene finished (worker start-up and
+  model loading excluded); and the accuracy of the fast schedule: NME51/NME68 of the fitted model's
+  projected landmarks against FAN's on the five images, fast vs the full single-image schedule.
 * **targets** (2 CPU cores, detection and COLMAP excluded): 30-view fit <= 60 s, single image
   <= 5 s, rigid stage <= 1 s, >= 10x faster than the baseline at equal or lower landmark error.
   Camera accuracy per scan rig (issue 12), over the views within ±60° of frontal: eye distance >= 60 px:
@@ -427,6 +434,117 @@ def case_profile(device: str, threads: int | None, views: int, fitter: dict, top
             "torch_profiler": table.splitlines()}
 
 
+def case_fast_accuracy(device: str, threads: int | None, images: list[str], cache_dir: str) -> dict:
+    """NME of the fast (``--preset fast``) and the full single-image schedules on the same detections."""
+    torch, dev = _child_setup(device, threads)
+    from flame_prior.batch.config import FAST_SCHEDULE
+    from flame_prior.config import FitConfig
+    from flame_prior.fit import FitterConfig, fit_flame
+    from flame_prior.intrinsics import estimate_intrinsics
+    from flame_prior.pipeline import load_assets, prepare_views
+
+    per_image = []
+    for path in images:
+        cfg = FitConfig(data=Path(path), output_dir=Path(_scratch()) / "unused")
+        cfg.detect.cache_dir = Path(cache_dir)
+        assets = load_assets(cfg, dev)
+        views, _, _ = prepare_views(cfg, assets.embedding, False)
+        intr = estimate_intrinsics(views, cfg.intrinsics, progress=None)
+        row = {"image": Path(path).name}
+        for name, fitter in (("full", FitterConfig(device=device)), ("fast", FitterConfig(device=device, **FAST_SCHEDULE))):
+            t0 = time.perf_counter()
+            result = fit_flame(assets.model, assets.embedding, views, intr, fitter, texture_space=assets.texture_space,
+                               uv_layout=assets.uv_layout, model_info=assets.model_info)
+            row[f"{name}_fit_s"] = time.perf_counter() - t0
+            nme = _nme(np.load(Path(path).with_name(Path(path).stem + "_lmk68.npy")), result, views, assets.embedding)
+            row[f"{name}_nme51"], row[f"{name}_nme68"] = nme["nme51_fit_vs_fan"], nme["nme68_fit_vs_fan"]
+        row["detection_nme51"] = nme["nme51_detection_vs_fan"]
+        per_image.append(row)
+    mean = lambda k: float(np.mean([r[k] for r in per_image]))  # noqa: E731
+    return {"fast_schedule": FAST_SCHEDULE, "per_image": per_image,
+            **{f"{k}_mean": mean(k) for k in ("full_nme51", "fast_nme51", "full_nme68", "fast_nme68", "detection_nme51",
+                                              "full_fit_s", "fast_fit_s")},
+            "nme51_fast_minus_full": mean("fast_nme51") - mean("full_nme51")}
+
+
+def make_batch_dataset(ffhq_dir: Path, n: int, dest: Path) -> list[Path]:
+    """``n`` distinct images from the five FFHQ photos: mirrored, rotated by up to ±8° and zoomed by up to
+    ±8 % (a new file each, so detection is not served from a cache)."""
+    import cv2
+
+    sources = sorted(ffhq_dir.glob("0000[0-4].png"))
+    rng = np.random.default_rng(0)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        img = cv2.imread(str(sources[i % len(sources)]))
+        if (i // len(sources)) % 2:
+            img = img[:, ::-1]
+        h, w = img.shape[:2]
+        angle, zoom = (0.0, 1.0) if i < len(sources) else (rng.uniform(-8, 8), rng.uniform(0.92, 1.08))
+        M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+        img = cv2.warpAffine(np.ascontiguousarray(img), M, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+        path = dest / f"img{i:04d}.png"
+        cv2.imwrite(str(path), img)
+        out.append(path)
+    return out
+
+
+def run_batch_timed(data: Path, workers: int, ray: bool = False) -> dict:
+    """``flame-prior batch --single-images --preset fast --scene-outputs record`` on ``data``; images/s."""
+    from rich.console import Console
+
+    from flame_prior.batch import BatchConfig, run_batch
+
+    with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
+        cfg = BatchConfig(data=data, output_dir=Path(tmp) / "out", single_images=True, preset="fast",
+                          scene_outputs="record", workers=workers, ray=ray)
+        cfg.detect.cache_dir = Path(tmp) / "detections"  # cold: detection is part of the rate
+        t0 = time.perf_counter()
+        outcome = run_batch(cfg, console=Console(stderr=True, quiet=True))
+        wall = time.perf_counter() - t0
+        recs = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "records").glob("*.json")]
+    finished = sorted(r["finished"] for r in recs)
+    n = len(outcome.done)
+    steady = (len(finished) - 1) / (finished[-1] - finished[0]) if len(finished) > 2 and finished[-1] > finished[0] else None
+    return {"workers": workers, "scheduler": "ray-local" if ray else "process-pool", "images": n, "wall_s": wall,
+            "images_per_s_wall": n / wall, "images_per_s_steady": steady,
+            "failed": len(outcome.failed),
+            "scene_seconds_median": float(np.median([r["seconds"]["total"] for r in recs])) if recs else None}
+
+
+def batch_section(shared: Path, n_images: int, log) -> dict:
+    """The batch benchmark (module docstring): fast-schedule accuracy, 1 vs 2 workers, Ray vs the pool."""
+    ffhq = shared / "data" / "singleview" / "ffhq"
+    if not ffhq.exists():
+        return {"error": f"FFHQ images missing: {ffhq}"}
+    out: dict = {"images": n_images, "machine_note": "2 shared CPU cores; compare ratios taken in this run only"}
+    cache = Path(tempfile.mkdtemp(prefix="detcache-", dir=_scratch()))
+    log("batch: fast vs full single-image schedule on the 5 FFHQ images (NME vs FAN)")
+    out["fast_accuracy"] = run_case(case_fast_accuracy, device="cpu", threads=1,
+                                    images=[str(p) for p in sorted(ffhq.glob("0000[0-4].png"))], cache_dir=str(cache))
+    with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
+        data = Path(tmp) / "images"
+        make_batch_dataset(ffhq, n_images, data)
+        runs = {}
+        for key, workers, ray in (("pool_1", 1, False), ("pool_2", 2, False), ("ray_2", 2, True)):
+            log(f"batch: {n_images} images, {key}")
+            try:
+                runs[key] = run_batch_timed(data, workers, ray=ray)
+            except Exception as e:  # noqa: BLE001 — Ray missing must not sink the rest
+                runs[key] = {"error": f"{type(e).__name__}: {e}"}
+        out["runs"] = runs
+    ratio = lambda a, b, k: (runs[a][k] / runs[b][k] if "error" not in runs[a] and "error" not in runs[b]  # noqa: E731
+                             and runs[a].get(k) and runs[b].get(k) else None)
+    out["ratios"] = {
+        "pool2_over_pool1_wall": ratio("pool_2", "pool_1", "images_per_s_wall"),
+        "pool2_over_pool1_steady": ratio("pool_2", "pool_1", "images_per_s_steady"),
+        "ray2_over_pool2_wall": ratio("ray_2", "pool_2", "images_per_s_wall"),
+        "ray2_over_pool2_steady": ratio("ray_2", "pool_2", "images_per_s_steady"),
+    }
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Parent: run the cases in spawned subprocesses
 
@@ -481,6 +599,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scan-rigs", nargs="*", default=None, help="scan rigs to run (default: all)")
     ap.add_argument("--skip-scan", action="store_true", help="no scan-rig accuracy section")
     ap.add_argument("--only-scan", action="store_true", help="only the scan-rig accuracy section")
+    ap.add_argument("--batch-only", action="store_true", help="run only the batch section")
+    ap.add_argument("--skip-batch", action="store_true", help="leave the batch section out")
+    ap.add_argument("--batch-images", type=int, default=None, help="images of the batch data set (default 60; quick 24)")
     a = ap.parse_args(argv)
 
     import torch
@@ -524,6 +645,17 @@ def main(argv=None) -> int:
 
     def log(msg):
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
+
+    # ---- batch
+    if not a.skip_batch and not a.only_scan:
+        report["batch"] = batch_section(shared, a.batch_images or (24 if quick else 60), log)
+        save()
+    if a.batch_only:
+        _targets(report)
+        save()
+        _print_batch(console, report.get("batch", {}))
+        console.print(f"wrote {out_path}")
+        return 0
 
     # ---- camera accuracy on the scan rigs
     from flame_prior.scan_rigs import RIG_NAMES, SCAN_RELATIVE_PATH
@@ -696,6 +828,23 @@ def _targets(report: dict) -> None:
     def add(name, target, measured, met, note=""):
         t.append({"target": name, "goal": target, "measured": measured, "met": met, "note": note})
 
+    b = report.get("batch") or {}
+    rt, runs, acc = b.get("ratios") or {}, b.get("runs") or {}, b.get("fast_accuracy") or {}
+    if rt.get("pool2_over_pool1_steady") is not None:
+        add("batch: 2 workers / 1 worker, images/s (steady)", ">= 1.8x", rt["pool2_over_pool1_steady"],
+            rt["pool2_over_pool1_steady"] >= 1.8, "shared machine: ratio of one run")
+    if rt.get("ray2_over_pool2_steady") is not None:
+        add("batch: Ray local / process pool, images/s (steady)", ">= 0.85", rt["ray2_over_pool2_steady"],
+            rt["ray2_over_pool2_steady"] >= 0.85)
+    best = max((r.get("images_per_s_steady") or 0 for k, r in runs.items() if k.startswith("pool") and "error" not in r),
+               default=None)
+    if best:
+        add("batch: fast single-image path, images/s (2 cores, detection incl.)", ">= 5", best, best >= 5,
+            "steady rate; contended machine")
+    if "nme51_fast_minus_full" in acc:
+        d = acc["nme51_fast_minus_full"]
+        add("fast path NME51 - full single-image fit NME51", "<= +0.005", d, d <= 0.005)
+
     quick_note = "with the --quick schedule" if report["meta"]["quick"] else ""
     for key in ("real_multiview_30", "synthetic_30"):
         r = c.get(key)
@@ -739,6 +888,37 @@ def _targets(report: dict) -> None:
             err = rt["static51_error_ratio_flame_prior_over_baseline"]
             add(f"vs baseline ({key}): speed-up", ">= 10x", fast, fast >= 10, rt.get("note", ""))
             add(f"vs baseline ({key}): 51-point error ratio", "<= 1", err, err <= 1.0, rt.get("note", ""))
+
+
+def _print_batch(console, b: dict) -> None:
+    from rich.table import Table
+
+    if not b or "error" in b:
+        console.print(f"batch: {b.get('error', 'not run')}")
+        return
+    tb = Table(title=f"batch: {b['images']} single images, --preset fast --scene-outputs record, detection included")
+    for col in ("run", "images", "wall s", "images/s (wall)", "images/s (steady)", "median s/scene", "failed"):
+        tb.add_column(col, justify="right")
+    for key, r in b["runs"].items():
+        if "error" in r:
+            tb.add_row(key, f"[red]{r['error'][:80]}[/red]")
+            continue
+        tb.add_row(key, str(r["images"]), f"{r['wall_s']:.1f}", f"{r['images_per_s_wall']:.2f}",
+                   f"{r['images_per_s_steady'] or float('nan'):.2f}", f"{r['scene_seconds_median'] or float('nan'):.2f}",
+                   str(r["failed"]))
+    console.print(tb)
+    console.print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in b["ratios"].items() if v is not None))
+    acc = b.get("fast_accuracy", {})
+    if "per_image" in acc:
+        at = Table(title="fast vs full single-image schedule (NME vs FAN's 68 landmarks, / outer-eye-corner distance)")
+        for col in ("image", "full NME51", "fast NME51", "full NME68", "fast NME68", "full fit s", "fast fit s"):
+            at.add_column(col, justify="right")
+        for r in acc["per_image"]:
+            at.add_row(r["image"], f"{r['full_nme51']:.4f}", f"{r['fast_nme51']:.4f}", f"{r['full_nme68']:.4f}",
+                       f"{r['fast_nme68']:.4f}", f"{r['full_fit_s']:.2f}", f"{r['fast_fit_s']:.2f}")
+        at.add_row("mean", f"{acc['full_nme51_mean']:.4f}", f"{acc['fast_nme51_mean']:.4f}", f"{acc['full_nme68_mean']:.4f}",
+                   f"{acc['fast_nme68_mean']:.4f}", f"{acc['full_fit_s_mean']:.2f}", f"{acc['fast_fit_s_mean']:.2f}")
+        console.print(at)
 
 
 def _print_tables(console, report: dict) -> None:
@@ -816,6 +996,7 @@ def _print_tables(console, report: dict) -> None:
         tt.add_row(t["target"], t["goal"], f"{t['measured']:.2f}", "[green]yes[/green]" if t["met"] else "[red]no[/red]",
                    t["note"][:70])
     console.print(tt)
+    _print_batch(console, report.get("batch", {}))
 
 
 def _print_scan_table(console, report: dict) -> None:

@@ -1,0 +1,12 @@
+"""``flame-prior batch``: many scenes in one resumable run, on local worker processes or Ray.
+
+Modules: :mod:`.config` (the command's config), :mod:`.scenes` (finding scenes, their keys),
+:mod:`.worker` (the per-scene function and worker set-up), :mod:`.schedulers` (process pool, Ray),
+:mod:`.records` (one record per scene), :mod:`.index` (index.json/csv/html), :mod:`.runner`
+(:func:`run_batch`, the output layout).
+"""
+
+from flame_prior.batch.config import BatchConfig
+from flame_prior.batch.runner import BatchOutcome, run_batch
+
+__all__ = ["BatchConfig", "BatchOutcome", "run_batch"]
