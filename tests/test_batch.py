@@ -341,6 +341,7 @@ def test_interrupt_and_kill_mid_run_then_resume_processes_each_scene_once(faces,
     proc.send_signal(signal.SIGINT)  # Ctrl-C: the parent stops the workers and writes the index
     text = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, text
+    assert "run the same command again to resume" in text
     after_int = {k: r["run_id"] for k, r in _records(out).items() if r["status"] == "done"}
     assert 2 <= len(after_int) < len(faces)
     index = json.loads((out / "index.json").read_text())

@@ -37,7 +37,7 @@ from flame_prior.batch.index import write_index
 from flame_prior.batch.records import read_record
 from flame_prior.batch.scenes import Scene, discover_scenes, model_fingerprints, scene_key, settings_fingerprint
 from flame_prior.batch.worker import SceneJob, finished_record
-from flame_prior.errors import FitError, InputError
+from flame_prior.errors import FitError, InputError, Interrupted
 from flame_prior.progress import LineProgress, make_console
 
 MARKER = "batch.json"
@@ -107,7 +107,7 @@ def run_batch(config: BatchConfig, console: Console | None = None) -> BatchOutco
     Raises:
         InputError: bad root or output folder, Ray asked for but missing.
         FitError: one or more scenes failed (after every other scene ran; the index lists them).
-        KeyboardInterrupt: Ctrl-C / SIGTERM, after the index was written.
+        Interrupted: Ctrl-C / SIGTERM (a KeyboardInterrupt), after the workers stopped and the index was written.
     """
     from flame_prior.export._common import flame_prior_version
 
@@ -173,6 +173,7 @@ def run_batch(config: BatchConfig, console: Console | None = None) -> BatchOutco
                                    highlight=False, soft_wrap=True)
         progress.update(task, advance=1, failed=f"[red]{len(outcome.failed)} failed[/red]" if outcome.failed else "")
 
+    interrupted = False
     try:
         with progress:
             if jobs and config.uses_ray:
@@ -183,6 +184,8 @@ def run_batch(config: BatchConfig, console: Console | None = None) -> BatchOutco
                 from flame_prior.batch.schedulers import run_local_pool
 
                 run_local_pool(jobs, workers, threads, on_record)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         _remove_stale_temporaries(out)  # of scenes cut off by Ctrl-C (their workers are stopped by now)
         outcome.not_run = sorted(pending)
@@ -195,6 +198,10 @@ def run_batch(config: BatchConfig, console: Console | None = None) -> BatchOutco
                                                     and records[s.name].get("status") == "done"],
                                scale=config.eg3d_scale, crop_size=config.eg3d_crops)
     n_ok = len(outcome.done) + len(outcome.skipped_done)
+    if interrupted:
+        raise Interrupted(f"interrupted: {n_ok} of {len(scenes)} scenes are complete in {out}, {len(outcome.not_run)} "
+                          "did not finish and have no output (index.html lists them); run the same command again to "
+                          "resume")
     console.print(f"batch: {n_ok}/{len(scenes)} scenes done ({len(outcome.done)} in this run, "
                   f"{len(outcome.skipped_done)} earlier), {len(outcome.failed) + len(outcome.skipped_failed)} failed; "
                   f"{outcome.seconds:.1f} s; index: [bold]{escape(str(out / 'index.html'))}[/bold]", highlight=False)
