@@ -647,7 +647,7 @@ def main(argv=None) -> int:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
 
     # ---- batch
-    if not a.skip_batch and not a.only_scan:
+    if not a.skip_batch and not a.only_scan and not a.skip_real:  # the batch section fits real photos
         report["batch"] = batch_section(shared, a.batch_images or (24 if quick else 60), log)
         save()
     if a.batch_only:
