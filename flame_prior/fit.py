@@ -32,11 +32,12 @@ import torch
 from torch import Tensor
 
 from flame_prior.errors import FitError, InputError
-from flame_prior.fit_landmarks import (FitState, LandmarkTargets, landmark_stage, landmark_targets,
+from flame_prior.fit_landmarks import (FitState, LandmarkTargets, ViewsNotInitialised, landmark_stage, landmark_targets,
                                        per_view_error_px, prepare_forward_ad, rigid_stage)
 from flame_prior.fit_photometric import Appearance, initial_albedo_color, photometric_stage
 from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
 from flame_prior.geometry import PinholeCameras, rotation_matrix_to_axis_angle
+from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
 
@@ -128,6 +129,10 @@ class ViewFit:
     landmark_weight: np.ndarray  # (L,) confidence * embedding weight used in the fit
     landmark_error_px: float  # weighted median over the landmarks used
     eye_distance_px: float  # outer-eye-corner distance of the projected model (normaliser)
+    rotation_sigma_deg: float = float("nan")  # camera uncertainty (flame_prior.camera_trust)
+    centre_sigma_pct: float = float("nan")  # camera-centre uncertainty, % of its distance to the head
+    yaw_deg: float = float("nan")  # the fitted head's yaw in this view (0 = frontal)
+    flags: list[str] = field(default_factory=list)  # why this camera is not trusted (empty: trusted)
 
 
 @dataclass
@@ -167,6 +172,8 @@ class FitResult:
     model_info: dict
     intrinsics_source: str
     notes: list[str] = field(default_factory=list)
+    left_out: list[SkippedInput] = field(default_factory=list)
+    """Views given to the fit that got no camera (e.g. PnP found no pose), with the reason."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +269,17 @@ def fit_flame(
         if task is not None:
             progress.update(task, completed=total)
 
-    run_stage("rigid", 2 * config.rigid_steps, lambda tick: rigid_stage(st, tg, optimise_focal, config, tick))
+    try:
+        run_stage("rigid", 2 * config.rigid_steps, lambda tick: rigid_stage(st, tg, optimise_focal, config, tick))
+    except ViewsNotInitialised as e:  # a per-view failure leaves that view out, never the run
+        keep = [i for i in range(n) if i not in e.failed]
+        if not keep:
+            raise FitError(f"no view got a camera ({e}).",
+                           hint="Check that the images show one face each and that the focal length is plausible.")
+        result = fit_flame(model, embedding, [views[i] for i in keep], _subset_intrinsics(intrinsics, keep), config,
+                           texture_space=texture_space, uv_layout=uv_layout, model_info=model_info, progress=progress)
+        result.left_out = [SkippedInput(views[i].image.path, r) for i, r in e.failed.items()] + result.left_out
+        return result
     run_stage("landmarks", config.landmark_steps,
               lambda tick: landmark_stage(st, tg, optimise_focal, config, tick, notes))
     uv_layout = uv_layout if texture_space is None else None
@@ -275,19 +292,35 @@ def fit_flame(
     return _result(st, tg, views, appearance, stages, model_info or {}, intrinsics.source, notes)
 
 
+def _subset_intrinsics(intr: Intrinsics, keep: list[int]) -> Intrinsics:
+    from dataclasses import replace
+
+    return replace(intr, fx=np.asarray(intr.fx)[keep], fy=np.asarray(intr.fy)[keep], cx=np.asarray(intr.cx)[keep],
+                   cy=np.asarray(intr.cy)[keep],
+                   colmap_w2c=None if intr.colmap_w2c is None else np.asarray(intr.colmap_w2c)[keep])
+
+
 def _result(st: FitState, tg: LandmarkTargets, views, appearance: Appearance, stages, model_info, source, notes) -> FitResult:
+    from flame_prior.camera_trust import pose_uncertainty, trust_flags
+
     with torch.no_grad():
         cams = st.cameras()
-        pred = st.project(st.landmarks3d(st.yaw()), cams)
+        yaw = st.yaw()
+        lm3 = st.landmarks3d(yaw)
+        pred = st.project(lm3, cams)
         verts = st.model(st.flame_params()).vertices[0]
         albedo = appearance.albedo()
     errs = per_view_error_px(pred, tg)
     eye = _outer_eye_distance(pred, st.emb)
     np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
-    view_fits = [
-        ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]), float(eye[i]))
-        for i, v in enumerate(views)
-    ]
+    c = cams.to_numpy()
+    view_fits = []
+    for i, v in enumerate(views):
+        rot_sigma, centre_sigma = pose_uncertainty(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i],
+                                                   c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
+        view_fits.append(ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]),
+                                 float(eye[i]), rot_sigma, centre_sigma, float(yaw[i]),
+                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i]))))
     flame = {
         "shape": np_(st.shape[0]), "expression": np_(st.expression[0]), "rotation": np.zeros(3),
         "neck_pose": np_(st.neck[0]), "jaw_pose": np_(st.jaw[0]), "eye_pose": np_(st.eyes[0]),

@@ -317,18 +317,36 @@ def fit_landmarks_lm(st: FitState, tg: LandmarkTargets, names: list[str], cfg: F
 
 
 def _pnp_init(X: np.ndarray, x: np.ndarray, w: np.ndarray, fx: float, fy: float, cx: float, cy: float):
-    """Closed-form start of one camera: SQPnP on the reliable landmarks. Returns (rvec, t, rms px) or None."""
+    """Closed-form start of one camera: SQPnP on the reliable landmarks. Returns (rvec, t, rms px) or None.
+
+    SQPnP refuses (raises) when the normalised image points barely vary (a small face seen with a
+    long focal length: ``point_coordinate_variance >= POINT_VARIANCE_THRESHOLD``); EPnP, then the
+    iterative solver, take over there. Any solver error means "no solution here", never a crash."""
     keep = w > 0.3
     if keep.sum() < 6:
         keep = w > 0.0
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
-    ok, rvec, tvec = cv2.solvePnP(X[keep].astype(np.float64), x[keep].astype(np.float64), K, None,
-                                  flags=cv2.SOLVEPNP_SQPNP)
-    if not ok or tvec[2, 0] <= 0:
+    Xk, xk = X[keep].astype(np.float64), x[keep].astype(np.float64)
+    for flag in (cv2.SOLVEPNP_SQPNP, cv2.SOLVEPNP_EPNP, cv2.SOLVEPNP_ITERATIVE):
+        try:
+            ok, rvec, tvec = cv2.solvePnP(Xk, xk, K, None, flags=flag)
+        except cv2.error:
+            continue
+        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all() and tvec[2, 0] > 0:
+            break
+    else:
         return None
-    proj, _ = cv2.projectPoints(X[keep], rvec, tvec, K, None)
-    rms = float(np.sqrt(((proj[:, 0] - x[keep]) ** 2).sum(-1).mean()))
+    proj, _ = cv2.projectPoints(Xk, rvec, tvec, K, None)
+    rms = float(np.sqrt(((proj[:, 0] - xk) ** 2).sum(-1).mean()))
     return rvec[:, 0], tvec[:, 0], rms
+
+
+class ViewsNotInitialised(Exception):
+    """Some views got no camera from their landmarks: ``failed`` maps view index -> reason."""
+
+    def __init__(self, failed: dict[int, str]):
+        super().__init__("; ".join(f"view {i}: {r}" for i, r in failed.items()))
+        self.failed = failed
 
 
 def rigid_stage(st: FitState, tg: LandmarkTargets, optimise_focal: bool, cfg: FitterConfig, tick: Callable[[], None]):
@@ -342,18 +360,37 @@ def rigid_stage(st: FitState, tg: LandmarkTargets, optimise_focal: bool, cfg: Fi
     fx0, fy0 = st.fx0.cpu().double().numpy(), st.fy0.cpu().double().numpy()
     cx, cy = st.cx.cpu().double().numpy(), st.cy.cpu().double().numpy()
     scales = np.exp(np.linspace(np.log(0.25), np.log(4.0), 15)) if optimise_focal else np.array([1.0])
+    sols = [[_pnp_init(Xn[i], xn[i], wn[i], fx0[i] * s, fy0[i] * s, cx[i], cy[i]) for i in range(n)] for s in scales]
+    # The focal scale whose solved views reproject best, among those that solve at least half of them.
     best = None
-    for s in scales:
-        sols = [_pnp_init(Xn[i], xn[i], wn[i], fx0[i] * s, fy0[i] * s, cx[i], cy[i]) for i in range(n)]
-        if any(r is None for r in sols):
+    for k, row in enumerate(sols):
+        solved = [r for r in row if r is not None]
+        if 2 * len(solved) < n:
             continue
-        score = float(np.median([r[2] for r in sols]))
+        score = float(np.median([r[2] for r in solved]))
         if best is None or score < best[0] - 1e-9:
-            best = (score, s, sols)
+            best = (score, k)
     if best is None:
         raise FitError("no camera could be initialised from the landmarks (PnP failed in every view).",
                        hint="Check that every image shows one face and that the landmark embedding matches the detector.")
-    _, s, sols = best
+    k = best[1]
+    s = float(scales[k])
+    chosen, failed = [], {}
+    for i in range(n):
+        if sols[k][i] is not None:
+            chosen.append(sols[k][i])
+            continue
+        # The nearest focal scale where this view solved; distance grows with the focal (same image).
+        near = sorted((abs(j - k), j) for j in range(len(scales)) if sols[j][i] is not None)
+        if not near:
+            failed[i] = "no camera from the landmarks: PnP found no pose at any focal length tried"
+            continue
+        j = near[0][1]
+        r, tv, rms = sols[j][i]
+        chosen.append((r, tv * (s / scales[j]), rms))
+    if failed:
+        raise ViewsNotInitialised(failed)
+    sols = chosen
     st.log_focal = torch.tensor([math.log(s)], dtype=dtype, device=device)
     st.cam_rot = torch.as_tensor(np.stack([r[0] for r in sols]), dtype=dtype, device=device)
     st.cam_t = torch.as_tensor(np.stack([r[1] for r in sols]), dtype=dtype, device=device)

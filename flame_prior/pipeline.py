@@ -402,7 +402,8 @@ class SceneFit:
 
     @property
     def skipped(self) -> list[SkippedInput]:
-        return self.prepared.skipped
+        """Inputs left out before the fit, then views the fit could not give a camera."""
+        return self.prepared.skipped + self.result.left_out
 
     @property
     def timings(self) -> dict[str, float]:
@@ -496,11 +497,13 @@ def sequence_report_html(prepared: PreparedViews) -> str:
 def print_summary(console: Console, out: Path, views, skipped, intrinsics, result: FitResult, timings) -> None:
     """The one-screen summary at the end of a run."""
     table = Table(title=f"flame-prior: {len(views)} views fitted, {len(skipped)} left out")
-    for col in ("view", "landmark error px", "/ eye distance"):
-        table.add_column(col, justify="right" if col != "view" else "left")
+    for col in ("view", "landmark error px", "/ eye distance", "rotation ± °", "trust"):
+        table.add_column(col, justify="right" if col not in ("view", "trust") else "left")
     for v in result.views:
         rel = v.landmark_error_px / v.eye_distance_px if v.eye_distance_px > 0 else float("nan")
-        table.add_row(v.name, f"{v.landmark_error_px:.2f}", f"{rel:.3f}")
+        trust = "[green]ok[/green]" if not v.flags else "[red]flagged: " + escape("; ".join(v.flags)) + "[/red]"
+        name = v.name if not v.flags else f"[red]{escape(v.name)}[/red]"
+        table.add_row(name, f"{v.landmark_error_px:.2f}", f"{rel:.3f}", f"{v.rotation_sigma_deg:.2f}", trust)
     for s in skipped:
         table.add_row(f"[red]{escape(s.path.name)}[/red]", "left out", escape(s.reason))
     console.print(table)

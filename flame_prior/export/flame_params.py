@@ -118,6 +118,10 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, 
             "landmark_error_px": float(vf.landmark_error_px),
             "eye_distance_px": eye,
             "landmark_error_rel_eye": float(vf.landmark_error_px) / eye if eye > 0 else float("nan"),
+            "uncertainty": {"rotation_deg": float(vf.rotation_sigma_deg), "centre_pct": float(vf.centre_sigma_pct)},
+            "yaw_deg": float(vf.yaw_deg),
+            "trusted": not vf.flags,
+            "flags": list(vf.flags),
         })
     summary = {
         "format": "flame-prior fit summary",

@@ -271,6 +271,10 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         eye = float(vf.eye_distance_px)
         rel = float(vf.landmark_error_px) / eye if eye > 0 else float("nan")
         cls, word = _status(rel)
+        flags = list(getattr(vf, "flags", []))
+        if flags:  # the trust rule (flame_prior.camera_trust) overrides the landmark-error rating
+            cls, word = "bad", "flagged: " + "; ".join(flags)
+        sigma = float(getattr(vf, "rotation_sigma_deg", float("nan")))
         fx = float(result.cameras.fx[i])
         fy = float(result.cameras.fy[i])
         n_used = int((np.asarray(vf.landmark_weight) > 0).sum())
@@ -280,7 +284,8 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
             f"<td class='num'>{fx:.1f}" + (f" / {fy:.1f}" if abs(fx - fy) > 1e-6 * fx else "") + "</td>"
             f"<td class='num'>{n_used}</td>"
             f"<td class='num'>{vf.landmark_error_px:.2f}</td><td class='num'>{eye:.1f}</td>"
-            f"<td class='num'>{100 * rel:.2f}%</td><td class='{cls}'>{word}</td></tr>")
+            f"<td class='num'>{100 * rel:.2f}%</td><td class='num'>{sigma:.2f}&deg;</td>"
+            f"<td class='{cls}'>{_esc(word)}</td></tr>")
         notes = "".join(f"<div class='warn'>{_esc(n)}</div>" for n in o.notes)
         blocks.append(
             f"<div class='view' id='view-{_esc(vf.name)}'><h3>{i + 1}. {_esc(vf.name)} "
@@ -367,9 +372,13 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
 <h2>Per view</h2>
 <p class="sub">Landmark error: median over the landmarks used, in pixels and as a fraction of the fitted model's
 outer-eye-corner distance in that view (<span class="good">good</span> &lt; {100 * GOOD:.0f}%,
-<span class="fair">fair</span> &lt; {100 * FAIR:.0f}%, else <span class="bad">poor</span>).</p>
+<span class="fair">fair</span> &lt; {100 * FAIR:.0f}%, else <span class="bad">poor</span>). Rotation &plusmn;: the
+camera's rotation uncertainty (one standard deviation from the landmark residuals). A camera is
+<span class="bad">flagged</span>, whatever its landmark error, when that uncertainty exceeds 1&deg;, the head is
+turned more than 60&deg; (landmarks biased), the face spans under 25 px between the eye corners, or the error
+exceeds 6% (rule: flame_prior/camera_trust.py).</p>
 <table id="per-view"><thead><tr><th>#</th><th>view</th><th>size</th><th>focal px</th><th>landmarks</th>
-<th>error px</th><th>eye dist px</th><th>error / eye dist</th><th>status</th></tr></thead>
+<th>error px</th><th>eye dist px</th><th>error / eye dist</th><th>rotation &plusmn;</th><th>status</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 <h2>Views</h2>
 {legend}
