@@ -319,19 +319,6 @@ def render_view(scan: ScanHead, rig: Rig, view: RigView, supersample: int | None
 # Rigs
 
 
-def look_at(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV world-to-camera ``(R, t)`` of a camera at ``position`` looking at ``target``, +Y up."""
-    z = target - position
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 1.0, 0.0])
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
-    c, s_ = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
-    R = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1.0]]) @ R
-    return R, -R @ position
-
-
 def _orbit_position(yaw_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
     a, b = math.radians(yaw_deg), math.radians(elevation_deg)
     return HEAD_CENTRE + distance * np.array([math.sin(a) * math.cos(b), math.sin(b), math.cos(a) * math.cos(b)])
@@ -340,10 +327,12 @@ def _orbit_position(yaw_deg: float, elevation_deg: float, distance: float) -> np
 def _view(name, yaw, elev, dist, f, size, roll=0.0, pp=(0.0, 0.0), distortion=(0, 0, 0, 0), aim=(0.0, 0.0)) -> RigView:
     """A camera orbiting the head; ``aim`` (metres, camera x/y) shifts where it looks, so the face
     lands off the image centre."""
+    from flame_prior.demo import look_at_w2c
+
     pos = _orbit_position(yaw, elev, dist)
-    R, _ = look_at(pos, HEAD_CENTRE, roll)
+    R, _ = look_at_w2c(pos, HEAD_CENTRE, roll)
     target = HEAD_CENTRE + R.T @ np.array([aim[0], aim[1], 0.0])
-    R, t = look_at(pos, target, roll)
+    R, t = look_at_w2c(pos, target, roll)
     W, H = size
     return RigView(name, R.tolist(), t.tolist(), float(f), float(f), W / 2 + pp[0], H / 2 + pp[1], W, H,
                    [float(d) for d in distortion])
