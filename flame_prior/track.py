@@ -113,7 +113,22 @@ class SequenceFit:
 
 
 # --------------------------------------------------------------------------------------------
-# Levenberg-Marquardt on a residual batched for forward-mode AD
+# Levenberg-Marquardt on landmark residuals, Jacobians by batched forward differences
+
+
+def _damped_step(A: Tensor, g: Tensor, lam: float, current: float, evaluate):
+    """One Marquardt step: solve ``(A + lam diag(A)) d = -g`` (float64), multiplying ``lam`` by 8 until
+    ``evaluate(d) -> (cost, payload)`` is finite and no worse than ``current`` (6 tries).
+
+    Returns ``(payload or None when every try failed, cost, the next lam)``."""
+    diag = torch.diagonal(A).clamp_min(1e-12)
+    for _try in range(6):
+        step = torch.linalg.solve((A + lam * torch.diag(diag)).double(), -g.double()).to(g)
+        new, payload = evaluate(step)
+        if math.isfinite(new) and new <= current:
+            return payload, new, max(lam / 5, 1e-9)
+        lam *= 8
+    return None, current, lam
 
 
 def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean: Tensor, smooth_w: Tensor,
@@ -152,18 +167,17 @@ def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean:
         a = (weights * c * c / (e2 + c * c) ** 2)[:, None].expand_as(e).reshape(-1)
         A = J.T @ (J * a[:, None]) + torch.diag(w_diag)
         g = J.T @ (a * e.reshape(-1)) + prior_w * (theta - prior_mean) + smooth_w * (theta - smooth_mean)
-        diag = torch.diagonal(A).clamp_min(1e-12)
-        accepted = False
-        for _try in range(6):
-            step = torch.linalg.solve((A + lam * torch.diag(diag)).double(), -g.double()).to(theta)
+        def try_step(step, theta=theta):
             cand = theta + step
             new, e_new = cost(cand)
-            if math.isfinite(new) and new <= current:
-                improved = current - new
-                theta, current, e, lam, accepted = cand, new, e_new, max(lam / 5, 1e-9), True
-                break
-            lam *= 8
-        if not accepted or improved < 1e-6 * max(current, 1e-12):
+            return new, (cand, e_new)
+
+        accepted, new, lam = _damped_step(A, g, lam, current, try_step)
+        if accepted is None:
+            break
+        gain, current = current - new, new
+        theta, e = accepted
+        if gain < 1e-6 * max(current, 1e-12):
             break
     return theta, current
 
@@ -271,18 +285,18 @@ def _group_vector(prob: _Problem, values: dict[str, float]) -> Tensor:
                       for k in GROUPS])
 
 
+#: The landmark stage's FLAME parameter names (:func:`flame_prior.fit_landmarks.free_parameters`) as groups.
+_GROUP_OF = {"expression": "expression", "jaw": "jaw_pose", "eyes": "eye_pose", "neck": "neck_pose"}
+
+
 def _fit_groups(fitter_cfg, model) -> set[str]:
-    """The per-timestep groups that move: the rigid motion, and what the fitter's config fits."""
-    groups = {"rotation", "translation"}
-    if fitter_cfg.fit_expression and model.n_expr:
-        groups.add("expression")
-    if fitter_cfg.fit_jaw:
-        groups.add("jaw_pose")
-    if fitter_cfg.fit_eyes:
-        groups.add("eye_pose")
-    if fitter_cfg.fit_neck:
-        groups.add("neck_pose")
-    return groups
+    """The per-timestep groups that move: the rigid motion, and what the landmark stage would fit."""
+    from types import SimpleNamespace
+
+    from flame_prior.fit_landmarks import free_parameters
+
+    names = free_parameters(fitter_cfg, SimpleNamespace(model=model), optimise_focal=False)
+    return {"rotation", "translation"} | {_GROUP_OF[n] for n in names if n in _GROUP_OF}
 
 
 def track_sequence(model: FlameModel, emb: LandmarkEmbedding, views, timestep: list[int], camera: list[int],
@@ -376,7 +390,6 @@ def refine_identity(model: FlameModel, emb: LandmarkEmbedding, views, keyframe_v
     """
     prob = _Problem(model, emb, cameras, shape, fit_shape=True)
     K = len(keyframe_views)
-    P = sum(prob.sizes.values())
     free = torch.cat([torch.full((prob.sizes[k],), k in fit_groups, dtype=torch.bool) for k in GROUPS])
     fidx = torch.nonzero(free).reshape(-1)
     F = int(fidx.numel())
@@ -440,23 +453,20 @@ def refine_identity(model: FlameModel, emb: LandmarkEmbedding, views, keyframe_v
             sl = slice(S + k * F, S + (k + 1) * F)
             A[sl, sl] += torch.diag(prior_theta)
             g[sl] += prior_theta * thetas[k, fidx]
-        diag = torch.diagonal(A).clamp_min(1e-12)
-        accepted = False
-        for _try in range(6):
-            step = torch.linalg.solve(A + lam * torch.diag(diag), -g)
-            s_c = shape_v + step[:S]
+        def try_step(step, shape_v=shape_v, thetas=thetas):
             t_c = thetas.clone()
             t_c[:, fidx] += step[S:].reshape(K, F)
-            new, _ = cost(s_c, t_c)
-            if math.isfinite(new) and new <= current:
-                gain = current - new
-                shape_v, thetas, current, lam, accepted = s_c, t_c, new, max(lam / 5, 1e-9), True
-                break
-            lam *= 8
-        if not accepted or gain < 1e-6 * max(current, 1e-12):
+            s_c = shape_v + step[:S]
+            return cost(s_c, t_c)[0], (s_c, t_c)
+
+        accepted, new, lam = _damped_step(A, g, lam, current, try_step)
+        if accepted is None:
+            break
+        gain, current = current - new, new
+        shape_v, thetas = accepted
+        if gain < 1e-6 * max(current, 1e-12):
             break
     params = [{g_: v[0].numpy() for g_, v in prob.unpack(thetas[k:k + 1]).items()} for k in range(K)]
-    del P
     return shape_v, params
 
 

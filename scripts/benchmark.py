@@ -48,6 +48,10 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   scene and the real scene, same renderer/model/detections; flame-prior's fit time and 51-point
   landmark error as ratios to it (target: >= 10x faster at equal or lower error).
 * **profile**: cProfile and the torch profiler on a few photometric steps (hot spots).
+* **cases_video**: ``video_intake``: decoding and frame selection (:func:`flame_prior.video.decode_clip`)
+  of a synthetic 1080p H.264 clip (``--video-seconds``, 60; made once in the scratch folder);
+  ``tracking``: a synthetic dynamic sequence (``--track-timesteps``, 300) with known expressions, jaw
+  and head motion: keyframe fit, tracking passes (timesteps/s), identity bundle, accuracy.
 * **batch** (``--batch-only`` runs only this section): ``flame-prior batch --single-images --preset fast
   --scene-outputs record`` on a data set of ``--batch-images`` variants (flips, small rotations and
   zooms: distinct files) of the five shared FFHQ images, detection included (a fresh cache per run):
@@ -59,7 +63,8 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   <= 5 s, rigid stage <= 1 s, >= 10x faster than the baseline at equal or lower landmark error.
   Camera accuracy per scan rig (issue 12), over the views within ±60° of frontal: eye distance >= 60 px:
   rotation median <= 0.3°, max <= 1°, centre <= 1 %, focal <= 1 %; 25-60 px: median <= 1°, max <= 3°;
-  every view within ±60° gets a camera; no crash.
+  every view within ±60° gets a camera; no crash. Video (issue 13): decode + frame selection of a
+  60 s 1080p clip <= 10 s; tracking >= 10 timesteps/s.
 
 Output: ``benchmark.json`` (all figures; ``meta`` names the device, ``torch.cuda.get_device_name``
 on CUDA, CPU count and torch threads) and a table on stdout. Timings on a shared machine are noisy:
@@ -400,6 +405,96 @@ def case_baseline(device: str, threads: int | None, scene: str, rigid_iters: int
     return out
 
 
+def make_benchmark_clip(path: Path, seconds: float, width: int = 1920, height: int = 1080, fps: int = 30) -> Path:
+    """A synthetic H.264 clip (x264 ultrafast, yuv420p, keyframe every 2 s, no B-frames, as phones
+    record): a textured pattern panning sideways with a few blurred stretches, so that the sharpness
+    and near-duplicate tests have work to do. Written once per size into the scratch folder."""
+    import av
+    import cv2
+    from fractions import Fraction
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    n = int(round(seconds * fps))
+    base = cv2.resize(rng.integers(0, 256, (height // 8, (width + 2 * n) // 8, 3), dtype=np.uint8),
+                      (width + 2 * n, height), interpolation=cv2.INTER_LINEAR)
+    tmp = path.with_suffix(".partial.mp4")
+    out = av.open(str(tmp), "w")
+    st = out.add_stream("libx264", rate=Fraction(fps, 1))
+    st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+    st.options = {"preset": "ultrafast", "crf": "23", "g": str(2 * fps), "bf": "0"}
+    for i in range(n):
+        f = np.ascontiguousarray(base[:, 2 * i: 2 * i + width])
+        if (i // fps) % 7 == 3:  # one blurred second in seven
+            f = cv2.GaussianBlur(f, (0, 0), 5)
+        frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+        for packet in st.encode(frame):
+            out.mux(packet)
+    for packet in st.encode(None):
+        out.mux(packet)
+    out.close()
+    tmp.rename(path)
+    return path
+
+
+def case_video_intake(device: str, threads: int | None, seconds: float, target: int = 40) -> dict:
+    """Decoding and frame selection (``flame_prior.video.decode_clip``: demux, decode every frame,
+    sharpness, slots, blur and near-duplicate tests, upright RGB of the kept frames) of a 1080p clip."""
+    _child_setup(device, threads)
+    from flame_prior.video import VideoConfig, decode_clip
+
+    t0 = time.perf_counter()
+    clip = make_benchmark_clip(Path(_scratch()) / f"bench_1080p_{int(seconds)}s.mp4", seconds)
+    encode = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    images, records, info, notes = decode_clip(clip, VideoConfig(num_frames_target=target))
+    secs = time.perf_counter() - t0
+    return {"seconds": {"decode_and_select": secs, "make_clip": encode}, "frames": info.frames,
+            "clip_seconds": info.duration, "size": [info.width, info.height], "kept": len(images),
+            "left_out_blurred": sum("blurred" in r.reason for r in records),
+            "frames_per_second": info.frames / secs}
+
+
+def case_tracking(device: str, threads: int | None, timesteps: int, photometric_steps: int = 10) -> dict:
+    """A synthetic dynamic sequence (tests/sequence_fixtures.py: known expression, jaw, head motion,
+    rendered; landmarks projected with 0.5 px noise): keyframe fit (photometric on the keyframes),
+    tracking, identity bundle, tracking again. Tracking speed = timesteps tracked / tracking seconds."""
+    torch, dev = _child_setup(device, threads)
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from sequence_fixtures import render_sequence
+
+    from flame_prior.config import FitConfig
+    from flame_prior.fit import FitterConfig
+    from flame_prior.intrinsics import IntrinsicsConfig
+    from flame_prior.pipeline import Assets, PreparedViews
+    from flame_prior.track import fit_dynamic
+    from flame_prior.video import Intake
+
+    t0 = time.perf_counter()
+    data, model, emb, ts, views, timestep, camera, cams, truth, shape = render_sequence(timesteps, 1)
+    render_s = time.perf_counter() - t0
+    intake = Intake([v.image for v in views], [], "video", camera, timestep, [t / 30 for t in timestep], ["cam0"])
+    prepared = PreparedViews(views, [], {}, intake, "dynamic", "benchmark")
+    info = {"path": "synthetic", "sha256": data.sha256, "n_shape": model.n_shape, "n_expr": model.n_expr, "notes": []}
+    cfg = FitConfig(data=Path("synthetic"), output_dir=Path("unused"),
+                    intrinsics=IntrinsicsConfig(focal_px=float(cams.fx[0])),
+                    fitter=FitterConfig(photometric_steps=photometric_steps))
+    t0 = time.perf_counter()
+    result, seq, key, _ = fit_dynamic(Assets(model, emb, ts, None, info), prepared, cfg)
+    total = time.perf_counter() - t0
+    rng = truth["expression"].max(0) - truth["expression"].min(0)
+    rms = np.sqrt(((seq.params["expression"] - truth["expression"]) ** 2).mean(0)) / rng
+    jaw = np.degrees(np.abs(seq.params["jaw_pose"][:, 0] - truth["jaw_pose"][:, 0]))
+    return {"timesteps": timesteps, "seconds": {"render": render_s, "keyframe_fit": sum(s.seconds for s in result.stages),
+                                                "tracking_passes": seq.track_seconds,
+                                                "identity_bundle": seq.seconds - seq.track_seconds, "total": total},
+            "timesteps_per_second": seq.timesteps_per_second,
+            "accuracy": {"expression_rms_over_range_max": float(rms.max()),
+                         "expression_rms_over_range_mean": float(rms.mean()), "jaw_open_error_deg_max": float(jaw.max()),
+                         "landmark_px_median": float(np.nanmedian(seq.landmark_px))}}
+
+
 def case_profile(device: str, threads: int | None, views: int, fitter: dict, top: int = 15) -> dict:
     """cProfile of a whole synthetic fit and the torch profiler on its photometric steps."""
     import cProfile
@@ -602,6 +697,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-only", action="store_true", help="run only the batch section")
     ap.add_argument("--skip-batch", action="store_true", help="leave the batch section out")
     ap.add_argument("--batch-images", type=int, default=None, help="images of the batch data set (default 60; quick 24)")
+    ap.add_argument("--video-seconds", type=float, default=None, help="length of the 1080p clip (default 60; quick 10)")
+    ap.add_argument("--track-timesteps", type=int, default=None, help="timesteps of the dynamic sequence (300; quick 30)")
     a = ap.parse_args(argv)
 
     import torch
@@ -766,6 +863,17 @@ def main(argv=None) -> int:
             b["ratios"]["note"] = (f"joint stage stopped by the time budget after {b['joint']['iterations_ran']} "
                                    "iterations; time extrapolated; its error is that of the shortened schedule")
 
+    # ---- video intake and dynamic tracking
+    v_secs = a.video_seconds if a.video_seconds is not None else (10.0 if quick else 60.0)
+    log(f"video: decode + frame selection of a {v_secs:g} s 1080p clip")
+    report["cases_video"] = {"video_intake": run_case(case_video_intake, **common, seconds=v_secs)}
+    save()
+    n_t = a.track_timesteps if a.track_timesteps is not None else (30 if quick else 300)
+    log(f"dynamic sequence: {n_t} timesteps tracked")
+    report["cases_video"]["tracking"] = run_case(case_tracking, **common, timesteps=n_t,
+                                                 photometric_steps=min(psteps, 30))
+    save()
+
     # ---- profile
     if not a.no_profile:
         log("profile: cProfile + torch profiler on a synthetic 8-view fit")
@@ -844,6 +952,16 @@ def _targets(report: dict) -> None:
     if "nme51_fast_minus_full" in acc:
         d = acc["nme51_fast_minus_full"]
         add("fast path NME51 - full single-image fit NME51", "<= +0.005", d, d <= 0.005)
+    cv = report.get("cases_video", {})
+    r = cv.get("video_intake")
+    if r and "error" not in r:
+        secs = r["seconds"]["decode_and_select"] * 60.0 / max(r["clip_seconds"], 1e-9)
+        add("decode + frame selection, 60 s 1080p clip", "<= 10 s", secs, secs <= 10,
+            "" if abs(r["clip_seconds"] - 60) < 1 else f"scaled from a {r['clip_seconds']:.0f} s clip")
+    r = cv.get("tracking")
+    if r and "error" not in r:
+        add("dynamic tracking after detection", ">= 10 timesteps/s", r["timesteps_per_second"],
+            r["timesteps_per_second"] >= 10, f"{r['timesteps']} timesteps")
 
     quick_note = "with the --quick schedule" if report["meta"]["quick"] else ""
     for key in ("real_multiview_30", "synthetic_30"):

@@ -23,7 +23,8 @@ def test_benchmark_quick_smoke(tmp_path):
     out = tmp_path / "b.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--skip-real", "--device", "cpu",
            "--repeats", "1", "--photometric-steps", "2", "--sweep-views", "1", "--sweep-sizes", "128",
-           "--sweep-steps", "1", "--baseline-iters", "10", "2", "--no-profile", "--output", str(out)]
+           "--sweep-steps", "1", "--baseline-iters", "10", "2", "--no-profile", "--video-seconds", "2",
+           "--track-timesteps", "6", "--output", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads(out.read_text())
@@ -58,3 +59,10 @@ def test_benchmark_quick_smoke(tmp_path):
     assert _finite(ratios["speedup_fit_vs_full_schedule"])
     assert _finite(ratios["static51_error_ratio_flame_prior_over_baseline"])
     assert rep["targets"] and all(_finite(t["measured"]) for t in rep["targets"])
+    video, track = rep["cases_video"]["video_intake"], rep["cases_video"]["tracking"]
+    assert "error" not in video and "error" not in track, (video.get("error"), track.get("error"))
+    assert video["frames"] == 60 and video["size"] == [1920, 1080] and 0 < video["kept"] <= 60
+    assert _finite(video["seconds"]["decode_and_select"]) and _finite(track["timesteps_per_second"])
+    assert track["timesteps"] == 6 and _finite(track["accuracy"]["jaw_open_error_deg_max"])
+    assert {t["target"] for t in rep["targets"]} >= {"decode + frame selection, 60 s 1080p clip",
+                                                      "dynamic tracking after detection"}

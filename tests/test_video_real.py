@@ -1,0 +1,57 @@
+"""A real clip: the 30 shared multi-view photos encoded as an H.264 clip with a rotation flag (made here,
+no media committed) give the same cameras as the folder of photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flame_prior.cli import execute
+from flame_prior.config import FitConfig
+from flame_prior.fit import FitterConfig
+from flame_prior.geometry import rotation_angle_deg
+from flame_prior.images import load_images
+from flame_prior.intrinsics import IntrinsicsConfig
+from video_fixtures import encode_clip
+
+pytestmark = pytest.mark.slow
+
+
+def _cameras(out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    s = json.loads((out / "fit_summary.json").read_text())
+    return {c["name"]: (np.array(c["R"]), np.array(c["t"])) for c in s["cameras"]}
+
+
+def test_clip_of_the_shared_photos_gives_the_folders_cameras(tmp_path):
+    from conftest import shared_path
+
+    folder = shared_path("data/multiview/2-346/images")
+    images, _ = load_images(folder)
+    # stored sideways, as a phone held upright records, with the display matrix saying so
+    clip = encode_clip(tmp_path / "turn.mp4", [np.ascontiguousarray(np.rot90(im.pixels, -1)) for im in images],
+                       fps=5, rotation=90, crf=12, gop=5)
+    common = dict(overwrite=True, intrinsics=IntrinsicsConfig(use_colmap=False),
+                  fitter=FitterConfig(photometric_steps=0))
+    assert execute(FitConfig(data=folder, output_dir=tmp_path / "photos", **common)) == 0
+    assert execute(FitConfig(data=clip, output_dir=tmp_path / "clip", **common)) == 0
+    photos, video = _cameras(tmp_path / "photos"), _cameras(tmp_path / "clip")
+    summary = json.loads((tmp_path / "clip" / "fit_summary.json").read_text())
+    assert summary["sequence"]["kind"] == "static"
+    (info,) = summary["video"]["clips"]
+    assert info["rotation"] == 90 and (info["width"], info["height"]) == (images[0].width, images[0].height)
+    kept = [f for f in summary["video"]["frames"] if f["kept"]]
+    assert len(kept) >= 20 and len(kept) == len(video)  # every kept frame was fitted, with its reason
+    assert all(f["reason"] for f in summary["video"]["frames"])
+    rot, centre = [], []
+    for f in kept:
+        R_v, t_v = video[f["name"]]
+        R_p, t_p = photos[images[f["index"]].name]  # frame i is photo i (natural order)
+        rot.append(float(rotation_angle_deg(torch.as_tensor(R_v[None]), torch.as_tensor(R_p[None]))[0]))
+        c_v, c_p = -R_v.T @ t_v, -R_p.T @ t_p
+        centre.append(np.linalg.norm(c_v - c_p) / np.linalg.norm(c_p))
+    assert np.median(rot) < 0.5 and max(rot) < 1.5, rot
+    assert np.median(centre) < 0.01 and max(centre) < 0.03, centre
