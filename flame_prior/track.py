@@ -155,18 +155,19 @@ def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean:
         reg = (prior_w * (th - prior_mean) ** 2).sum() + (smooth_w * (th - smooth_mean) ** 2).sum()
         return float((weights * e2 / (e2 + c * c)).sum() + reg), e
 
-    current, e = cost(theta)
-    lam = 1e-3
+    lam, current = 1e-3, None
     for _ in range(steps):
         with torch.no_grad():
             out = residual(torch.cat([theta[None], theta[None] + steps_h]))  # (1 + P, R, 2)
-        e = out[0]
+        if current is None:  # the first pass also gives the starting cost
+            current, e = cost(theta, out[0])
         J = (out[1:] - out[:1]) / h  # (P, R, 2)
         J = J.reshape(P, -1).T  # (2R, P)
         e2 = (e ** 2).sum(-1)
         a = (weights * c * c / (e2 + c * c) ** 2)[:, None].expand_as(e).reshape(-1)
         A = J.T @ (J * a[:, None]) + torch.diag(w_diag)
         g = J.T @ (a * e.reshape(-1)) + prior_w * (theta - prior_mean) + smooth_w * (theta - smooth_mean)
+
         def try_step(step, theta=theta):
             cand = theta + step
             new, e_new = cost(cand)
@@ -179,7 +180,7 @@ def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean:
         theta, e = accepted
         if gain < 1e-6 * max(current, 1e-12):
             break
-    return theta, current
+    return theta, current if current is not None else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +525,6 @@ def fit_dynamic(assets, prepared, config, progress=None):
     from flame_prior.intrinsics import estimate_intrinsics
 
     views = prepared.views
-    name_to_i = {v.image.name: i for i, v in enumerate(views)}
     intake = prepared.intake
     pos = {im.name: j for j, im in enumerate(intake.images)}
     timestep = [intake.timestep[pos[v.image.name]] for v in views]
@@ -603,7 +603,6 @@ def fit_dynamic(assets, prepared, config, progress=None):
                       timesteps=ts, times=np.array([times[int(t)] for t in ts]), view_index=view_index,
                       landmark_px=err, seconds=seconds, track_seconds=track_seconds, passes=passes, keyframe_timesteps=sorted({timestep[i] for i in key}),
                       notes=notes)
-    del name_to_i
     return result, seq, key, intr
 
 
@@ -618,19 +617,19 @@ def run_dynamic(config, assets, prepared, out, progress, console, t_start: float
         console.print(f"note: {escape(NO_EXPRESSION_NOTE)}", highlight=False)
     timings = dict(prepared.timings)
     t0 = time.perf_counter()
-    result, seq, key, intr = fit_dynamic(assets, prepared, config, progress)
+    result, seq, _key, _intr = fit_dynamic(assets, prepared, config, progress)
     timings["fit"] = time.perf_counter() - t0
     timings["tracking"] = seq.seconds
     t0 = time.perf_counter()
     with atomic_output_dir(out, config.overwrite) as tmp:
-        write_sequence_outputs(tmp, prepared, result, seq, key, intr, timings, model_info=assets.model_info,
+        write_sequence_outputs(tmp, prepared, result, seq, timings, model_info=assets.model_info,
                                avatar_format=config.avatar_format, model=assets.model)
     timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     console.print(f"flame-prior: dynamic sequence, {len(seq.timesteps)} timesteps x {len(seq.cameras)} camera(s); "
                   f"tracking {seq.timesteps_per_second:.1f} timesteps/s; median landmark error "
                   f"{np.nanmedian(seq.landmark_px):.2f} px")
-    for n in seq.notes + result.notes + prepared.intake.notes:
+    for n in [n for n in seq.notes if n != NO_EXPRESSION_NOTE] + result.notes + prepared.intake.notes:  # said up front
         console.print(f"note: {escape(n)}", highlight=False)
     console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     console.print(f"output: [bold]{escape(str(out))}[/bold] (report: {escape(str(out / 'report.html'))})")

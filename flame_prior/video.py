@@ -232,9 +232,9 @@ def _from_clips(clips: list[Path], config: VideoConfig, static_pool: bool, camer
             cam.append(c if cameras else 0)
             times.append(rec.time)
         frames += recs
-        for r in recs:
-            if not r.kept:
-                skipped.append(SkippedInput(clip, f"frame {r.index} ({r.time:.2f} s): {r.reason}"))
+        for r in recs:  # damaged frames are inputs left out; choices between good frames live in `frames`
+            if not r.kept and "corrupt" in r.reason:
+                skipped.append(SkippedInput(clip, f"frame {r.index}: {r.reason}"))
     if not images:
         raise InputError("no usable frame in the clips (" + "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
                          + ")", path=clips[0].parent, hint="Pass clips that FFmpeg can decode.")
@@ -636,7 +636,8 @@ def choose_views(views, skipped: list[SkippedInput], intake: Intake, config: Vid
     static (as before), and clips are classified by :func:`classify_motion`.
 
     Returns:
-        ``(views, skipped, kind, reason)``; ``intake.frames`` is updated with each decision.
+        ``(views, skipped, kind, reason)``; ``intake.frames`` is updated with each decision (frames
+        not chosen are recorded there, not in ``skipped``: they are choices, not faulty inputs).
     """
     by_name = {f.name: f for f in intake.frames if f.kept and f.name is not None}
     if config.sequence != "auto":
@@ -675,8 +676,6 @@ def choose_views(views, skipped: list[SkippedInput], intake: Intake, config: Vid
             rec.kept = i in keep
         if i in keep:
             out.append(v)
-        else:
-            skipped = skipped + [SkippedInput(v.image.path, f"frame {v.image.name}: {reasons[i]}")]
     if len(views) > 1:
         yp = poses[chosen][:, :2]
         reason += (f"; {len(out)} of {len(views)} candidate frames cover yaw {np.nanmin(yp[:, 0]):.0f}° to "

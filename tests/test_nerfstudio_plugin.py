@@ -209,7 +209,8 @@ def test_installed_ns_process_data_lists_flame_face():
     assert "flame-face" in res.stdout and "unavailable" not in res.stderr, res.stdout + res.stderr
     res = _cli("ns-process-data", "flame-face", "--help", timeout=300)
     assert res.returncode == 0, res.stderr
-    for flag in ("--data", "--output-dir", "--flame-model", "--overwrite"):
+    for flag in ("--data", "--output-dir", "--flame-model", "--overwrite", "--video.num-frames-target",
+                 "--video.sequence", "--tracker.keyframes"):
         assert flag in res.stdout, flag
     res = _cli("ns-process-data", "images", "--help", timeout=300)  # nerfstudio's own, unaffected
     assert res.returncode == 0 and "--data" in res.stdout, res.stderr
@@ -228,6 +229,19 @@ def test_installed_flame_face_fails_with_nonzero_status(tmp_path):
     res = _cli("ns-process-data", "flame-face", "--data", str(tmp_path / "missing"), "--output-dir",
                str(tmp_path / "out"), timeout=300)
     assert res.returncode != 0, res.stdout + res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_installed_flame_face_takes_a_clip(tmp_path):
+    """``ns-process-data flame-face --data clip.mp4`` decodes the clip (flame_prior.video) through the same
+    FitConfig: a clip without a face fails as a fit failure (exit 4, not a bad-input 2), nothing written."""
+    _require_installed_hook()
+    from video_fixtures import encode_clip, moving_pattern
+
+    clip = encode_clip(tmp_path / "noface.mp4", moving_pattern(20, 128, 160), fps=10)
+    res = _cli("ns-process-data", "flame-face", "--data", str(clip), "--output-dir", str(tmp_path / "out"), timeout=600)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "no view can be fitted" in res.stdout + res.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -75,6 +75,10 @@ def test_corrupt_frame_in_the_middle_is_skipped_and_named(tmp_path):
     assert all(not by_index[i].kept and "corrupt" in by_index[i].reason for i in range(16, 20))  # predicted from it
     assert all(by_index[i].kept for i in list(range(15)) + list(range(20, 30)))  # next keyframe: clean again
     assert len(images) == 25
+    # through load_inputs: the damaged frames are listed as left out (summary, report), good ones are not
+    cfg = VideoConfig(num_frames_target=10, candidate_factor=1.0, blur_threshold=0, duplicate_threshold=0)
+    intake = load_inputs(clip, cfg)
+    assert {s.reason.split(":")[0] for s in intake.skipped} == {f"frame {i}" for i in range(15, 20)}
 
 
 def test_not_a_video_and_zero_length_clip_are_clear_errors(tmp_path):

@@ -79,8 +79,8 @@ def frame_selection_html(intake, kind: str, reason: str) -> str:
 # Dynamic sequences: every timestep
 
 
-def write_sequence_outputs(out_dir: Path, prepared, keyframe_fit, seq, keyframes: list[int], intrinsics,
-                           timings: dict, *, model_info: dict, avatar_format: bool, model=None) -> None:
+def write_sequence_outputs(out_dir: Path, prepared, keyframe_fit, seq, timings: dict, *, model_info: dict,
+                           avatar_format: bool, model=None) -> None:
     """Write a dynamic fit into ``out_dir`` (the caller owns atomicity).
 
     Layout:
