@@ -15,7 +15,7 @@ cost is extrapolated to 3000 + 2000, which the JSON says), ``--device cpu|cuda|a
 photos: no detection, COLMAP, FFHQ), ``--shared DIR`` (default ``$FLAME_PRIOR_SHARED`` or
 ``../shared``), ``--photometric-steps``, ``--sweep-views``, ``--sweep-sizes``, ``--sweep-steps``,
 ``--baseline-iters R J``, ``--baseline-max-seconds``, ``--no-profile``, ``--scan-rigs``, ``--skip-scan``,
-``--only-scan``.
+``--only-scan``, ``--only-video``, ``--video-seconds``, ``--track-timesteps``.
 
 What one run measures (every case in its own spawned subprocess, so its peak resident memory,
 ``ru_maxrss`` of the child, and on CUDA ``torch.cuda.max_memory_allocated``, are its own):
@@ -737,6 +737,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-only", action="store_true", help="run only the batch section")
     ap.add_argument("--skip-batch", action="store_true", help="leave the batch section out")
     ap.add_argument("--batch-images", type=int, default=None, help="images of the batch data set (default 60; quick 24)")
+    ap.add_argument("--only-video", action="store_true", help="only the video section (intake, tracking, real sequence)")
     ap.add_argument("--video-seconds", type=float, default=None, help="length of the 1080p clip (default 60; quick 10)")
     ap.add_argument("--track-timesteps", type=int, default=None, help="timesteps of the dynamic sequence (300; quick 30)")
     a = ap.parse_args(argv)
@@ -811,6 +812,34 @@ def main(argv=None) -> int:
         _targets(report)
         save()
         _print_scan_table(console, report)
+        console.print(f"wrote {out_path}")
+        return 0
+
+    def video_section():
+        """Video intake, synthetic tracking and the real end-to-end sequence (issue 13)."""
+        multiview = shared / "data" / "multiview" / "2-346" / "images"
+        v_secs = a.video_seconds if a.video_seconds is not None else (10.0 if quick else 60.0)
+        log(f"video: decode + frame selection of a {v_secs:g} s 1080p clip")
+        report["cases_video"] = {"video_intake": run_case(case_video_intake, **common, seconds=v_secs)}
+        save()
+        n_t = a.track_timesteps if a.track_timesteps is not None else (30 if quick else 300)
+        log(f"dynamic sequence: {n_t} timesteps tracked")
+        report["cases_video"]["tracking"] = run_case(case_tracking, **common, timesteps=n_t,
+                                                     photometric_steps=min(psteps, 30))
+        save()
+        if not a.skip_real and multiview.exists():
+            log(f"dynamic sequence end to end on a real {n_t}-frame clip (detection included)")
+            report["cases_video"]["dynamic_real"] = run_case(case_dynamic_real, **common, data=str(multiview),
+                                                             timesteps=n_t, photometric_steps=min(psteps, 30),
+                                                             cache_dir=str(Path(tempfile.mkdtemp(prefix="detcache-",
+                                                                                                 dir=_scratch()))))
+            save()
+
+    if a.only_video:
+        video_section()
+        _targets(report)
+        save()
+        console.print(json.dumps(report.get("cases_video", {}), indent=1, default=float))
         console.print(f"wrote {out_path}")
         return 0
 
@@ -903,23 +932,7 @@ def main(argv=None) -> int:
             b["ratios"]["note"] = (f"joint stage stopped by the time budget after {b['joint']['iterations_ran']} "
                                    "iterations; time extrapolated; its error is that of the shortened schedule")
 
-    # ---- video intake and dynamic tracking
-    v_secs = a.video_seconds if a.video_seconds is not None else (10.0 if quick else 60.0)
-    log(f"video: decode + frame selection of a {v_secs:g} s 1080p clip")
-    report["cases_video"] = {"video_intake": run_case(case_video_intake, **common, seconds=v_secs)}
-    save()
-    n_t = a.track_timesteps if a.track_timesteps is not None else (30 if quick else 300)
-    log(f"dynamic sequence: {n_t} timesteps tracked")
-    report["cases_video"]["tracking"] = run_case(case_tracking, **common, timesteps=n_t,
-                                                 photometric_steps=min(psteps, 30))
-    save()
-    if not a.skip_real and multiview.exists():
-        log(f"dynamic sequence end to end on a real {n_t}-frame clip (detection included)")
-        report["cases_video"]["dynamic_real"] = run_case(case_dynamic_real, **common, data=str(multiview),
-                                                         timesteps=n_t, photometric_steps=min(psteps, 30),
-                                                         cache_dir=str(Path(tempfile.mkdtemp(prefix="detcache-",
-                                                                                             dir=_scratch()))))
-        save()
+    video_section()
 
     # ---- profile
     if not a.no_profile:
