@@ -8,7 +8,6 @@ Exit codes (see :mod:`flame_prior.errors` and the README): 0 success, 1 internal
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 from typing import Annotated, Sequence, Union
@@ -20,7 +19,7 @@ from rich.markup import escape
 from flame_prior.batch.config import BatchConfig
 from flame_prior.config import FitConfig
 from flame_prior.demo import DemoConfig
-from flame_prior.errors import FlamePriorError, Interrupted, signal_handler
+from flame_prior.errors import FlamePriorError, Interrupted, install_signal_handlers
 from flame_prior.lpips_weights import WeightsConfig
 from flame_prior.progress import make_console
 
@@ -99,9 +98,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 
 
 def entrypoint() -> None:
-    # SIGINT and SIGTERM both unwind like Ctrl-C: the temporary output is removed, exit 130.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal_handler)
+    install_signal_handlers()
     sys.exit(main())
 
 

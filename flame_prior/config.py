@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flame_prior.fit import FitterConfig
+from flame_prior.detectors import DetectConfig
+from flame_prior.fit.config import FitterConfig
 from flame_prior.intrinsics import IntrinsicsConfig
-from flame_prior.observe import DetectConfig
 from flame_prior.track import TrackerConfig
 from flame_prior.video import VideoConfig
 
@@ -60,6 +60,12 @@ class FitConfig:
     """Focal length: COLMAP, EXIF, optimised or prior."""
     fitter: FitterConfig = field(default_factory=FitterConfig)
     """Fitting schedule, priors and weights."""
+
+    def check(self) -> None:
+        """Refuse impossible option values before any work: one line naming the option, exit 2."""
+        self.detect.check()
+        self.intrinsics.check()
+        self.fitter.check()
 
     def resolved_paths(self) -> dict[str, Path | None]:
         """Model paths after the environment-variable fallbacks (None: use the default)."""

@@ -14,7 +14,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -22,13 +21,17 @@ from rich.console import Console
 from rich.table import Table
 
 from flame_prior import render
+from flame_prior.detectors import Detection
+from flame_prior.errors import check_option
+from flame_prior.export.output_dir import check_output_dir
 from flame_prior.fit import FitterConfig, FitResult, fit_flame, resolve_device
-from flame_prior.fit_photometric import render_head
-from flame_prior.geometry import PinholeCameras, rotation_angle_deg
+from flame_prior.flame.assets import ModelInfo, default_embedding_path, default_model_path
+from flame_prior.geometry import PinholeCameras, look_at_w2c, rotation_angle_deg
 from flame_prior.images import InputImage
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
 from flame_prior.progress import make_console, make_progress, stage
+from flame_prior.render_head import render_head
 
 
 @dataclass
@@ -47,12 +50,17 @@ class DemoConfig:
     """Start from a wrong focal length (20° field of view) and optimise it."""
     seed: int = 0
     """Seed of the scene and of the fit."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to fit."""
     overwrite: bool = True
     """Replace an existing demo output directory."""
     fitter: FitterConfig = field(default_factory=FitterConfig)
-    """Fitting schedule (the real fitter's defaults)."""
+    """Fitting schedule and device (the real fitter's defaults; --fitter.device picks CPU or CUDA)."""
+
+    def check(self) -> None:
+        """Refuse impossible values before any work: one line naming the option, exit 2."""
+        check_option(self.views >= 1, "views", self.views, "at least 1")
+        check_option(self.image_size >= 32, "image_size", self.image_size, "at least 32 pixels")
+        check_option(self.noise_px >= 0, "noise_px", self.noise_px, "0 or more pixels")
+        self.fitter.check()
 
 
 @dataclass
@@ -63,19 +71,6 @@ class SyntheticScene:
     cameras: PinholeCameras  # truth, float64
     params: dict[str, np.ndarray]
     target: np.ndarray  # (3,) the point the cameras look at
-
-
-def look_at_w2c(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV world-to-camera (R, t) of a camera at ``position`` looking at ``target``, FLAME's +Y up."""
-    z = target - position
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 1.0, 0.0])
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
-    c, s = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
-    R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ R
-    return R, -R @ position
 
 
 def synthetic_cameras(n: int, size: int, rng: np.random.Generator, target: np.ndarray) -> PinholeCameras:
@@ -101,7 +96,6 @@ def demo_assets(seed: int, device: torch.device):
     from flame_prior.flame import FlameModel, build_test_model, build_test_texture_space, load_flame_model, \
         load_landmark_embedding
     from flame_prior.flame.uv_unwrap import cylindrical_uv_layout
-    from flame_prior.pipeline import default_embedding_path, default_model_path
 
     data = load_flame_model(default_model_path())
     data = build_test_model(n_shape=data.n_shape, n_expr=10, seed=seed, template=data)
@@ -134,8 +128,7 @@ def render_scene(model, embedding, texture_space, cfg: DemoConfig, rng: np.rando
     sh = torch.zeros(n, 9, 3, device=device)
     sh[:, 0] = 0.8 / y0
     sh[:, 1:4] = torch.as_tensor(rng.normal(0, 0.25, (n, 3, 1)), dtype=torch.float32, device=device)
-    color, rast, pos = render_head(verts, faces, c.R, c.t, c.fx, c.fy, c.cx, c.cy, (S, S),
-                                   torch.as_tensor(texture_space.uvs, device=device),
+    color, rast, pos = render_head(verts, faces, c, torch.as_tensor(texture_space.uvs, device=device),
                                    torch.as_tensor(texture_space.uv_faces, device=device), albedo_map, sh)
     color = color.clamp(0, 1)
     cov = render.coverage(rast, pos, faces)[..., 0]
@@ -166,8 +159,9 @@ def render_scene(model, embedding, texture_space, cfg: DemoConfig, rng: np.rando
         img = InputImage(path=Path(f"synthetic/view_{i:02d}.png"), name=f"view_{i:02d}", pixels=pixels,
                          sha256=f"synthetic-{cfg.seed}-{i}")
         box = (*pts.min(0), *pts.max(0))
-        views.append(ViewObservation(img, lm, conf, embedding.detector, cov[i].cpu().numpy().astype(np.float32),
-                                     tuple(float(b) for b in box)))
+        det = Detection(lm, conf, embedding.detector, cov[i].cpu().numpy().astype(np.float32),
+                        tuple(float(b) for b in box))
+        views.append(ViewObservation(img, det))
     params = {"shape": p.shape[0].cpu().numpy(), "expression": p.expression[0].cpu().numpy(),
               "jaw_pose": p.jaw_pose[0].cpu().numpy()}
     return SyntheticScene(views, cams, params, target)
@@ -214,16 +208,17 @@ def error_table(errors: dict[str, list[float]], cfg: DemoConfig) -> Table:
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     """Render, fit, export, compare; returns the camera errors (also written to camera_errors.json)."""
-    from flame_prior.pipeline import check_output_dir, print_summary
+    from flame_prior.summary import print_summary
 
     console = console or make_console()
+    cfg.check()
     out = check_output_dir(cfg.output_dir, None, cfg.overwrite)
     t0 = time.perf_counter()
     with make_progress(console) as progress:
-        scene, intr, result, errors, summary, timings = _render_fit_write(cfg, out, progress)
+        scene, intr, result, info, errors, summary, timings = _render_fit_write(cfg, out, progress)
     timings["total"] = time.perf_counter() - t0
     console.print(error_table(errors, cfg))
-    print_summary(console, out, scene.views, [], intr, result, timings)
+    print_summary(console, out, scene.views, [], intr, result, info, timings)
     summary["total_seconds"] = timings["total"]
     return summary
 
@@ -231,7 +226,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
 def _render_fit_write(cfg: DemoConfig, out: Path, progress):
     from flame_prior.pipeline import write_all
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.fitter.device)
     rng = np.random.default_rng(cfg.seed)
     with stage(progress, "rendering the synthetic views"):
         data, model, embedding, texture_space = demo_assets(cfg.seed, device)
@@ -244,12 +239,12 @@ def _render_fit_write(cfg: DemoConfig, out: Path, progress):
                           notes=["demo: focal unknown, started from a 20° field of view"])
     else:
         intr = Intrinsics(f_true.copy(), f_true.copy(), np.full(n, S / 2), np.full(n, S / 2), "given", False)
-    info = {"path": "synthetic (bundled FLAME 2023 Open + generated expression/texture spaces)",
-            "sha256": data.sha256, "name": "demo", "n_shape": data.n_shape, "n_expr": data.n_expr, "notes": []}
+    info = ModelInfo(path="synthetic (bundled FLAME 2023 Open + generated expression/texture spaces)",
+                     sha256=data.sha256, name="demo", n_shape=data.n_shape, n_expr=data.n_expr)
     t_fit = time.perf_counter()
     with stage(progress, "fit"):
         result: FitResult = fit_flame(model, embedding, scene.views, intr, cfg.fitter, texture_space=texture_space,
-                                      model_info=info, progress=progress)
+                                      progress=progress)
     t_fit = time.perf_counter() - t_fit
     errors = camera_errors(result.cameras, scene.cameras, scene.target)
     summary = {k: {"median": float(np.median(v)), "max": float(np.max(v)), "per_view": v} for k, v in errors.items()}
@@ -257,7 +252,7 @@ def _render_fit_write(cfg: DemoConfig, out: Path, progress):
     timings = {"fit": t_fit, **{f"fit.{s.name}": s.seconds for s in result.stages}}
     t_export = time.perf_counter()
     with stage(progress, "writing the outputs"):
-        write_all(out, scene.views, intr, result, [], timings, model_info=info, overwrite=cfg.overwrite,
+        write_all(out, scene.views, intr, result, [], timings, model=info, overwrite=cfg.overwrite,
                   avatar_format=False, extra_files={"camera_errors.json": json.dumps(summary, indent=2)})
     timings["export"] = time.perf_counter() - t_export
-    return scene, intr, result, errors, summary, timings
+    return scene, intr, result, info, errors, summary, timings

@@ -41,6 +41,13 @@ class InputError(FlamePriorError):
     exit_code = 2
 
 
+def check_option(ok: bool, option: str, value, must: str) -> None:
+    """Refuse an option value before any work: :class:`InputError` (exit 2), one line naming the
+    option as the command line spells it, e.g. ``--intrinsics.focal-px must be positive (got -3.0).``"""
+    if not ok:
+        raise InputError(f"--{option.replace('_', '-')} must be {must} (got {value!r}).")
+
+
 class ModelFileError(FlamePriorError):
     """A model file (FLAME, landmark embedding, texture space, cache) is missing, unsafe or malformed."""
 
@@ -67,8 +74,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 def signal_handler(signum, frame) -> None:
-    """Installed by the CLI for SIGINT and SIGTERM: both unwind the run like Ctrl-C (exit 130)."""
+    """Installed for SIGINT and SIGTERM by :func:`install_signal_handlers`: both unwind the run like
+    Ctrl-C (exit 130)."""
     raise Interrupted()
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM both unwind like Ctrl-C, so the temporary output is removed (exit 130).
+    Called by every front end (the CLI, the nerfstudio processor) before the run."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal_handler)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ Conventions (the single page is ``docs/conventions.md``; every function here fol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,11 +27,13 @@ __all__ = [
     "check_shape",
     "axis_angle_to_rotation_matrix",
     "rotation_matrix_to_axis_angle",
+    "rotation_matrix_to_quaternion",
     "PinholeCameras",
     "project_points",
     "opencv_w2c_to_opengl_c2w",
     "opengl_c2w_to_opencv_w2c",
     "rotation_angle_deg",
+    "look_at_w2c",
 ]
 
 
@@ -81,15 +84,15 @@ def axis_angle_to_rotation_matrix(axis_angle: Tensor, eps: float = 1e-8) -> Tens
     return eye + a[..., None] * K + b[..., None] * (K @ K)
 
 
-def rotation_matrix_to_axis_angle(R: Tensor) -> Tensor:
-    """Rotation matrices ``(*, 3, 3)`` to axis-angle ``(*, 3)`` (radians, angle in [0, pi]).
+def rotation_matrix_to_quaternion(R: Tensor) -> Tensor:
+    """Rotation matrices ``(*, 3, 3)`` to unit quaternions ``(*, 4)`` ``(w, x, y, z)`` (Hamilton), ``w >= 0``.
 
-    Goes through unit quaternions, which is stable at 0 and near pi.
+    Shepperd's method: the largest of the four candidates ``4 q_k^2`` is the divisor, which keeps
+    it stable at 0 and near pi.
     """
     check_shape(R, ["*", 3, 3], "R")
     m = R
     tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    # Shepperd's method: pick the largest of 4 candidates for numerical stability.
     cands = torch.stack(
         [1 + tr, 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
          1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]],
@@ -107,7 +110,15 @@ def rotation_matrix_to_axis_angle(R: Tensor) -> Tensor:
                       (m[..., 1, 2] + m[..., 2, 1]) / s, s / 4], -1)
     q = torch.stack([qw, qx, qy, qz], -2).gather(-2, idx[..., None, None].expand(*idx.shape, 1, 4))[..., 0, :]
     q = q * torch.where(q[..., :1] < 0, -1.0, 1.0)  # w >= 0 -> angle in [0, pi]
-    q = q / q.norm(dim=-1, keepdim=True)
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+def rotation_matrix_to_axis_angle(R: Tensor) -> Tensor:
+    """Rotation matrices ``(*, 3, 3)`` to axis-angle ``(*, 3)`` (radians, angle in [0, pi]).
+
+    Goes through unit quaternions (:func:`rotation_matrix_to_quaternion`), stable at 0 and near pi.
+    """
+    q = rotation_matrix_to_quaternion(R)
     vec = q[..., 1:]
     sin_half = vec.norm(dim=-1, keepdim=True)
     angle = 2 * torch.atan2(sin_half, q[..., :1])
@@ -183,10 +194,41 @@ class PinholeCameras:
         return PinholeCameras(self.R.detach(), self.t.detach(), self.fx.detach(), self.fy.detach(),
                               self.cx.detach(), self.cy.detach(), list(self.width), list(self.height))
 
-    def subset(self, index: list[int]) -> "PinholeCameras":
+    def subset(self, index: list[int] | Tensor) -> "PinholeCameras":
+        """The cameras at ``index``, in that order (gradients flow through the indexing)."""
+        index = [int(i) for i in index]
         idx = torch.as_tensor(index, dtype=torch.long, device=self.R.device)
         return PinholeCameras(self.R[idx], self.t[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
                               [self.width[i] for i in index], [self.height[i] for i in index])
+
+    def scaled(self, sx: float | Tensor, sy: float | Tensor | None = None) -> "PinholeCameras":
+        """The same cameras seeing their images resized by ``sx`` horizontally and ``sy`` (default
+        ``sx``) vertically: floats, or ``(N,)`` per view.
+
+        With corner-origin pixels a resize scales coordinates exactly, so ``fx, cx`` scale by
+        ``sx`` and ``fy, cy`` by ``sy``; the pose is unchanged; sizes round to whole pixels.
+        """
+        sy = sx if sy is None else sy
+        per_view = lambda s: [float(v) for v in s.reshape(-1)] if isinstance(s, Tensor) else [float(s)] * len(self)  # noqa: E731
+        ws = [max(1, round(w * s)) for w, s in zip(self.width, per_view(sx))]
+        hs = [max(1, round(h * s)) for h, s in zip(self.height, per_view(sy))]
+        return PinholeCameras(self.R, self.t, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, ws, hs)
+
+    def cropped(self, box: Tensor) -> "PinholeCameras":
+        """The same cameras seeing a crop of their images.
+
+        Args:
+            box: ``(N, 4)`` per view ``x0, y0, width, height`` of the crop in pixels (corner
+                origin; may reach outside the image).
+
+        Returns:
+            Cameras whose pixel grid is the crop's: the principal point moves by ``-(x0, y0)``,
+            focal lengths and pose are unchanged; sizes round to whole pixels.
+        """
+        check_shape(box, [len(self), 4], "box")
+        ws = [max(1, round(float(w))) for w in box[:, 2]]
+        hs = [max(1, round(float(h))) for h in box[:, 3]]
+        return PinholeCameras(self.R, self.t, self.fx, self.fy, self.cx - box[:, 0], self.cy - box[:, 1], ws, hs)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Plain arrays (float64) for writers: R, t, fx, fy, cx, cy, width, height."""
@@ -200,6 +242,21 @@ class PinholeCameras:
         t = lambda k: torch.as_tensor(np.asarray(d[k]), dtype=dtype)  # noqa: E731
         return PinholeCameras(t("R"), t("t"), t("fx"), t("fy"), t("cx"), t("cy"),
                               [int(w) for w in d["width"]], [int(h) for h in d["height"]])
+
+
+def look_at_w2c(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV world-to-camera ``(R (3, 3), t (3,))`` of a camera at ``position`` looking at
+    ``target`` with the world's +Y up (FLAME's) in the image, then rolled by ``roll_deg`` about its
+    viewing axis."""
+    z = np.asarray(target, dtype=np.float64) - np.asarray(position, dtype=np.float64)
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, [0.0, 1.0, 0.0])
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])
+    c, s = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
+    R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ R
+    return R, -R @ np.asarray(position, dtype=np.float64)
 
 
 def world_to_camera_points(points: Tensor, R: Tensor, t: Tensor) -> Tensor:

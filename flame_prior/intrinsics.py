@@ -1,4 +1,4 @@
-"""Stage 3 — intrinsics: COLMAP (pycolmap) when the views register, else EXIF, else fitted focal.
+"""Pipeline step 3 — intrinsics: COLMAP (pycolmap) when the views register, else EXIF, else fitted focal.
 
 Public entry: :func:`estimate_intrinsics`. Sources are tried in this order; the first that
 applies wins, and every source that is skipped leaves a note saying why:
@@ -7,7 +7,7 @@ applies wins, and every source that is skipped leaves a note saying why:
 2. ``"colmap"``: structure from motion on the HEAD only (:func:`run_colmap`). The photos of a
    multi-view head capture often come from one fixed camera while the person turns the head, so
    torso and background are static and contradict the head's motion: SIFT features outside
-   ``view.mask`` are discarded. One shared SIMPLE_PINHOLE camera (all views must have one size),
+   ``view.detection.mask`` are discarded. One shared SIMPLE_PINHOLE camera (all views must have one size),
    a low SIFT peak threshold (skin has weak texture), exhaustive matching, incremental mapping;
    the largest reconstruction is taken when it registers at least half of the views.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Iterator, Literal
 
 import numpy as np
 
-from flame_prior.detectors.cache import default_cache_dir, save_npz_atomic
+from flame_prior.cache import colmap_cache_dir, save_npz_atomic
+from flame_prior.errors import check_option
 from flame_prior.geometry import check_shape
 
 if TYPE_CHECKING:
@@ -68,9 +69,6 @@ class Intrinsics:
         source: where the focal length came from.
         optimise_focal: whether the fitter should refine one shared focal scale.
         colmap: COLMAP figures (registered views, mean reprojection error, points) or None.
-        colmap_w2c: ``(N, 4, 4)`` COLMAP world-to-camera poses (OpenCV axes, COLMAP's arbitrary
-            frame and scale), NaN for views COLMAP did not register; for initialisation checks and
-            the rotation-agreement test only — never the answer.
         notes: human-readable remarks for the summary.
     """
 
@@ -81,13 +79,12 @@ class Intrinsics:
     source: IntrinsicsSource
     optimise_focal: bool
     colmap: dict | None = None
-    colmap_w2c: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class IntrinsicsConfig:
-    """Where the focal length comes from (stage 3)."""
+    """Where the focal length comes from (pipeline step 3)."""
 
     focal_px: float | None = None
     """Focal length in pixels, the same for every view in its own pixel grid; skips every estimate (source "given")."""
@@ -117,6 +114,22 @@ class IntrinsicsConfig:
     """Vertical FOV (degrees) assumed without a measured focal: the start of a multi-view focal fit, or the
     fixed single-view focal. Portrait lenses (85 mm full frame) give 16-24 degrees and face crops of wider
     shots are narrower still; 20 sits in the middle of the 14-30 degree range of head photographs."""
+
+    def check(self, prefix: str = "intrinsics.") -> None:
+        """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
+        f = self.focal_px
+        check_option(f is None or (math.isfinite(f) and f > 0), prefix + "focal_px", f, "a positive number of pixels")
+        check_option(self.colmap_min_views >= 2, prefix + "colmap_min_views", self.colmap_min_views, "at least 2")
+        check_option(0 < self.colmap_min_registered <= 1, prefix + "colmap_min_registered",
+                     self.colmap_min_registered, "a fraction in (0, 1]")
+        check_option(self.colmap_peak_threshold > 0, prefix + "colmap_peak_threshold", self.colmap_peak_threshold,
+                     "positive")
+        check_option(self.colmap_max_features >= 1, prefix + "colmap_max_features", self.colmap_max_features,
+                     "at least 1")
+        check_option(self.colmap_mask_erode_px >= 0, prefix + "colmap_mask_erode_px", self.colmap_mask_erode_px,
+                     "0 or more")
+        check_option(0 < self.prior_fov_deg < 180, prefix + "prior_fov_deg", self.prior_fov_deg,
+                     "between 0 and 180 degrees")
 
 
 @dataclass
@@ -166,7 +179,7 @@ def estimate_intrinsics(
     """Initial intrinsics for every view, from the first source that applies (see module docstring).
 
     Args:
-        views: the observed views (``view.image.pixels`` upright, ``view.mask`` the head).
+        views: the observed views (``view.image.pixels`` upright, ``view.detection.mask`` the head).
         config: sources and COLMAP settings.
         workdir: where COLMAP writes its database, images and masks (kept); a temporary folder
             (deleted) when None.
@@ -178,6 +191,7 @@ def estimate_intrinsics(
     """
     if not views:
         raise ValueError("estimate_intrinsics: no views")
+    config.check()
     heights = np.array([v.image.height for v in views], dtype=np.float64)
     widths = np.array([v.image.width for v in views], dtype=np.float64)
     n = len(views)
@@ -198,15 +212,13 @@ def estimate_intrinsics(
                           source=source, optimise_focal=optimise, notes=notes, **colmap)
 
     if config.focal_px is not None:
-        if config.focal_px <= 0:
-            raise ValueError(f"IntrinsicsConfig.focal_px must be positive, got {config.focal_px}")
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
         return result(np.full(n, float(config.focal_px)), "given")
 
     colmap = _try_colmap(views, config, workdir, progress, notes)
     if colmap is not None:
         return result(np.full(n, colmap.focal_px), "colmap", cx=np.full(n, colmap.cx), cy=np.full(n, colmap.cy),
-                      colmap=colmap.figures, colmap_w2c=colmap.w2c)
+                      colmap=colmap.figures)
 
     if config.use_exif:
         exif = [v.image.exif_focal_px for v in views]
@@ -257,13 +269,13 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig) -
     h = hashlib.sha256()
     for v in views:
         h.update(v.image.sha256.encode())
-        h.update(hashlib.sha256(np.ascontiguousarray((v.mask >= 0.5).astype(np.uint8))).digest())
+        h.update(hashlib.sha256(np.ascontiguousarray((v.detection.mask >= 0.5).astype(np.uint8))).digest())
     settings = {k: getattr(config, k) for k in ("colmap_peak_threshold", "colmap_max_features",
                                                 "colmap_mask_erode_px", "colmap_seed")}
     import pycolmap
 
     h.update(json.dumps([settings, pycolmap.__version__, _COLMAP_CACHE_VERSION], sort_keys=True).encode())
-    root = config.cache_dir or default_cache_dir().parent / "colmap"
+    root = config.cache_dir or colmap_cache_dir()
     return Path(root) / f"{h.hexdigest()}.npz"
 
 
@@ -329,7 +341,7 @@ def run_colmap(
     workdir: Path | None = None,
     progress: Progress | None = None,
 ) -> ColmapResult:
-    """Structure from motion on the head: SIFT inside ``view.mask``, one SIMPLE_PINHOLE camera.
+    """Structure from motion on the head: SIFT inside ``view.detection.mask``, one SIMPLE_PINHOLE camera.
 
     All views must have one image size. The upright pixels are written as PNG with a mask PNG per
     image (``<name>.png.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``) so that
@@ -380,10 +392,10 @@ def run_colmap(
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         step("writing images and head masks")
         for name, view in zip(names, views):
-            check_shape(view.mask, [height, width], f"{view.image.name}: mask")
+            check_shape(view.detection.mask, [height, width], f"{view.image.name}: mask")
             cv2.imwrite(str(image_dir / name), cv2.cvtColor(view.image.pixels, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_PNG_COMPRESSION, 1])
-            mask = (view.mask >= 0.5).astype(np.uint8) * 255
+            mask = (view.detection.mask >= 0.5).astype(np.uint8) * 255
             if kernel is not None:
                 mask = cv2.erode(mask, kernel)
             cv2.imwrite(str(mask_dir / f"{name}.png"), mask)
@@ -480,7 +492,7 @@ def rotation_residuals_deg(colmap_w2c: np.ndarray, R: np.ndarray) -> np.ndarray:
     chordal L2 mean ``argmin sum_i |R_colmap_i A - R_i|^2`` over the views COLMAP registered.
 
     Args:
-        colmap_w2c: ``(N, 4, 4)`` from :attr:`Intrinsics.colmap_w2c` (NaN rows: not registered).
+        colmap_w2c: ``(N, 4, 4)`` :attr:`ColmapResult.w2c` (NaN rows: not registered).
         R: ``(N, 3, 3)`` world-to-camera rotations to compare (e.g. the fitted cameras in FLAME's frame).
 
     Returns:

@@ -15,13 +15,13 @@ offline ``ns-train`` dies at start-up with a urllib traceback. This command puts
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from flame_prior.errors import InputError, ModelFileError
+from flame_prior.files import file_sha256
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,8 @@ def candidate_paths(weights: WeightsFile = ALEXNET) -> list[Path]:
     return out
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_valid(path: Path, weights: WeightsFile = ALEXNET) -> bool:
-    return path.is_file() and sha256_of(path).startswith(weights.sha256_prefix)
+    return path.is_file() and file_sha256(path).startswith(weights.sha256_prefix)
 
 
 def install_weights(config: WeightsConfig, weights: WeightsFile = ALEXNET, target_dir: Path | None = None) -> str:

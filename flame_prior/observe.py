@@ -1,11 +1,11 @@
-"""Stage 2 — face observations: landmarks, confidences and a head mask per view, offline.
+"""Pipeline step 2 — face observations: landmarks, confidences and a head mask per view, offline.
 
-Public entry: :func:`observe`, configured by :class:`DetectConfig`.
+Public entry: :func:`observe`, configured by :class:`~flame_prior.detectors.DetectConfig`.
 
 Per image, the chosen backend (:mod:`flame_prior.detectors`) finds the largest face; views
 without one, or with a face smaller than ``min_face_px``, are returned as
 :class:`~flame_prior.images.SkippedInput` with the reason, never fitted silently. Detections are
-cached by image content (see :mod:`flame_prior.detectors.cache`), so re-runs skip detection.
+cached by image content (see :mod:`flame_prior.cache`), so re-runs skip detection.
 
 Coordinates follow docs/conventions.md: pixels of the upright ORIGINAL image, corner origin,
 pixel centres at +0.5.
@@ -13,59 +13,36 @@ pixel centres at +0.5.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from flame_prior.cache import CacheMiss, DetectionCache, default_cache_dir, quantise_mask_u8
+from flame_prior.detectors import DetectConfig, Detection, make_detector
 from flame_prior.images import InputImage, SkippedInput
 
-__all__ = ["DetectConfig", "ViewObservation", "observe"]
+__all__ = ["ViewObservation", "observe"]
 
 
 @dataclass
 class ViewObservation:
-    """What the detector saw in one upright image.
+    """One upright image and the face the detector found in it.
 
     Attributes:
         image: the decoded input.
-        landmarks: ``(K, 2)`` float32 pixel coordinates in the upright ORIGINAL image (corner origin,
-            pixel centres at +0.5; see docs/conventions.md), in the detector's own order
-            (``landmark_format``).
-        confidence: ``(K,)`` float32 in [0, 1]; 0 for points the detector marks as hidden.
-        landmark_format: ``"mediapipe478"`` (Face Mesh with iris) or ``"ibug68"`` (FAN / iBUG 68).
-        mask: ``(H, W)`` float32 in [0, 1], the head (face, hair, ears; no torso, no background).
-            Quantised to steps of 1/255, so cached and fresh detections are identical.
-        face_box: ``(x0, y0, x1, y1)`` pixels, the detected face.
-        notes: remarks for the summary (e.g. "2 faces, took the largest").
+        detection: the face: landmarks (pixels of the upright ORIGINAL image, corner origin, pixel
+            centres at +0.5; see docs/conventions.md), confidences, head mask (quantised to steps of
+            1/255, so cached and fresh detections are identical) and face box.
+        notes: remarks on this view for the summary (the detector's, e.g. "2 faces, took the
+            largest", and the cache's).
     """
 
     image: InputImage
-    landmarks: np.ndarray
-    confidence: np.ndarray
-    landmark_format: str
-    mask: np.ndarray
-    face_box: tuple[float, float, float, float]
+    detection: Detection
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DetectConfig:
-    """How faces are found in each photo (stage 2)."""
-
-    backend: Literal["mediapipe", "fan", "files"] = "mediapipe"
-    """Landmark detector: MediaPipe Face Mesh (478 points, bundled, offline), FAN (68 points, needs face_alignment and its weights) or user files."""
-    landmark_dir: Path | None = None
-    """For backend "files": folder with <stem>.npy or <stem>.txt (K, 2) pixel landmarks (K = 68 or 478) and optional <stem>_mask.png per image."""
-    min_face_px: float = 40
-    """Faces whose box is smaller than this many pixels (longer side) are left out as too small to fit."""
-    cache_dir: Path | None = None
-    """Detection cache folder; default $XDG_CACHE_HOME/flame-prior/detections (else ~/.cache/flame-prior/detections)."""
-    use_cache: bool = True
-    """Read and write cached detections (keyed by image content, backend and its version)."""
 
 
 def observe(
@@ -89,9 +66,6 @@ def observe(
         InputError: the backend cannot run here (FAN not installed / no weights; "files" without
             its folder or a file for an image).
     """
-    from flame_prior.detectors import make_detector
-    from flame_prior.detectors.cache import CacheMiss, DetectionCache, default_cache_dir, quantise_mask_u8
-
     owned = detector is None
     if owned:
         detector = make_detector(config)
@@ -132,17 +106,11 @@ def observe(
                         )
                     )
                     continue
-                observations.append(
-                    ViewObservation(
-                        image=image,
-                        landmarks=np.asarray(det.landmarks, np.float32),
-                        confidence=np.asarray(det.confidence, np.float32),
-                        landmark_format=det.landmark_format,
-                        mask=quantise_mask_u8(det.mask).astype(np.float32) / np.float32(255),
-                        face_box=tuple(float(v) for v in det.face_box),
-                        notes=notes + list(det.notes),
-                    )
-                )
+                det = dataclasses.replace(
+                    det, landmarks=np.asarray(det.landmarks, np.float32), confidence=np.asarray(det.confidence, np.float32),
+                    mask=quantise_mask_u8(det.mask).astype(np.float32) / np.float32(255),
+                    face_box=tuple(float(v) for v in det.face_box))
+                observations.append(ViewObservation(image, det, notes + list(det.notes)))
     finally:
         if owned:
             detector.close()

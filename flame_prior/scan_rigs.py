@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from flame_prior import render
+from flame_prior.geometry import look_at_w2c
 
 __all__ = [
     "ATTRIBUTION", "SCAN_RELATIVE_PATH", "RIG_NAMES", "ScanHead", "RigView", "Rig", "load_scan", "make_rig",

@@ -15,7 +15,7 @@ its own global ``rotation`` and ``translation`` (the head's rigid motion), ``nec
    keyframe is *the* camera; the other keyframes' cameras become head poses.
 2. **Tracking** — timesteps in order, each started from the previous one, a few Levenberg-Marquardt
    steps on the same robust landmark energy as the landmark stage
-   (:func:`flame_prior.fit_landmarks.landmark_targets`, Geman-McClure IRLS weights, one view counts
+   (:func:`flame_prior.fit.state.landmark_targets`, Geman-McClure IRLS weights, one view counts
    once), plus the zero-mean priors of the fitter and **temporal smoothness**: a quadratic pull
    ``w_smooth |theta_t - theta_{t-1}|^2`` per parameter group. Only the vertices the landmarks sit on
    are evaluated, with the identity folded into the template (:func:`landmark_vertex_model`); the
@@ -30,7 +30,6 @@ the rigid motion only, and says so up front.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from flame_prior.errors import FitError
+from flame_prior.fit.landmarks import marquardt_step
 from flame_prior.flame import FlameModel, FlameParams, LandmarkEmbedding, head_yaw_deg
 from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 
@@ -118,28 +118,13 @@ class SequenceFit:
 # Levenberg-Marquardt on landmark residuals, Jacobians by batched forward differences
 
 
-def _damped_step(A: Tensor, g: Tensor, lam: float, current: float, evaluate):
-    """One Marquardt step: solve ``(A + lam diag(A)) d = -g`` (float64), multiplying ``lam`` by 8 until
-    ``evaluate(d) -> (cost, payload)`` is finite and no worse than ``current`` (6 tries).
-
-    Returns ``(payload or None when every try failed, cost, the next lam)``."""
-    diag = torch.diagonal(A).clamp_min(1e-12)
-    for _try in range(6):
-        step = torch.linalg.solve((A + lam * torch.diag(diag)).double(), -g.double()).to(g)
-        new, payload = evaluate(step)
-        if math.isfinite(new) and new <= current:
-            return payload, new, max(lam / 5, 1e-9)
-        lam *= 8
-    return None, current, lam
-
-
 def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean: Tensor, smooth_w: Tensor,
         smooth_mean: Tensor, steps: int, refresh_jacobian: bool = True) -> tuple[Tensor, float]:
     """Minimise ``sum w rho(|e|^2) + sum prior_w (theta - prior_mean)^2 + sum smooth_w (theta - smooth_mean)^2``.
 
     ``residual(theta (B, P)) -> (B, R, 2)`` normalised landmark residuals, rows of the batch being
     independent parameter sets; ``weights (R,)`` each landmark's weight (one view sums to 1).
-    Geman-McClure IRLS with Marquardt damping, as :func:`flame_prior.fit_landmarks.fit_landmarks_lm`.
+    Geman-McClure IRLS with Marquardt damping, as :func:`flame_prior.fit.landmarks.fit_landmarks_lm`.
     The Jacobian is taken by forward differences in float64 in ONE batched pass (the current point
     plus one step per parameter): with a few dozen parameters and a few hundred vertices this is
     several times faster on the CPU than forward-mode AD, whose decompositions run in Python. Without
@@ -178,7 +163,7 @@ def _lm(theta: Tensor, residual, weights, c: float, prior_w: Tensor, prior_mean:
             new, e_new = cost(cand)
             return new, (cand, e_new)
 
-        accepted, new, lam = _damped_step(A, g, lam, current, try_step)
+        accepted, new, lam, _ = marquardt_step(A, g, lam, current, try_step, tries=6)
         if accepted is None:
             break
         gain, current = current - new, new
@@ -219,8 +204,7 @@ class _Problem:
 
     def __init__(self, model: FlameModel, emb: LandmarkEmbedding, cameras: PinholeCameras, shape: Tensor,
                  fit_shape: bool = False):
-        from flame_prior.fit_landmarks import FitState
-        from flame_prior.intrinsics import Intrinsics
+        from flame_prior.fit.state import landmark_vertex_subset
 
         dev = model.faces.device
         dtype = torch.float64  # forward differences need the digits
@@ -228,13 +212,9 @@ class _Problem:
         cams = cameras.to(device=dev, dtype=dtype)
         self.R, self.t = cams.R, cams.t  # (C, 3, 3), (C, 3)
         self.fx, self.fy, self.cx, self.cy = cams.fx, cams.fy, cams.cx, cams.cy
-        c = len(cameras)
-        intr = Intrinsics(cams.fx.cpu().numpy(), cams.fy.cpu().numpy(), cams.cx.cpu().numpy(), cams.cy.cpu().numpy(),
-                          "given", False)
-        subset = FitState(model, emb, intr, c, dev, dtype)  # the landmark stage's vertex subset, reused
-        self.faces_local = subset.faces_local
+        vertex_index, self.faces_local = landmark_vertex_subset(model, emb)  # the landmark stage's subset
         self.shape = shape.to(device=dev, dtype=dtype).reshape(1, -1)
-        self.model = landmark_vertex_model(model.data, subset.vertex_index, None if fit_shape else self.shape[0])
+        self.model = landmark_vertex_model(model.data, vertex_index, None if fit_shape else self.shape[0])
         self.n_expr = model.n_expr
         self.fit_shape = fit_shape
         self.sizes = {"rotation": 3, "translation": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6,
@@ -281,7 +261,7 @@ class _Problem:
 
 
 def _targets(views, emb, device, dtype):
-    from flame_prior.fit_landmarks import landmark_targets
+    from flame_prior.fit.state import landmark_targets
 
     return landmark_targets(views, emb, device, dtype)
 
@@ -291,18 +271,13 @@ def _group_vector(prob: _Problem, values: dict[str, float]) -> Tensor:
                       for k in GROUPS])
 
 
-#: The landmark stage's FLAME parameter names (:func:`flame_prior.fit_landmarks.free_parameters`) as groups.
-_GROUP_OF = {"expression": "expression", "jaw": "jaw_pose", "eyes": "eye_pose", "neck": "neck_pose"}
-
-
 def _fit_groups(fitter_cfg, model) -> set[str]:
-    """The per-timestep groups that move: the rigid motion, and what the landmark stage would fit."""
-    from types import SimpleNamespace
+    """The per-timestep groups that move: the rigid motion, and the pose and expression parameters
+    the fitter's config fits (:func:`flame_prior.fit.state.free_parameters`; the shape is one for all)."""
+    from flame_prior.fit.state import free_parameters
 
-    from flame_prior.fit_landmarks import free_parameters
-
-    names = free_parameters(fitter_cfg, SimpleNamespace(model=model), optimise_focal=False)
-    return {"rotation", "translation"} | {_GROUP_OF[n] for n in names if n in _GROUP_OF}
+    group = {"expression": "expression", "jaw": "jaw_pose", "eyes": "eye_pose", "neck": "neck_pose"}
+    return {"rotation", "translation"} | {group[k] for k in free_parameters(fitter_cfg, model, False) if k in group}
 
 
 def track_sequence(model: FlameModel, emb: LandmarkEmbedding, views, timestep: list[int], camera: list[int],
@@ -466,7 +441,7 @@ def refine_identity(model: FlameModel, emb: LandmarkEmbedding, views, keyframe_v
             s_c = shape_v + step[:S]
             return cost(s_c, t_c)[0], (s_c, t_c)
 
-        accepted, new, lam = _damped_step(A, g, lam, current, try_step)
+        accepted, new, lam, _ = marquardt_step(A, g, lam, current, try_step, tries=6)
         if accepted is None:
             break
         gain, current = current - new, new
@@ -555,7 +530,7 @@ def fit_dynamic(assets, prepared, config, progress=None):
     key_views = [views[i] for i in key]
     intr = estimate_intrinsics(key_views, config.intrinsics, progress=progress)  # COLMAP sees still keyframes only
     result = fit_flame(assets.model, assets.embedding, key_views, intr, config.fitter,
-                       texture_space=assets.texture_space, uv_layout=assets.uv_layout, model_info=assets.model_info,
+                       texture_space=assets.texture_space, uv_layout=assets.uv_layout,
                        progress=progress)
     cams = result.cameras
     shape = torch.as_tensor(result.flame["shape"], dtype=torch.float64)
@@ -617,7 +592,7 @@ def run_dynamic(config, assets, prepared, out, progress, console, t_start: float
     from rich.markup import escape
 
     from flame_prior.export.sequence import write_sequence_outputs
-    from flame_prior.pipeline import atomic_output_dir
+    from flame_prior.export.output_dir import atomic_output_dir
 
     if assets.model.n_expr == 0:
         console.print(f"note: {escape(NO_EXPRESSION_NOTE)}", highlight=False)
@@ -628,7 +603,7 @@ def run_dynamic(config, assets, prepared, out, progress, console, t_start: float
     timings["tracking"] = seq.seconds
     t0 = time.perf_counter()
     with atomic_output_dir(out, config.overwrite) as tmp:
-        write_sequence_outputs(tmp, prepared, result, seq, timings, model_info=assets.model_info,
+        write_sequence_outputs(tmp, prepared, result, seq, timings, model_info=assets.info,
                                avatar_format=config.avatar_format, model=assets.model)
     timings["export"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start

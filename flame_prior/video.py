@@ -536,8 +536,8 @@ def head_poses_deg(views, mean_landmarks3d: np.ndarray, detector_index: np.ndarr
 
     out = np.zeros((len(views), 3))
     for i, v in enumerate(views):
-        x = v.landmarks[detector_index].astype(np.float64)
-        ok = v.confidence[detector_index] > 0.3
+        x = v.detection.landmarks[detector_index].astype(np.float64)
+        ok = v.detection.confidence[detector_index] > 0.3
         if ok.sum() < 6:
             ok = np.ones(len(x), bool)
         f = 1.2 * max(v.image.width, v.image.height)
@@ -613,13 +613,13 @@ def classify_motion(views, threshold: float) -> tuple[str, float]:
     moves, and changes by tenths when someone talks or makes faces. Dynamic when above ``threshold``."""
     if len(views) < 3:
         return "static", 0.0
-    idx = _MOUTH.get(views[0].landmark_format)
+    idx = _MOUTH.get(views[0].detection.landmark_format)
     if idx is None:
         return "static", 0.0
     u, lo, a, b = idx
     ratios = []
     for v in views:
-        x = v.landmarks.astype(np.float64)
+        x = v.detection.landmarks.astype(np.float64)
         width = float(np.linalg.norm(x[a] - x[b]))
         if width > 0:
             ratios.append(float(np.linalg.norm(x[u] - x[lo])) / width)

@@ -19,7 +19,6 @@ Exit status: 0 on success, else flame-prior's codes (2 bad input, 3 bad model fi
 from __future__ import annotations
 
 import inspect
-import signal
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Union
@@ -45,11 +44,9 @@ class FlameFaceProcessor(FitConfig):
     def main(self) -> None:
         """Run flame-prior's pipeline; exit non-zero on failure (see the module docstring)."""
         from flame_prior.cli import execute
+        from flame_prior.errors import install_signal_handlers
 
-        def _interrupt(signum, frame):  # SIGTERM like Ctrl-C: the output dir is left untouched
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, _interrupt)
+        install_signal_handlers()  # SIGTERM like Ctrl-C: the output dir is left untouched
         code = execute(self)
         if code != 0:
             raise SystemExit(code)

@@ -2,7 +2,7 @@
 
 Used by ``scripts/benchmark.py`` as the BASELINE that flame-prior's time and landmark error are
 reported against. Same renderer (:mod:`flame_prior.render`), same FLAME model, same crops
-(``fit_photometric.make_crops``) and the same landmark detections as flame-prior; only the schedule differs:
+(``flame_prior.fit.photometric.make_crops``) and the same landmark detections as flame-prior; only the schedule differs:
 
 1. **rigid**: Adam (lr 0.005), ``rigid_iters`` (3000) iterations on the 51 "static" landmarks of the
    mean head; parameters: one scale ``s``, per-view axis-angle ``r_i`` and 2D translation ``t_i``;
@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from flame_prior import render
-from flame_prior.fit_landmarks import landmark_targets
-from flame_prior.fit_photometric import initial_albedo_color, make_crops
+from flame_prior.fit.state import landmark_targets
+from flame_prior.fit.photometric import initial_albedo_color, make_crops
 from flame_prior.flame import FlameParams, sh_basis, shade_sh
 from flame_prior.geometry import axis_angle_to_rotation_matrix
 

@@ -148,51 +148,37 @@ def _landmark_accuracy(result, embedding) -> dict:
 def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space, uv_layout, reps: int = 3) -> dict:
     """Seconds of one photometric step's work (FLAME fwd + render + backward of a mini-batch) and of
     one landmark evaluation (FLAME fwd on the landmark vertices + projection + backward)."""
-    from flame_prior import fit as F
-    from flame_prior import fit_landmarks as FL
-    from flame_prior import fit_photometric as FP
     from flame_prior import render
+    from flame_prior.fit.photometric import Appearance, initial_albedo_color, make_crops, photometric_loss
+    from flame_prior.fit.state import FitState, landmark_energy, landmark_targets
+    from flame_prior.geometry import rotation_matrix_to_axis_angle
 
     dtype = torch.float32
     n = len(views)
-    tg = FL.landmark_targets(views, embedding, dev, dtype)
-    st = FL.FitState(model, embedding, intr, n, dev, dtype)
-    st.widths, st.heights = [v.image.width for v in views], [v.image.height for v in views]
+    tg = landmark_targets(views, embedding, dev, dtype)
+    st = FitState.initial(model, embedding, intr, [(v.image.width, v.image.height) for v in views], dev, dtype)
     cams = result.cameras
-    st.cam_rot = F.rotation_vectors(cams).to(dev, dtype)
-    st.cam_t = cams.t.to(dev, dtype)
-    st.log_focal = torch.log(cams.fx[:1].to(dev, dtype) / st.fx0[:1])
-    for k in ("shape", "expression"):
-        setattr(st, k, torch.as_tensor(result.flame[k], dtype=dtype, device=dev)[None])
-    st.jaw = torch.as_tensor(result.flame["jaw_pose"], dtype=dtype, device=dev)[None]
-    app = FP.Appearance(n, cfg, texture_space, uv_layout if texture_space is None else None,
-                        FP.initial_albedo_color(views, tg), dev, dtype)
+    leaf = lambda x: x.detach().to(dev, dtype).clone().requires_grad_(True)  # noqa: E731
+    flame = lambda k: torch.as_tensor(result.flame[k], dtype=dtype, device=dev)[None]  # noqa: E731
+    # The fitted state, with the photometric stage's usual free parameters requiring gradients.
+    st = st.replace(cam_rot=leaf(rotation_matrix_to_axis_angle(cams.R)), cam_t=leaf(cams.t),
+                    log_focal=torch.log(cams.fx[:1].to(dev, dtype) / st.fx0[:1]), shape=leaf(flame("shape")),
+                    expression=flame("expression"), jaw=leaf(flame("jaw_pose")))
+    app = Appearance(n, cfg, texture_space, uv_layout if texture_space is None else None,
+                     initial_albedo_color(views, tg), dev, dtype)
     app.parameters()  # marks albedo and light as requiring gradients
-    crops = FP.make_crops(views, tg, cfg.render_size, dev, dtype)
-    ratio = crops.size / crops.box[:, 2]
+    crops = make_crops(views, tg, cfg.render_size, dev, dtype)
     topology = render.edge_topology(model.faces)
     b = min(n, cfg.photometric_views)
     idx = torch.arange(b, device=dev)
-    geo = [getattr(st, k).detach().requires_grad_(True) for k in ("cam_rot", "cam_t", "shape", "jaw")]
-    for k, p in zip(("cam_rot", "cam_t", "shape", "jaw"), geo):
-        setattr(st, k, p)
-
-    def photo_step():
-        c = st.cameras()
-        r = ratio[idx]
-        color, cov, rast, _ = FP.render_views(st, idx, model.faces, app.uvs, app.uv_faces, app.albedo(), app.sh()[idx],
-                                     c.fx[idx] * r, c.fy[idx] * r, (st.cx[idx] - crops.box[idx, 0]) * r,
-                                     (st.cy[idx] - crops.box[idx, 1]) * r, crops.size, topology)
-        inside = (rast[..., 3] > 0).to(dtype) * crops.head[idx]
-        loss = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0) \
-            + ((cov * (1 - crops.head[idx])).mean())
-        loss.backward()
-
     yaw = st.yaw()
+
+    def photo_step():  # the photometric stage's own loss on one mini-batch, and its backward
+        photometric_loss(st, tg, crops, idx, app, cfg, yaw, topology).backward()
 
     def lmk_step():
         pred = st.project(st.landmarks3d(yaw))
-        FL.landmark_energy(pred, tg, cfg.robust_scale).backward()
+        landmark_energy(pred, tg, cfg.robust_scale).backward()
 
     out = {}
     for name, fn in (("photometric_step_s", photo_step), ("landmark_eval_s", lmk_step)):
@@ -229,8 +215,8 @@ def case_synthetic(device: str, threads: int | None, views: int, fitter: dict, u
     t_all = time.perf_counter()
     data, model, embedding, ts = demo_assets(seed, dev)
     t0 = time.perf_counter()
-    scene = render_scene(model, embedding, ts, DemoConfig(views=views, image_size=image_size, seed=seed,
-                                                          device=device), np.random.default_rng(seed))
+    scene = render_scene(model, embedding, ts, DemoConfig(views=views, image_size=image_size, seed=seed),
+                         np.random.default_rng(seed))
     _sync(torch, dev)
     t_scene = time.perf_counter() - t0
     S, n = image_size, views
@@ -242,17 +228,17 @@ def case_synthetic(device: str, threads: int | None, views: int, fitter: dict, u
         intr = Intrinsics(f_true.copy(), f_true.copy(), np.full(n, S / 2), np.full(n, S / 2), "given", False)
     cfg = FitterConfig(**{**fitter, "device": device, "seed": seed})
     t0 = time.perf_counter()
-    result = fit_flame(model, embedding, scene.views, intr, cfg, texture_space=ts,
-                       model_info={"path": "synthetic", "sha256": data.sha256})
+    result = fit_flame(model, embedding, scene.views, intr, cfg, texture_space=ts)
     t_fit = time.perf_counter() - t0
     t_export = float("nan")
     if export:
+        from flame_prior.flame.assets import ModelInfo
         from flame_prior.pipeline import write_all
 
         with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
             t0 = time.perf_counter()
-            write_all(Path(tmp) / "out", scene.views, intr, result, [], {}, model_info={"path": "synthetic",
-                      "sha256": data.sha256}, overwrite=True, avatar_format=False)
+            write_all(Path(tmp) / "out", scene.views, intr, result, [], {},
+                      model=ModelInfo(path="synthetic", sha256=data.sha256), overwrite=True, avatar_format=False)
             t_export = time.perf_counter() - t0
     total = time.perf_counter() - t_all
     errors = camera_errors(result.cameras, scene.cameras, scene.target)
@@ -287,7 +273,8 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
     from flame_prior.config import FitConfig
     from flame_prior.fit import FitterConfig, fit_flame
     from flame_prior.intrinsics import estimate_intrinsics
-    from flame_prior.pipeline import load_assets, prepare_views, write_all
+    from flame_prior.flame.assets import load_assets
+    from flame_prior.pipeline import prepare_views, write_all
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     t_all = time.perf_counter()
@@ -296,7 +283,7 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
     cfg.fitter = FitterConfig(**{**fitter, "device": device})
     cfg.intrinsics.use_colmap = colmap
     t0 = time.perf_counter()
-    assets = load_assets(cfg, dev)
+    assets = load_assets(**cfg.resolved_paths(), device=dev)
     t_assets = time.perf_counter() - t0
     cold_cache = not any(Path(cache_dir).glob("*"))
     views, skipped, tm_cold = prepare_views(cfg, assets.embedding, False)
@@ -307,11 +294,11 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
         t_intr = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = fit_flame(assets.model, assets.embedding, views, intr, cfg.fitter, texture_space=assets.texture_space,
-                       uv_layout=assets.uv_layout, model_info=assets.model_info)
+                       uv_layout=assets.uv_layout)
     t_fit = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
         t0 = time.perf_counter()
-        write_all(Path(tmp) / "out", views, intr, result, skipped, {}, model_info=assets.model_info,
+        write_all(Path(tmp) / "out", views, intr, result, skipped, {}, model=assets.info,
                   overwrite=True, avatar_format=False)
         t_export = time.perf_counter() - t0
     total = time.perf_counter() - t_all
@@ -363,7 +350,7 @@ def _nme(ref68: np.ndarray, result, views, embedding) -> dict:
 
     rows68 = embedding_rows(embedding, np.arange(68))
     proj = result.views[0].landmarks_projected[rows68]
-    det = views[0].landmarks[MP_TO_IBUG68] if embedding.detector == "mediapipe478" else views[0].landmarks[:68]
+    det = views[0].detection.landmarks[MP_TO_IBUG68] if embedding.detector == "mediapipe478" else views[0].detection.landmarks[:68]
     d = np.linalg.norm(ref68[36] - ref68[45])
     e = lambda a, idx: float(np.mean(np.linalg.norm(a[idx] - ref68[idx], axis=-1)) / d)  # noqa: E731
     return {"nme68_fit_vs_fan": e(proj, np.arange(68)), "nme51_fit_vs_fan": e(proj, STATIC),
@@ -384,7 +371,7 @@ def case_baseline(device: str, threads: int | None, scene: str, rigid_iters: int
         from flame_prior.geometry import rotation_angle_deg
 
         data_, model, embedding, ts = demo_assets(seed, dev)
-        sc = render_scene(model, embedding, ts, DemoConfig(views=views, seed=seed, device=device),
+        sc = render_scene(model, embedding, ts, DemoConfig(views=views, seed=seed),
                           np.random.default_rng(seed))
         out = run_baseline(model, embedding, sc.views, texture_space=ts, rigid_iters=rigid_iters,
                            joint_iters=joint_iters, max_seconds=max_seconds, seed=seed)
@@ -394,11 +381,12 @@ def case_baseline(device: str, threads: int | None, scene: str, rigid_iters: int
         out["rotation_deg_max"] = float(np.max(rot))
     else:
         from flame_prior.config import FitConfig
-        from flame_prior.pipeline import load_assets, prepare_views
+        from flame_prior.flame.assets import load_assets
+        from flame_prior.pipeline import prepare_views
 
         cfg = FitConfig(data=Path(data), output_dir=Path(_scratch()) / "unused")
         cfg.detect.cache_dir = Path(cache_dir)
-        assets = load_assets(cfg, dev)
+        assets = load_assets(**cfg.resolved_paths(), device=dev)
         vs, _, _ = prepare_views(cfg, assets.embedding, False)
         out = run_baseline(assets.model, assets.embedding, vs, texture_space=assets.texture_space,
                            uv_layout=assets.uv_layout, rigid_iters=rigid_iters, joint_iters=joint_iters,
@@ -470,7 +458,8 @@ def case_tracking(device: str, threads: int | None, timesteps: int, photometric_
     from flame_prior.config import FitConfig
     from flame_prior.fit import FitterConfig
     from flame_prior.intrinsics import IntrinsicsConfig
-    from flame_prior.pipeline import Assets, PreparedViews
+    from flame_prior.flame.assets import Assets, ModelInfo
+    from flame_prior.pipeline import PreparedViews
     from flame_prior.track import fit_dynamic
     from flame_prior.video import Intake
 
@@ -479,7 +468,7 @@ def case_tracking(device: str, threads: int | None, timesteps: int, photometric_
     render_s = time.perf_counter() - t0
     intake = Intake([v.image for v in views], [], "video", camera, timestep, [t / 30 for t in timestep], ["cam0"])
     prepared = PreparedViews(views, [], {}, intake, "dynamic", "benchmark")
-    info = {"path": "synthetic", "sha256": data.sha256, "n_shape": model.n_shape, "n_expr": model.n_expr, "notes": []}
+    info = ModelInfo(path="synthetic", sha256=data.sha256, n_shape=model.n_shape, n_expr=model.n_expr)
     cfg = FitConfig(data=Path("synthetic"), output_dir=Path("unused"),
                     intrinsics=IntrinsicsConfig(focal_px=float(cams.fx[0])),
                     fitter=FitterConfig(photometric_steps=photometric_steps))
@@ -512,7 +501,7 @@ def case_dynamic_real(device: str, threads: int | None, data: str, timesteps: in
     from flame_prior.fit import FitterConfig
     from flame_prior.images import load_images
     from flame_prior.intrinsics import IntrinsicsConfig
-    from flame_prior.observe import DetectConfig
+    from flame_prior.detectors import DetectConfig
     from flame_prior.pipeline import run
     from flame_prior.video import VideoConfig
     from rich.console import Console
@@ -547,7 +536,7 @@ def case_profile(device: str, threads: int | None, views: int, fitter: dict, top
     from flame_prior.intrinsics import Intrinsics
 
     data, model, embedding, ts = demo_assets(0, dev)
-    sc = render_scene(model, embedding, ts, DemoConfig(views=views, device=device), np.random.default_rng(0))
+    sc = render_scene(model, embedding, ts, DemoConfig(views=views), np.random.default_rng(0))
     f = sc.cameras.fx.numpy()
     intr = Intrinsics(f.copy(), f.copy(), np.full(views, 128.0), np.full(views, 128.0), "given", False)
     cfg = FitterConfig(**{**fitter, "device": device})
@@ -576,20 +565,21 @@ def case_fast_accuracy(device: str, threads: int | None, images: list[str], cach
     from flame_prior.config import FitConfig
     from flame_prior.fit import FitterConfig, fit_flame
     from flame_prior.intrinsics import estimate_intrinsics
-    from flame_prior.pipeline import load_assets, prepare_views
+    from flame_prior.flame.assets import load_assets
+    from flame_prior.pipeline import prepare_views
 
     per_image = []
     for path in images:
         cfg = FitConfig(data=Path(path), output_dir=Path(_scratch()) / "unused")
         cfg.detect.cache_dir = Path(cache_dir)
-        assets = load_assets(cfg, dev)
+        assets = load_assets(**cfg.resolved_paths(), device=dev)
         views, _, _ = prepare_views(cfg, assets.embedding, False)
         intr = estimate_intrinsics(views, cfg.intrinsics, progress=None)
         row = {"image": Path(path).name}
         for name, fitter in (("full", FitterConfig(device=device)), ("fast", FitterConfig(device=device, **FAST_SCHEDULE))):
             t0 = time.perf_counter()
             result = fit_flame(assets.model, assets.embedding, views, intr, fitter, texture_space=assets.texture_space,
-                               uv_layout=assets.uv_layout, model_info=assets.model_info)
+                               uv_layout=assets.uv_layout)
             row[f"{name}_fit_s"] = time.perf_counter() - t0
             nme = _nme(np.load(Path(path).with_name(Path(path).stem + "_lmk68.npy")), result, views, assets.embedding)
             row[f"{name}_nme51"], row[f"{name}_nme68"] = nme["nme51_fit_vs_fan"], nme["nme68_fit_vs_fan"]

@@ -1,4 +1,9 @@
-"""Shared fixtures: the ``../shared`` test data (skip with the missing path), devices, dtypes."""
+"""Shared fixtures: the ``../shared`` test data, devices, dtypes.
+
+Missing shared data skips a test, naming the path — except in CI (``CI`` set to anything but
+``0``/``false``, or ``FLAME_PRIOR_REQUIRE_SHARED=1``, which ``.ci/run`` exports), where it FAILS the
+test: a CI run without the real photos must not go green by skipping them.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +22,40 @@ def shared_root() -> Path:
     return Path(env) if env else REPO.parent / "shared"
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def shared_data_required() -> bool:
+    """True in CI: missing shared data is then a failure, not a skip."""
+    return _flag("CI") or _flag("FLAME_PRIOR_REQUIRE_SHARED")
+
+
 def shared_path(relative: str) -> Path:
-    """Path of a file under the shared data; skips the calling test, naming it, when absent."""
+    """Path of a file under the shared data; when absent, skips the calling test naming it (fails in CI)."""
     path = shared_root() / relative
     if not path.exists():
-        pytest.skip(f"shared test data missing: {path} (set FLAME_PRIOR_SHARED or provide ../shared)")
+        message = f"shared test data missing: {path} (set FLAME_PRIOR_SHARED or provide ../shared)"
+        if shared_data_required():
+            pytest.fail(message + "; CI requires it (CI / FLAME_PRIOR_REQUIRE_SHARED is set)", pytrace=False)
+        pytest.skip(message)
     return path
 
 
 @pytest.fixture
 def shared():
-    """``shared("flame-assets/flame2023_open_subset.npz") -> Path``, skipping when absent."""
+    """``shared("flame-assets/head_template_mesh.obj") -> Path``, skipping (in CI: failing) when absent."""
     return shared_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test (and every CLI it starts) caches detections and COLMAP results in a folder of its
+    own session, never the user's ``~/.cache/flame-prior``: a stale cached detection must not hide a
+    detector regression."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 def pytest_addoption(parser):

@@ -11,11 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flame_prior.detectors import Detection
 from flame_prior.fit import FitResult, StageLog, ViewFit
+from flame_prior.flame.assets import ModelInfo
 from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, project_points
 from flame_prior.images import InputImage, SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
+
+#: The model record the fixtures' exports name.
+MODEL = ModelInfo(path="/models/flame2023_open_subset.npz", sha256="ab" * 32, n_shape=60, n_expr=0,
+                  notes=["no expression space", "no texture space"])
 
 
 def uv_ellipsoid(n_lat: int = 12, n_lon: int = 18, radii=(0.075, 0.1, 0.09), centre=(0.0, 0.02, 0.0)):
@@ -124,9 +130,9 @@ def make_fit(specs=VIEW_SPECS, n_landmarks: int = 68, seed: int = 0, image_dir: 
         img = InputImage(path=path, name=name, pixels=pixels, sha256="0" * 64)
         proj = uv_all[k][lmk_idx]
         det = proj + rng.normal(0, 1.0, proj.shape)
-        views.append(ViewObservation(image=img, landmarks=det.astype(np.float32),
-                                     confidence=np.ones(n_landmarks, np.float32), landmark_format="ibug68",
-                                     mask=mask, face_box=(0.0, 0.0, float(w), float(h))))
+        views.append(ViewObservation(image=img, detection=Detection(
+            landmarks=det.astype(np.float32), confidence=np.ones(n_landmarks, np.float32), landmark_format="ibug68",
+            mask=mask, face_box=(0.0, 0.0, float(w), float(h)))))
         err = float(np.median(np.linalg.norm(det - proj, axis=1)))
         fits.append(ViewFit(name=name, landmarks_detected=det, landmarks_projected=proj,
                             landmark_weight=np.ones(n_landmarks), landmark_error_px=err,
@@ -147,8 +153,6 @@ def make_fit(specs=VIEW_SPECS, n_landmarks: int = 68, seed: int = 0, image_dir: 
                "translation": np.array([0.001, 0.02, -0.01])},
         vertices=V, faces=F, uvs=UV, uv_faces=UF, texture=tex, texture_coeffs=None,
         lighting=rng.normal(0, 0.1, (n, 9, 3)), views=fits, stages=stages,
-        model_info={"path": "/models/flame2023_open_subset.npz", "sha256": "ab" * 32, "n_shape": 60, "n_expr": 0,
-                    "notes": ["no expression space", "no texture space"]},
         intrinsics_source="exif")
     intr = Intrinsics(fx=np.array([s[2] for s in specs]), fy=np.array([s[3] for s in specs]),
                       cx=np.array([s[4] for s in specs]), cy=np.array([s[5] for s in specs]),

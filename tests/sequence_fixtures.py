@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from flame_prior import render
-from flame_prior.demo import demo_assets, look_at_w2c
-from flame_prior.fit_photometric import render_head
+from flame_prior.demo import demo_assets
+from flame_prior.geometry import look_at_w2c
+from flame_prior.render_head import render_head
 from flame_prior.flame import FlameParams, head_yaw_deg, landmarks_from_vertices, sh_basis
 from flame_prior.geometry import PinholeCameras, project_points
 from flame_prior.images import InputImage
+from flame_prior.detectors import Detection
 from flame_prior.observe import ViewObservation
 
 
@@ -50,7 +52,7 @@ def render_sequence(T: int = 30, n_cams: int = 1, size: int = 256, noise_px: flo
     data, model, emb, ts = demo_assets(seed, torch.device("cpu"))
     if not expressions:
         from flame_prior.flame import FlameModel, load_flame_model
-        from flame_prior.pipeline import default_model_path
+        from flame_prior.flame.assets import default_model_path
 
         data = load_flame_model(default_model_path())
         model = FlameModel(data)
@@ -87,8 +89,7 @@ def render_sequence(T: int = 30, n_cams: int = 1, size: int = 256, noise_px: flo
     for ti in range(T):
         for c in range(n_cams):
             v = verts[ti:ti + 1]
-            color, rast, pos = render_head(v, model.faces, cf.R[c:c + 1], cf.t[c:c + 1], cf.fx[c:c + 1], cf.fy[c:c + 1],
-                                           cf.cx[c:c + 1], cf.cy[c:c + 1], (size, size), torch.as_tensor(ts.uvs),
+            color, rast, pos = render_head(v, model.faces, cf.subset([c]), torch.as_tensor(ts.uvs),
                                            torch.as_tensor(ts.uv_faces), albedo, sh)
             cov = render.coverage(rast, pos, model.faces)[0, ..., 0]
             img = color[0].clamp(0, 1) * cov[..., None] + 0.25 * (1 - cov[..., None])
@@ -110,8 +111,8 @@ def render_sequence(T: int = 30, n_cams: int = 1, size: int = 256, noise_px: flo
             pixels = (img.numpy() * 255).round().astype(np.uint8)
             name = f"cam{c}_{ti:05d}"
             im = InputImage(path=Path(f"synthetic/{name}.png"), name=name, pixels=pixels, sha256=f"seq-{seed}-{name}")
-            views.append(ViewObservation(im, lm, conf, emb.detector, cov.numpy().astype(np.float32),
-                                         (*pts.min(0), *pts.max(0))))
+            det = Detection(lm, conf, emb.detector, cov.numpy().astype(np.float32), (*pts.min(0), *pts.max(0)))
+            views.append(ViewObservation(im, det))
             timestep.append(ti)
             camera.append(c)
     return data, model, emb, ts, views, timestep, camera, cams, truth, shape

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flame_prior.camera_trust import ROTATION_SIGMA_MAX_DEG, pose_uncertainty, trust_flags
-from flame_prior.fit_landmarks import _pnp_init
+from flame_prior.fit.landmarks import _pnp_init
 
 
 def _face_points(rng, n=120):

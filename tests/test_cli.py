@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import flame_prior.export.output_dir as output_dir
 import flame_prior.pipeline as pipeline
 from flame_prior.cli import execute, main
 from flame_prior.config import FitConfig
@@ -136,16 +137,16 @@ def test_signal_during_the_final_swap_completes_it(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "fit_summary.json").write_text("old")
-    real_rmtree = pipeline.shutil.rmtree
+    real_rmtree = output_dir.shutil.rmtree
 
     def rmtree_with_ctrl_c(path, *args, **kwargs):  # Ctrl-C while the previous output is deleted
         if ".out.old-" in str(path):
             os.kill(os.getpid(), signal.SIGINT)
         return real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.shutil, "rmtree", rmtree_with_ctrl_c)
+    monkeypatch.setattr(output_dir.shutil, "rmtree", rmtree_with_ctrl_c)
     with pytest.raises(Interrupted, match="output was complete"):
-        with pipeline.atomic_output_dir(out, overwrite=True) as tmp:
+        with output_dir.atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "fit_summary.json").write_text("new")
     assert (out / "fit_summary.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -160,7 +161,66 @@ def test_stale_partial_of_a_dead_run_is_removed(tmp_path):
     unrelated = tmp_path / ".other.partial-1-x"
     for p in (stale, live, unrelated):
         p.mkdir()
-    with pipeline.atomic_output_dir(out, overwrite=False) as tmp:
+    with output_dir.atomic_output_dir(out, overwrite=False) as tmp:
         (tmp / "a").write_text("a")
     assert not stale.exists() and live.exists() and unrelated.exists()
     assert (out / "a").read_text() == "a"
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("fit", "--intrinsics.focal-px", "-3"),
+    ("fit", "--intrinsics.prior-fov-deg", "180"),
+    ("fit", "--fitter.render-size", "0"),
+    ("fit", "--fitter.robust-scale", "0"),
+    ("fit", "--detect.min-face-px", "-1"),
+    ("demo", "--views", "0"),
+    ("demo", "--fitter.photometric-views", "0"),
+])
+def test_impossible_option_values_exit_2_before_any_work(tmp_path, capsys, monkeypatch, command, option, value):
+    """Checked before the output folder, the model files or a detector are touched: exit 2, one
+    line naming the option (not "internal error" after detection)."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    out = tmp_path / "out"
+    touched = []
+    monkeypatch.setattr("flame_prior.pipeline.load_assets", lambda *a, **k: touched.append("assets"))
+    monkeypatch.setattr("flame_prior.demo.demo_assets", lambda *a, **k: touched.append("assets"))
+    argv = [command, "--output-dir", str(out), option, value] + (["--data", str(data)] if command == "fit" else [])
+    assert _code(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    lines = [line for line in err if line.startswith("error:")]
+    assert len(lines) == 1 and option in lines[0] and f"(got {value}" in lines[0], err
+    assert not out.exists() and not touched
+
+
+def test_demo_honours_the_fitter_device_option(tmp_path, capsys):
+    """One device option for every command: ``demo --fitter.device`` reaches the fitter (asking for
+    CUDA where torch has none is refused, exit 2, naming the option); ``demo`` has no own ``--device``."""
+    import torch
+
+    assert _code(["demo", "--device", "cpu"]) == 2
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: asking for it is not an error here")
+    assert _code(["demo", "--output-dir", str(tmp_path / "d"), "--fitter.device", "cuda"]) == 2
+    assert "--fitter.device cuda" in capsys.readouterr().err
+
+
+def test_run_demo_round_trip(tmp_path):
+    """``run_demo`` (what ``make demo`` runs), small: the outputs of a real run plus
+    camera_errors.json, whose errors are small (4 views, 128 px, 0.5 px landmark noise)."""
+    import json
+
+    from flame_prior.demo import DemoConfig, run_demo
+    from flame_prior.fit import FitterConfig
+
+    out = tmp_path / "demo"
+    cfg = DemoConfig(output_dir=out, views=4, image_size=128,
+                     fitter=FitterConfig(photometric_steps=10, render_size=64, texture_size=64, device="cpu"))
+    summary = run_demo(cfg)
+    for name in ("transforms.json", "flame_params.npz", "fit_summary.json", "report.html", "camera_errors.json"):
+        assert (out / name).exists(), name
+    errors = json.loads((out / "camera_errors.json").read_text())
+    assert errors["views"] == 4 and summary["rotation_deg"]["max"] == errors["rotation_deg"]["max"]
+    assert errors["rotation_deg"]["max"] < 2.0, errors["rotation_deg"]
+    assert errors["translation_scaled_pct"]["max"] < 3.0, errors["translation_scaled_pct"]
+    assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 4

@@ -79,7 +79,7 @@ def test_avatar_layout_and_gaussian_avatars_projection(tmp_path):
     # View 2 has cx = 140.5 in a 256-wide image: w = max(2 cx, 2 (W - cx)) = 281, padded on the
     # right, offset 0, nothing cut off.
     assert (frames[2]["w"], offsets[2][0]) == (281, 0.0)
-    alpha = views[2].mask[..., None].astype(np.float64)
+    alpha = views[2].detection.mask[..., None].astype(np.float64)
     comp = np.round(views[2].image.pixels * alpha + 255 * (1 - alpha)).astype(np.uint8)
     ex = np.asarray(Image.open(tmp_path / frames[2]["file_path"]))
     oy2 = int(offsets[2][1])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from export_fixtures import make_fit
-from flame_prior.export.colmap import rotation_matrix_to_quaternion, write_colmap_text
-from flame_prior.geometry import axis_angle_to_rotation_matrix
+from flame_prior.export.colmap import write_colmap_text
+from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_matrix_to_quaternion
 
 
 def _read(model_dir):
@@ -66,7 +66,7 @@ def test_colmap_rejects_names_with_spaces(tmp_path):
 def test_convention_quaternion_wxyz_hamilton():
     aa = torch.tensor([[0.3, -1.2, 2.9], [0.0, 0.0, 0.0], [3.1, 0.1, 0.0], [0.0, 0.0, -3.14159]], dtype=torch.float64)
     R = axis_angle_to_rotation_matrix(aa).numpy()
-    q = rotation_matrix_to_quaternion(R)
+    q = rotation_matrix_to_quaternion(torch.as_tensor(R)).numpy()
     assert np.all(q[:, 0] >= 0)
     for Ri, qi in zip(R, q):
         np.testing.assert_allclose(pycolmap.Rotation3d(np.r_[qi[1:], qi[0]]).matrix(), Ri, atol=1e-12)

@@ -6,13 +6,15 @@ import json
 
 import numpy as np
 
-from export_fixtures import make_fit
+from dataclasses import replace
+
+from export_fixtures import MODEL, make_fit
 from flame_prior.export.flame_params import write_flame_params
 
 
 def test_flame_params_roundtrip(tmp_path):
     _, result, _, _ = make_fit()
-    npz_path, json_path = write_flame_params(tmp_path, result, "/models/flame.npz", "cd" * 32)
+    npz_path, json_path = write_flame_params(tmp_path, result, replace(MODEL, path="/models/flame.npz", sha256="cd" * 32))
     d = np.load(npz_path, allow_pickle=False)
     for k in ("shape", "expression", "rotation", "neck_pose", "jaw_pose", "eye_pose", "translation"):
         np.testing.assert_array_equal(d[k], np.asarray(result.flame[k], dtype=np.float64).reshape(-1))
@@ -46,7 +48,7 @@ def test_flame_params_texture_coeffs_and_nan(tmp_path):
     _, result, _, _ = make_fit()
     result.texture_coeffs = np.arange(5.0)
     result.views[0].eye_distance_px = 0.0  # degenerate normaliser -> null in JSON, not NaN
-    npz_path, json_path = write_flame_params(tmp_path, result, "m", "0" * 64)
+    npz_path, json_path = write_flame_params(tmp_path, result, replace(MODEL, path="m", sha256="0" * 64))
     np.testing.assert_array_equal(np.load(npz_path, allow_pickle=False)["texture_coeffs"], np.arange(5.0))
     text = json_path.read_text()
     assert "NaN" not in text

@@ -72,7 +72,7 @@ def test_transforms_roundtrip(tmp_path):
         np.testing.assert_array_equal(np.asarray(img), views[i].image.pixels)
         m = Image.open(cam["mask"])
         assert m.mode == "L"
-        np.testing.assert_array_equal(np.asarray(m), np.where(views[i].mask >= 0.5, 255, 0))
+        np.testing.assert_array_equal(np.asarray(m), np.where(views[i].detection.mask >= 0.5, 255, 0))
 
     ply = trimesh.load(tmp_path / meta["ply_file_path"])
     np.testing.assert_allclose(ply.vertices, result.vertices, atol=1e-6)

@@ -6,15 +6,17 @@ import json
 
 import numpy as np
 
-from export_fixtures import make_fit
+from dataclasses import replace
+
+from export_fixtures import MODEL, make_fit
 from flame_prior.export import AVATAR_SUBDIR, COLMAP_SUBDIR, write_outputs
 
 
 def test_write_outputs_layout(tmp_path):
     views, result, intr, skipped = make_fit()
     out = tmp_path / "out"
-    write_outputs(out, views, intr, result, skipped, {"fit": 1.0}, model_path="/m/flame.npz",
-                  model_sha256="ef" * 32, avatar_format=True)
+    write_outputs(out, views, intr, result, skipped, {"fit": 1.0},
+                  model=replace(MODEL, path="/m/flame.npz", sha256="ef" * 32), avatar_format=True)
     for rel in ("transforms.json", "flame_params.npz", "fit_summary.json", "flame_points.ply", "mesh.obj",
                 "mesh.mtl", "texture.png", "report.html", f"{COLMAP_SUBDIR}/cameras.txt",
                 f"{COLMAP_SUBDIR}/images.txt", f"{COLMAP_SUBDIR}/points3D.txt",
@@ -33,6 +35,6 @@ def test_write_outputs_layout(tmp_path):
 
 def test_write_outputs_without_avatar(tmp_path):
     views, result, intr, skipped = make_fit()
-    write_outputs(tmp_path, views, intr, result, skipped, {}, model_path="m", model_sha256="0" * 64,
+    write_outputs(tmp_path, views, intr, result, skipped, {}, model=replace(MODEL, path="m", sha256="0" * 64),
                   avatar_format=False)
     assert not (tmp_path / AVATAR_SUBDIR).exists() and (tmp_path / "report.html").exists()

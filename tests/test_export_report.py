@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 from PIL import Image
 
-from export_fixtures import make_fit
+from export_fixtures import MODEL, make_fit
 from flame_prior.export.report import write_report
 
 
@@ -39,7 +39,8 @@ def _parse(path):
 
 def test_report_links_and_rows(tmp_path):
     views, result, intr, skipped = make_fit()
-    path = write_report(tmp_path, views, result, intr, skipped, {"images": 0.3, "observe": 2.0, "fit": 5.5})
+    path = write_report(tmp_path, views, result, intr, skipped, {"images": 0.3, "observe": 2.0, "fit": 5.5},
+                        model=MODEL)
     assert path == tmp_path / "report.html"
     p = _parse(path)
     files = [link for link in p.links if not link.startswith("#")]
@@ -87,3 +88,16 @@ def test_report_without_skips_or_loss(tmp_path):
     p = _parse(path)
     assert all((tmp_path / link).exists() for link in p.links if not link.startswith("#"))
     assert "no loss history" in path.read_text(encoding="utf-8")
+
+
+def test_time_card_does_not_add_a_step_to_its_own_parts(tmp_path):
+    """The Time card's total is the run's clock (or the sum of the steps), never fit plus its stages."""
+    views, result, intr, _ = make_fit()
+    timings = {"intake": 1.0, "fit": 200.0, "fit.rigid": 50.0, "fit.photometric": 140.0, "export": 3.0,
+               "total": 204.0}
+    text = write_report(tmp_path, views, result, intr, [], timings).read_text(encoding="utf-8")
+    assert re.search(r"<th>total</th><th class='num'>3\.4 min</th>", text), "total: 204 s"
+    assert "10.0 min" not in text and "fit.rigid" not in text  # 598 s: every entry added up
+    text = write_report(tmp_path, views, result, intr, [], {k: v for k, v in timings.items() if k != "total"}
+                        ).read_text(encoding="utf-8")
+    assert re.search(r"<th>total</th><th class='num'>3\.4 min</th>", text), "sum of the steps: 204 s"

@@ -58,36 +58,50 @@ def test_round_trip_known_focal(scene):
     assert np.median([v.landmark_error_px for v in result.views]) < 0.8
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_round_trip_unknown_focal(seed):
-    """The focal length, started 50% too long, is recovered from landmarks alone: within 2% on
-    average over three scenes, within 3% in each (measured: 2.75%, 0.55%, 0.88%). At a 30 deg
-    field of view, perspective is a weak cue and trades off against the depth of the face, which
-    only the shape prior pins down."""
+UNKNOWN_FOCAL_SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def unknown_focal_errors():
+    """Camera errors of the three unknown-focal scenes, fitted once for the tests below."""
     data, model, emb, ts = demo.demo_assets(0, torch.device("cpu"))
-    sc = demo.render_scene(model, emb, ts, demo.DemoConfig(views=VIEWS, image_size=SIZE, seed=seed),
-                           np.random.default_rng(seed))
-    result = fit_flame(model, emb, sc.views, _intrinsics(sc, True), FitterConfig(photometric_steps=0),
-                       texture_space=ts)
-    e = _errors(result, sc)
-    _FOCAL_ERRORS.append(float(e["focal_pct"].max()))
+    out = {}
+    for seed in UNKNOWN_FOCAL_SEEDS:
+        sc = demo.render_scene(model, emb, ts, demo.DemoConfig(views=VIEWS, image_size=SIZE, seed=seed),
+                               np.random.default_rng(seed))
+        result = fit_flame(model, emb, sc.views, _intrinsics(sc, True), FitterConfig(photometric_steps=0),
+                           texture_space=ts)
+        out[seed] = _errors(result, sc)
+    return out
+
+
+@pytest.mark.parametrize("seed", UNKNOWN_FOCAL_SEEDS)
+def test_round_trip_unknown_focal(unknown_focal_errors, seed):
+    """The focal length, started 50% too long, is recovered from landmarks alone: within 3% in each
+    of three scenes (measured: 2.75%, 0.55%, 0.88%). At a 30 deg field of view, perspective is a
+    weak cue and trades off against the depth of the face, which only the shape prior pins down."""
+    e = unknown_focal_errors[seed]
     assert e["focal_pct"].max() < 3.0, e["focal_pct"]
     assert e["rotation_deg"].max() < 1.0, e["rotation_deg"]
     assert e["translation_scaled_pct"].max() < 2.0, e["translation_scaled_pct"]
-    if len(_FOCAL_ERRORS) == 3:
-        assert np.mean(_FOCAL_ERRORS) < 2.0, _FOCAL_ERRORS
 
 
-_FOCAL_ERRORS: list[float] = []
+def test_unknown_focal_mean_over_three_scenes(unknown_focal_errors):
+    """Within 2% on average over the three scenes, whichever of the tests above this run selected."""
+    worst = [float(e["focal_pct"].max()) for e in unknown_focal_errors.values()]
+    assert len(worst) == 3 and np.mean(worst) < 2.0, worst
 
 
 def test_rigid_stage_converges_in_few_steps(scene):
+    """Both LM rounds of the rigid stage stop on their tolerance before the step budget (each round
+    may take ``rigid_steps``), and the mean head's cameras already land within a few pixels."""
     model, emb, ts, sc = scene
-    result = fit_flame(model, emb, sc.views, _intrinsics(sc, False),
-                       FitterConfig(photometric_steps=0, fit_shape=False, fit_expression=False), texture_space=ts)
+    cfg = FitterConfig(photometric_steps=0, fit_shape=False, fit_expression=False)
+    result = fit_flame(model, emb, sc.views, _intrinsics(sc, False), cfg, texture_space=ts)
     rigid = result.stages[0]
-    assert rigid.iterations <= 2 * FitterConfig().rigid_steps
+    assert rigid.iterations < 2 * cfg.rigid_steps, rigid.loss_history  # converged, not cut off
     assert rigid.loss_history[-1] < rigid.loss_history[0]
+    assert np.median(rigid.landmark_px) < 5.0, rigid.landmark_px
 
 
 def test_deterministic(scene):
@@ -105,19 +119,20 @@ def test_degenerate_observations_are_refused(scene):
     v = sc.views[0]
     assert check_observation(v, emb) is None
     idx = emb.detector_index
-    collinear = v.landmarks.copy()
+    with_landmarks = lambda lm: replace(v, detection=replace(v.detection, landmarks=lm))  # noqa: E731
+    collinear = v.detection.landmarks.copy()
     collinear[idx, 1] = 100.0  # every landmark on one image row
-    assert "collinear" in check_observation(replace(v, landmarks=collinear), emb)
-    tiny = v.landmarks.copy()
+    assert "collinear" in check_observation(with_landmarks(collinear), emb)
+    tiny = v.detection.landmarks.copy()
     tiny[idx] = (tiny[idx] - tiny[idx].mean(0)) * 0.05 + 100  # ~10 px wide face
-    assert "too small" in check_observation(replace(v, landmarks=tiny), emb)
-    nan = v.landmarks.copy()
+    assert "too small" in check_observation(with_landmarks(tiny), emb)
+    nan = v.detection.landmarks.copy()
     nan[idx[0]] = np.nan
-    assert "NaN" in check_observation(replace(v, landmarks=nan), emb)
+    assert "NaN" in check_observation(with_landmarks(nan), emb)
 
 
 def test_fit_on_device(scene, device):
-    """The same fit runs on CPU and (when present) CUDA, and agrees."""
+    """The same fit runs on CPU and (when present) CUDA; on CUDA it agrees with the CPU fit."""
     model, emb, ts, sc = scene
     cfg = FitterConfig(photometric_steps=5, device=device.type)
     m = model.to(device)
@@ -127,3 +142,11 @@ def test_fit_on_device(scene, device):
         model.to("cpu")
     e = _errors(result, sc)
     assert e["rotation_deg"].max() < 1.0
+    if device.type == "cuda":
+        cpu = fit_flame(model, emb, sc.views, _intrinsics(sc, False), replace(cfg, device="cpu"), texture_space=ts)
+        from flame_prior.geometry import rotation_angle_deg
+
+        gap = rotation_angle_deg(result.cameras.R.double(), cpu.cameras.R.double())
+        assert gap.max() < 0.05, gap  # degrees: float32 on two devices, same algorithm
+        moved = (result.cameras.camera_centers() - cpu.cameras.camera_centers()).norm(dim=-1)
+        assert moved.max() < 1e-3 * cpu.cameras.camera_centers().norm(dim=-1).min(), moved

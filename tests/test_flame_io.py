@@ -64,8 +64,11 @@ def test_pkl_with_flame_400_components_splits_300_100(tmp_path):
     np.testing.assert_array_equal(small.shapedirs, m.shapedirs[..., :50])
 
 
-def test_shared_npz_identity_only(shared):
-    path = shared("flame-assets/flame2023_open_subset.npz")
+def test_bundled_npz_identity_only():
+    """The FLAME 2023 Open subset (bundled with the package, so this never skips)."""
+    from flame_prior.flame.assets import default_model_path
+
+    path = default_model_path()
     d = load_flame_model(path)
     assert (d.n_shape, d.n_expr, d.n_vertices, d.faces.shape) == (60, 0, 5023, (9976, 3))
     assert any("identity" in n for n in d.notes)

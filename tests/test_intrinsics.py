@@ -12,12 +12,14 @@ from PIL import Image
 from flame_prior.images import InputImage, load_images
 from flame_prior.intrinsics import (
     IntrinsicsConfig,
+    cached_run_colmap,
     estimate_intrinsics,
     focal_from_fov,
     fov_from_focal,
     rotation_residuals_deg,
 )
-from flame_prior.observe import DetectConfig, ViewObservation, observe
+from flame_prior.detectors import DetectConfig, Detection
+from flame_prior.observe import ViewObservation, observe
 
 # The shared 30-view scene (1040x1392, long lens, about 14 degrees vertically). Measured with the
 # defaults and observe()'s head masks: 30/30 views, 0.73 px mean reprojection error, 5740 points,
@@ -35,9 +37,9 @@ def _synthetic_views(sizes: list[tuple[int, int]], seed: int = 0,
         pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         image = InputImage(path=Path(f"noise{i}.png"), name=f"noise{i}", pixels=pixels, sha256=f"{i}",
                            exif_focal_px=exif_focal)
-        views.append(ViewObservation(image=image, landmarks=np.zeros((0, 2), np.float32),
-                                     confidence=np.zeros(0, np.float32), landmark_format="mediapipe478",
-                                     mask=np.ones((h, w), np.float32), face_box=(0.0, 0.0, float(w), float(h))))
+        views.append(ViewObservation(image=image, detection=Detection(
+            landmarks=np.zeros((0, 2), np.float32), confidence=np.zeros(0, np.float32), landmark_format="mediapipe478",
+            mask=np.ones((h, w), np.float32), face_box=(0.0, 0.0, float(w), float(h)))))
     return views
 
 
@@ -66,7 +68,7 @@ class TestFallbacks:
         assert intr.fx[0] == pytest.approx(focal_from_fov(20.0, 300)) and intr.fy[0] == intr.fx[0]
         assert fov_from_focal(intr.fx[0], view.image.height) == pytest.approx(20.0)
         assert (intr.cx[0], intr.cy[0]) == (100.0, 150.0)
-        assert intr.colmap is None and intr.colmap_w2c is None
+        assert intr.colmap is None
 
     def test_given(self):
         views = _synthetic_views([(64, 48)] * 3)
@@ -83,7 +85,6 @@ class TestFallbacks:
         np.testing.assert_allclose(intr.fx, focal_from_fov(20.0, 240))
         np.testing.assert_array_equal(intr.cx, 160.0)
         assert any("COLMAP" in note for note in intr.notes), intr.notes
-        assert intr.colmap_w2c is None
 
     def test_too_few_views_for_colmap_is_noted(self):
         intr = estimate_intrinsics(_synthetic_views([(64, 48)] * 2), IntrinsicsConfig())
@@ -178,7 +179,7 @@ def test_colmap_registers_the_shared_scene(shared, tmp_path):
     np.testing.assert_allclose(intr.cx, 520.0)
     np.testing.assert_allclose(intr.cy, 696.0)
 
-    w2c = intr.colmap_w2c
+    w2c = cached_run_colmap(views, IntrinsicsConfig()).w2c  # the run's own result, from the cache
     assert w2c.shape == (30, 4, 4) and np.isfinite(w2c).all()
     R = w2c[:, :3, :3]
     np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-6)

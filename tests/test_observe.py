@@ -13,7 +13,8 @@ from PIL import Image
 from flame_prior.detectors.mediapipe_backend import mesh_triangles
 from flame_prior.errors import InputError
 from flame_prior.images import InputImage, load_images
-from flame_prior.observe import DetectConfig, observe
+from flame_prior.detectors import DetectConfig
+from flame_prior.observe import observe
 
 from conftest import shared_path  # tests/ is on sys.path (pytest rootdir conftest)
 
@@ -47,20 +48,20 @@ def test_multiview_faces_landmarks_and_masks(multiview_obs):
     assert [o.image.name for o in obs] == [im.name for im in images]
     for o in obs:
         H, W = o.image.height, o.image.width
-        assert o.landmark_format == "mediapipe478"
-        assert o.landmarks.shape == (478, 2) and o.landmarks.dtype == np.float32
-        assert o.confidence.shape == (478,) and o.confidence.min() >= 0 and o.confidence.max() <= 1
-        x, y = o.landmarks[:, 0], o.landmarks[:, 1]
+        assert o.detection.landmark_format == "mediapipe478"
+        assert o.detection.landmarks.shape == (478, 2) and o.detection.landmarks.dtype == np.float32
+        assert o.detection.confidence.shape == (478,) and o.detection.confidence.min() >= 0 and o.detection.confidence.max() <= 1
+        x, y = o.detection.landmarks[:, 0], o.detection.landmarks[:, 1]
         assert (x > 0).all() and (x < W).all() and (y > 0).all() and (y < H).all()
-        x0, y0, x1, y1 = o.face_box
+        x0, y0, x1, y1 = o.detection.face_box
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H and x1 - x0 > 300
 
-        m = o.mask
+        m = o.detection.mask
         assert m.shape == (H, W) and m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
-        hull = _hull(o.landmarks[:468], (H, W))
+        hull = _hull(o.detection.landmarks[:468], (H, W))
         assert (m[hull] > 0.5).mean() > 0.99, "the mask covers the face"
         assert m[int(0.8 * H):].max() < 0.01, "torso/shirt (bottom rows) excluded"
-        chin_y = o.landmarks[152, 1]
+        chin_y = o.detection.landmarks[152, 1]
         assert m[int(chin_y + 0.15 * (y1 - y0)):].max() < 0.01, "neck below the chin excluded"
         for corner in (m[:40, :40], m[:40, -40:]):
             assert corner.max() < 0.01, "background excluded"
@@ -72,15 +73,15 @@ def test_confidence_low_on_the_far_side(multiview_obs):
     _, obs, _ = multiview_obs
     by = {o.image.name: o for o in obs}
     turned = by["1"]
-    low = turned.confidence[:468] < 0.2
+    low = turned.detection.confidence[:468] < 0.2
     assert low.sum() >= 10
-    centre_x = turned.landmarks[:468, 0].mean()
-    nose_side = np.sign(turned.landmarks[1, 0] - centre_x)  # the nose points to the far side
-    assert np.sign(np.median(turned.landmarks[:468][low, 0]) - centre_x) == nose_side
-    assert turned.confidence[1] == 1.0
+    centre_x = turned.detection.landmarks[:468, 0].mean()
+    nose_side = np.sign(turned.detection.landmarks[1, 0] - centre_x)  # the nose points to the far side
+    assert np.sign(np.median(turned.detection.landmarks[:468][low, 0]) - centre_x) == nose_side
+    assert turned.detection.confidence[1] == 1.0
     frontal = by["10"]
-    assert frontal.confidence.mean() > 0.85
-    assert turned.confidence.mean() < frontal.confidence.mean()
+    assert frontal.detection.confidence.mean() > 0.85
+    assert turned.detection.confidence.mean() < frontal.detection.confidence.mean()
 
 
 def test_mesh_triangles_match_the_canonical_mesh_closely(shared):
@@ -108,11 +109,11 @@ def test_ffhq_landmarks_against_fan_reference(shared):
     # MediaPipe ↔ iBUG 68: eye outer corners 33/263 ↔ 36/45, mouth corners 61/291 ↔ 48/54.
     # Measured on 00000: 1.0, 0.6, 1.7, 0.7 px (inter-ocular distance 91 px).
     for mp_i, ib_i in [(33, 36), (263, 45), (61, 48), (291, 54)]:
-        assert np.linalg.norm(o.landmarks[mp_i] - ref[ib_i]) < 3.0, (mp_i, ib_i)
+        assert np.linalg.norm(o.detection.landmarks[mp_i] - ref[ib_i]) < 3.0, (mp_i, ib_i)
     # Nose tip: MediaPipe 4 matches iBUG 30 (3.9 px); MediaPipe 1 (pronasale) sits ~9 px lower.
-    assert np.linalg.norm(o.landmarks[4] - ref[30]) < 6.0
+    assert np.linalg.norm(o.detection.landmarks[4] - ref[30]) < 6.0
     # A skin mask is not a head mask (IoU meaningless); the skin must lie inside the head.
-    inside = (skin * (o.mask > 0.5)).sum() / skin.sum()
+    inside = (skin * (o.detection.mask > 0.5)).sum() / skin.sum()
     assert inside > 0.98  # measured 0.999
 
 
@@ -140,8 +141,8 @@ def test_two_faces_take_the_largest(tmp_path):
     (o,), skipped = observe(images, DetectConfig(use_cache=False), progress=False)
     assert not skipped
     assert "2 faces, took the largest" in o.notes
-    assert o.face_box[2] < 800, "the large face on the left"
-    assert o.mask[:, 850:].max() < 0.01, "the other person is not in the head mask"
+    assert o.detection.face_box[2] < 800, "the large face on the left"
+    assert o.detection.mask[:, 850:].max() < 0.01, "the other person is not in the head mask"
 
 
 def test_cache_skips_detection_and_follows_content(tmp_path, monkeypatch):
@@ -162,10 +163,10 @@ def test_cache_skips_detection_and_follows_content(tmp_path, monkeypatch):
     second, _ = observe(images, config, progress=False)
     assert calls == [], "second run reads the cache"
     for a, b in zip(first, second):
-        np.testing.assert_array_equal(a.landmarks, b.landmarks)
-        np.testing.assert_array_equal(a.confidence, b.confidence)
-        np.testing.assert_array_equal(a.mask, b.mask)
-        assert a.face_box == b.face_box and a.landmark_format == b.landmark_format
+        np.testing.assert_array_equal(a.detection.landmarks, b.detection.landmarks)
+        np.testing.assert_array_equal(a.detection.confidence, b.detection.confidence)
+        np.testing.assert_array_equal(a.detection.mask, b.detection.mask)
+        assert a.detection.face_box == b.detection.face_box and a.detection.landmark_format == b.detection.landmark_format
 
     # Changed content (new bytes → new sha256) is detected again.
     changed = images[0].pixels.copy()
@@ -184,7 +185,7 @@ def test_cache_skips_detection_and_follows_content(tmp_path, monkeypatch):
     third, _ = observe(images, config, progress=False)
     assert calls == ["00002"]
     assert any("unreadable" in n for n in third[1].notes)
-    np.testing.assert_array_equal(third[1].landmarks, first[1].landmarks)
+    np.testing.assert_array_equal(third[1].detection.landmarks, first[1].detection.landmarks)
     calls.clear()
     observe(images, config, progress=False)
     assert calls == []
@@ -224,13 +225,13 @@ def test_files_backend(tmp_path):
     config = DetectConfig(backend="files", landmark_dir=tmp_path / "lmk")
 
     obs, skipped = observe(images, config, progress=False)
-    assert not skipped and [o.landmark_format for o in obs] == ["ibug68", "ibug68"]
-    np.testing.assert_allclose(obs[0].landmarks, ref0, atol=1e-4)
-    np.testing.assert_allclose(obs[1].landmarks, ref1, atol=1e-4)
-    np.testing.assert_array_equal(obs[0].mask, skin8.astype(np.float32) / np.float32(255))
+    assert not skipped and [o.detection.landmark_format for o in obs] == ["ibug68", "ibug68"]
+    np.testing.assert_allclose(obs[0].detection.landmarks, ref0, atol=1e-4)
+    np.testing.assert_allclose(obs[1].detection.landmarks, ref1, atol=1e-4)
+    np.testing.assert_array_equal(obs[0].detection.mask, skin8.astype(np.float32) / np.float32(255))
     assert "no mask file" in " ".join(obs[1].notes)
-    hull = _hull(ref1, obs[1].mask.shape)
-    assert (obs[1].mask[hull] > 0.5).mean() > 0.99 and obs[1].mask[:20, :20].max() < 0.5
+    hull = _hull(ref1, obs[1].detection.mask.shape)
+    assert (obs[1].detection.mask[hull] > 0.5).mean() > 0.99 and obs[1].detection.mask[:20, :20].max() < 0.5
 
     (tmp_path / "lmk" / "00001.txt").unlink()
     with pytest.raises(InputError, match="00001"):

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from flame_prior import pipeline
+from flame_prior.export import output_dir
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def umask():
 def test_output_dir_mode_follows_umask(tmp_path, umask, mask):
     umask(mask)
     out = tmp_path / "out"
-    with pipeline.atomic_output_dir(out, overwrite=False) as tmp:
+    with output_dir.atomic_output_dir(out, overwrite=False) as tmp:
         (tmp / "sub").mkdir()
         (tmp / "fit_summary.json").write_text("{}")
     expected_dir, expected_file = 0o777 & ~mask, 0o666 & ~mask
@@ -40,6 +40,6 @@ def test_overwritten_output_dir_mode_follows_umask(tmp_path, umask):
     out = tmp_path / "out"
     out.mkdir(mode=0o700)
     (out / "fit_summary.json").write_text("{}")
-    with pipeline.atomic_output_dir(out, overwrite=True) as tmp:
+    with output_dir.atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "fit_summary.json").write_text("{}")
     assert stat.S_IMODE(out.stat().st_mode) == 0o755

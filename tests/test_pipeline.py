@@ -10,11 +10,13 @@ import torch
 
 from flame_prior.config import ENV_EMBEDDING, ENV_FLAME_MODEL, FitConfig
 from flame_prior.errors import ModelFileError
-from flame_prior.pipeline import default_embedding_path, default_model_path, load_assets
+from flame_prior.flame.assets import default_embedding_path, default_model_path, load_assets
 
 
-def _config(**kw) -> FitConfig:
-    return FitConfig(data=Path("in"), output_dir=Path("out"), **kw)
+def _load(**kw):
+    """The assets a ``fit`` with these options loads (flags, then environment, then defaults)."""
+    return load_assets(**FitConfig(data=Path("in"), output_dir=Path("out"), **kw).resolved_paths(),
+                       device=torch.device("cpu"))
 
 
 def test_default_model_and_embedding_ship_with_the_package(monkeypatch):
@@ -24,10 +26,10 @@ def test_default_model_and_embedding_ship_with_the_package(monkeypatch):
     data_dir = default_model_path().parent
     assert (data_dir / "NOTICE-FLAME2023-Open.md").read_text().count("CC BY 4.0") >= 1
     assert "Apache" in (data_dir / "NOTICE-mediapipe-embedding.md").read_text()
-    assets = load_assets(_config(), torch.device("cpu"))
-    info = assets.model_info
-    assert info["default"] and info["n_shape"] == 60 and info["n_expr"] == 0
-    assert any("no expression space" in n for n in info["notes"])  # says what it lacks
+    assets = _load()
+    info = assets.info
+    assert info.default and info.n_shape == 60 and info.n_expr == 0
+    assert any("no expression space" in n for n in info.notes)  # says what it lacks
     assert assets.model.n_shape == 60 and assets.model.n_expr == 0
     emb = assets.embedding
     assert emb.detector == "mediapipe478"
@@ -38,7 +40,7 @@ def test_default_model_and_embedding_ship_with_the_package(monkeypatch):
 
 def test_iris_landmarks_sit_on_the_pupils():
     """The appended iris landmarks are the most forward vertex of each eyeball: the left one at +X."""
-    assets = load_assets(_config(), torch.device("cpu"))
+    assets = _load()
     with np.load(default_embedding_path()) as z:
         pupils = z["pupil_vertex_index"]
     faces = assets.model.faces.numpy()
@@ -54,23 +56,23 @@ def test_iris_landmarks_sit_on_the_pupils():
 def test_environment_variable_names_the_model(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_FLAME_MODEL, str(tmp_path / "missing.pkl"))
     with pytest.raises(ModelFileError) as e:
-        load_assets(_config(), torch.device("cpu"))
+        _load()
     assert "missing.pkl" in str(e.value) and "flame.is.tue.mpg.de" in str(e.value)
     # A flag wins over the environment.
-    assets = load_assets(_config(flame_model=default_model_path()), torch.device("cpu"))
-    assert not assets.model_info["default"]
+    assets = _load(flame_model=default_model_path())
+    assert not assets.info.default
 
 
 def test_flame_embedding_file_works_as_an_alternative(shared):
     """FLAME's own 105-point MediaPipe embedding (the user's file) loads in place of ours."""
     path = shared("flame-assets/mediapipe_landmark_embedding.npz")
-    assets = load_assets(_config(landmark_embedding=path), torch.device("cpu"))
+    assets = _load(landmark_embedding=path)
     assert len(assets.embedding.face_idx) == 105
 
 
 def test_bfm_albedo_without_uvs_needs_the_template_obj(tmp_path):
     """DECA's FLAME_albedo_from_BFM.npz carries no vt/ft: the UV layout comes from --uv-layout."""
-    from flame_prior.pipeline import load_texture_space
+    from flame_prior.flame.assets import load_texture_space
 
     side = 8
     rng = np.random.default_rng(0)

@@ -16,7 +16,8 @@ from flame_prior import render
 from flame_prior.config import FitConfig
 from flame_prior.flame import head_yaw_deg, landmarks_from_vertices, load_deca_embedding
 from flame_prior.geometry import PinholeCameras, project_points
-from flame_prior.pipeline import default_model_path, run
+from flame_prior.flame.assets import default_model_path
+from flame_prior.pipeline import run
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,8 @@ def test_multiview_rotations_agree_with_colmap(multiview):
     from flame_prior.intrinsics import IntrinsicsConfig, rotation_residuals_deg
     from flame_prior.intrinsics import cached_run_colmap
     from flame_prior.images import load_images
-    from flame_prior.observe import DetectConfig, observe
+    from flame_prior.detectors import DetectConfig
+    from flame_prior.observe import observe
 
     images, out = multiview
     views, _ = observe(load_images(images)[0], DetectConfig(), progress=False)
@@ -122,36 +124,81 @@ def _view_names(out: Path) -> list[str]:
 # Single view: one FFHQ image
 
 
+FFHQ_IMAGES = ("00000", "00001", "00002", "00003", "00004")
+
+
 @pytest.fixture(scope="module")
-def ffhq(tmp_path_factory):
+def ffhq_runs(tmp_path_factory):
+    """Each of the five shared FFHQ photos fitted on its own (one head per photo)."""
     from conftest import shared_path
 
-    src = shared_path("data/singleview/ffhq/00000.png")
     deca = shared_path("flame-assets/landmark_embedding.npy")
-    folder = tmp_path_factory.mktemp("ffhq")
-    shutil.copy(src, folder / src.name)
-    out = folder / "out"
-    run(FitConfig(data=folder / src.name, output_dir=out))
+    runs = {}
+    for stem in FFHQ_IMAGES:
+        src = shared_path(f"data/singleview/ffhq/{stem}.png")
+        folder = tmp_path_factory.mktemp(f"ffhq{stem}")
+        shutil.copy(src, folder / src.name)
+        out = folder / "out"
+        run(FitConfig(data=folder / src.name, output_dir=out))
+        runs[stem] = (src, out)
+    return deca, runs
+
+
+@pytest.fixture(scope="module")
+def ffhq(ffhq_runs):
+    deca, runs = ffhq_runs
+    src, out = runs["00000"]
     return src, deca, out
 
 
-def test_ffhq_projected_68_landmarks_nme(ffhq):
-    """NME of the fitted mesh's 68 DECA landmarks, projected, against the FAN reference, normalised
-    by the reference's outer-eye-corner distance. Measured 0.039 over 68 points and 0.040 over the 51
-    inner points (MediaPipe's own detections score 0.049 / 0.026); bounds 0.06 and 0.06."""
-    src, deca_path, out = ffhq
-    ref = np.load(src.with_name(src.stem + "_lmk68.npy"))
+def _fitted_68(out: Path, deca_path: Path) -> np.ndarray:
+    """The fitted mesh's 68 DECA landmarks projected into the photo, ``(68, 2)`` pixels."""
     cams = _read_cameras(out)
     verts = torch.as_tensor(_read_mesh(out))[None]
     faces = torch.as_tensor(np.load(default_model_path())["f"].astype(np.int64))
     deca = load_deca_embedding(deca_path)
     lm3 = landmarks_from_vertices(verts, faces, deca, head_yaw_deg(cams.R))
     uv, _ = project_points(lm3, cams)
-    pred = uv[0].numpy()
-    iod = np.linalg.norm(ref[36] - ref[45])
-    err = np.linalg.norm(pred - ref, axis=1) / iod
-    assert err.mean() < 0.06, err.mean()
-    assert err[17:].mean() < 0.06, err[17:].mean()
+    return uv[0].numpy()
+
+
+def _detected_68(src: Path) -> np.ndarray:
+    """MediaPipe's own detections on the photo, as iBUG-68 points (the benchmark's fixed table)."""
+    import sys
+
+    from flame_prior.detectors import DetectConfig
+    from flame_prior.images import load_images
+    from flame_prior.observe import observe
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from baseline_schedule import MP_TO_IBUG68
+
+    (view,), _ = observe(load_images(src)[0], DetectConfig(), progress=False)
+    return view.detection.landmarks[MP_TO_IBUG68].astype(np.float64)
+
+
+def _nme(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per-point error over the reference's outer-eye-corner distance."""
+    return np.linalg.norm(pred - ref, axis=1) / np.linalg.norm(ref[36] - ref[45])
+
+
+def test_ffhq_projected_68_landmarks_nme(ffhq_runs):
+    """NME of the fitted mesh's 68 DECA landmarks, projected, against the FAN reference, normalised
+    by the reference's outer-eye-corner distance, on all five shared FFHQ photos: the median over
+    the photos is below the median of MediaPipe's own detections scored the same way (on 00000:
+    fit 0.039, detections 0.049), and the 51 inner points stay below 0.06 on every photo."""
+    deca, runs = ffhq_runs
+    fit, det, inner = [], [], []
+    for stem, (src, out) in runs.items():
+        ref = np.load(src.with_name(src.stem + "_lmk68.npy"))
+        err = _nme(_fitted_68(out, deca), ref)
+        fit.append(err.mean())
+        inner.append(err[17:].mean())
+        det.append(_nme(_detected_68(src), ref).mean())
+    report = {"fit": np.round(fit, 4).tolist(), "detector": np.round(det, 4).tolist(), "inner": np.round(inner, 4).tolist()}
+    assert len(fit) == 5
+    assert np.median(fit) < np.median(det), report
+    assert max(inner) < 0.06, report
 
 
 def test_ffhq_face_region_iou(ffhq):
@@ -182,7 +229,7 @@ def _face_region_faces(template: np.ndarray, faces: np.ndarray) -> np.ndarray:
     and in front of the oval's deepest point (so no ears, scalp or neck)."""
     from matplotlib.path import Path as Polygon
 
-    from flame_prior.pipeline import default_embedding_path
+    from flame_prior.flame.assets import default_embedding_path
 
     with np.load(default_embedding_path()) as z:
         fidx, bary, w = z["lmk_face_idx"], z["lmk_b_coords"], z["weights"]

@@ -193,12 +193,13 @@ def test_model():
 def mediapipe478(tmp_path_factory):
     """Real MediaPipe landmarks (478, 2) of FFHQ 00000, and its head mask: for the files backend."""
     from flame_prior.images import load_images
-    from flame_prior.observe import DetectConfig, observe
+    from flame_prior.detectors import DetectConfig
+    from flame_prior.observe import observe
 
     d = tmp_path_factory.mktemp("lmk")
     images, _ = load_images(face_png(d / "00000.png"))
     (obs,), _ = observe(images, DetectConfig(cache_dir=d / "cache"), progress=False)
-    return obs.landmarks.astype(np.float64), obs.mask
+    return obs.detection.landmarks.astype(np.float64), obs.detection.mask
 
 
 def write_landmarks(lmk_dir: Path, stem: str, points: np.ndarray, mask: np.ndarray) -> None:
@@ -408,7 +409,7 @@ def test_summary_shows_names_literally_and_per_view_notes(cli, tmp_path):
     no_face(d / "x[i]y.png")
     cache = tmp_path / "cache"
     cache.mkdir()
-    from flame_prior.detectors.cache import DetectionCache
+    from flame_prior.cache import DetectionCache
     from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
 
     bad = DetectionCache(cache).path(hashlib.sha256(face.read_bytes()).hexdigest(), MediaPipeDetector.name,
@@ -684,7 +685,7 @@ def test_code_executing_pickles_are_refused(cli, tmp_path, flag, kind):
 def test_planted_cache_pickle_is_ignored_and_recomputed(cli, tmp_path):
     """An .npz with an object array under the exact cache file name the next run reads: ignored
     (np.load(allow_pickle=False)), nothing executed, detected again, cache rewritten, exit 0."""
-    from flame_prior.detectors.cache import DetectionCache
+    from flame_prior.cache import DetectionCache
     from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
 
     face = face_png(tmp_path / "in" / "face.png")
@@ -756,7 +757,7 @@ def test_exception_in_pipeline_run_without_cli(tmp_path, monkeypatch):
     from flame_prior.config import FitConfig
     from flame_prior.fit import FitterConfig
     from flame_prior.intrinsics import IntrinsicsConfig
-    from flame_prior.observe import DetectConfig
+    from flame_prior.detectors import DetectConfig
     from flame_prior.pipeline import run
 
     face_png(tmp_path / "in" / "face.png")
@@ -915,22 +916,27 @@ def fit_inputs(tmp_path_factory):
     from flame_prior.config import FitConfig
     from flame_prior.images import load_images
     from flame_prior.intrinsics import IntrinsicsConfig, estimate_intrinsics
-    from flame_prior.observe import DetectConfig, observe
-    from flame_prior.pipeline import load_assets
+    from flame_prior.detectors import DetectConfig
+    from flame_prior.observe import observe
+    from flame_prior.flame.assets import load_assets
 
     d = tmp_path_factory.mktemp("fit")
     images, _ = load_images(face_png(d / "face.png"))
     cfg = FitConfig(data=d, output_dir=d / "out")
-    assets = load_assets(cfg, torch.device("cpu"))
+    assets = load_assets(**cfg.resolved_paths(), device=torch.device("cpu"))
     views, _ = observe(images, DetectConfig(cache_dir=d / "cache"), progress=False)
     intr = estimate_intrinsics(views, IntrinsicsConfig(use_colmap=False))
     return assets, views, intr
 
 
 def _nan_view(assets, v):
-    lm = v.landmarks.copy()
+    lm = v.detection.landmarks.copy()
     lm[int(assets.embedding.detector_index[0])] = np.nan
-    return dataclasses.replace(v, landmarks=lm)
+    return _with_landmarks(v, lm)
+
+
+def _with_landmarks(v, landmarks):
+    return dataclasses.replace(v, detection=dataclasses.replace(v.detection, landmarks=landmarks))
 
 
 def test_nan_landmark_caught_up_front(fit_inputs):
@@ -939,9 +945,9 @@ def test_nan_landmark_caught_up_front(fit_inputs):
     assets, (v,), intr = fit_inputs
     assert check_observation(v, assets.embedding) is None
     assert check_observation(_nan_view(assets, v), assets.embedding) == "landmarks contain NaN/Inf"
-    inf = v.landmarks.copy()
+    inf = v.detection.landmarks.copy()
     inf[int(assets.embedding.detector_index[3]), 1] = np.inf
-    assert check_observation(dataclasses.replace(v, landmarks=inf), assets.embedding) == "landmarks contain NaN/Inf"
+    assert check_observation(_with_landmarks(v, inf), assets.embedding) == "landmarks contain NaN/Inf"
 
 
 def test_fit_flame_refuses_an_unchecked_nan_view(fit_inputs):
@@ -956,8 +962,8 @@ def test_fit_flame_refuses_an_unchecked_nan_view(fit_inputs):
 
 def test_non_finite_loss_mid_stage_restores_the_last_good_state(fit_inputs, monkeypatch):
     import flame_prior.fit as fit
-    import flame_prior.fit_landmarks as fit_landmarks
-    import flame_prior.fit_photometric as fit_photometric
+    import flame_prior.fit.landmarks as fit_landmarks
+    import flame_prior.fit.photometric as fit_photometric
 
     assets, views, intr = fit_inputs
     cfg = fit.FitterConfig(photometric_steps=15, rigid_steps=3, landmark_steps=4, render_size=64, texture_size=64)
@@ -973,10 +979,10 @@ def test_non_finite_loss_mid_stage_restores_the_last_good_state(fit_inputs, monk
     real_lm = fit_landmarks.fit_landmarks_lm
 
     def lm_then_nan(st, tg, names, *args, **kwargs):  # the landmark stage ends with NaN shape coefficients
-        out = real_lm(st, tg, names, *args, **kwargs)
+        st, it, history = real_lm(st, tg, names, *args, **kwargs)
         if "shape" in names:
-            st.shape = st.shape * float("nan")
-        return out
+            st = st.replace(shape=st.shape * float("nan"))
+        return st, it, history
 
     monkeypatch.setattr(fit_landmarks, "fit_landmarks_lm", lm_then_nan)
     res = fit.fit_flame(assets.model, assets.embedding, views, intr, cfg, uv_layout=assets.uv_layout)

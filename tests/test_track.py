@@ -17,7 +17,9 @@ from flame_prior.config import FitConfig
 from flame_prior.fit import FitterConfig
 from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_angle_deg
 from flame_prior.intrinsics import IntrinsicsConfig
-from flame_prior.pipeline import Assets, PreparedViews, check_output_dir
+from flame_prior.export.output_dir import check_output_dir
+from flame_prior.flame.assets import Assets, ModelInfo
+from flame_prior.pipeline import PreparedViews
 from flame_prior.track import NO_EXPRESSION_NOTE, fit_dynamic, run_dynamic
 from flame_prior.video import Intake
 from sequence_fixtures import render_sequence
@@ -30,7 +32,7 @@ def _setup(T, C, expressions=True, photometric_steps=0, out=None, **kw):
     intake = Intake([v.image for v in views], [], "video" if C == 1 else "cameras", camera, timestep,
                     [t / 25 for t in timestep], [f"cam{c}" for c in range(C)])
     prepared = PreparedViews(views, [], {}, intake, "dynamic", "synthetic sequence")
-    info = {"path": "synthetic", "sha256": data.sha256, "n_shape": model.n_shape, "n_expr": model.n_expr, "notes": []}
+    info = ModelInfo(path="synthetic", sha256=data.sha256, n_shape=model.n_shape, n_expr=model.n_expr)
     assets = Assets(model, emb, ts if expressions else None, None if expressions else _uv(data), info)
     cfg = FitConfig(data=Path("synthetic"), output_dir=out or Path("unused"), overwrite=True,
                     intrinsics=IntrinsicsConfig(focal_px=float(cams.fx[0])),

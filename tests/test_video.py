@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flame_prior.detectors import Detection
 from flame_prior.errors import InputError
 from flame_prior.video import VideoConfig, classify_motion, decode_clip, load_inputs, select_by_pose
 from video_fixtures import encode_clip, moving_pattern
@@ -147,9 +148,11 @@ def test_pose_selection_covers_the_range_and_drops_duplicates():
 
 
 class _View:
+    """What the mouth analysis reads of a view: its detection's landmarks and their format."""
+
     def __init__(self, pts):
-        self.landmarks = pts
-        self.landmark_format = "mediapipe478"
+        self.detection = Detection(pts, np.ones(len(pts), np.float32), "mediapipe478", np.zeros((1, 1), np.float32),
+                                   (0.0, 0.0, 1.0, 1.0))
 
 
 def test_motion_classification_from_the_mouth():

@@ -28,28 +28,13 @@ whole record or none. Keys:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from flame_prior.files import write_bytes_atomic
 
 #: Name of the record inside a scene's full output.
 RECORD_IN_SCENE = "batch_record.json"
 RECORD_FORMAT = "flame-prior batch record"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def record_json(record: dict) -> str:

@@ -81,12 +81,12 @@ def _assets(config):
     import torch
 
     from flame_prior.fit import resolve_device
-    from flame_prior.pipeline import load_assets
+    from flame_prior.flame.assets import load_assets
 
     device = resolve_device(config.fitter.device)
     key = (tuple(sorted((k, str(v)) for k, v in config.resolved_paths().items())), str(device))
     if key not in _ASSETS:
-        _ASSETS[key] = load_assets(config, device, torch.float32)
+        _ASSETS[key] = load_assets(**config.resolved_paths(), device=device, dtype=torch.float32)
     return _ASSETS[key]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_prior.detectors import Detection, landmark_box
+from flame_prior.detectors.base import Detection, landmark_box
 from flame_prior.errors import InputError
 from flame_prior.images import InputImage
 

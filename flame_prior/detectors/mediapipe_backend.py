@@ -35,7 +35,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from flame_prior.detectors import Detection
+from flame_prior.detectors.base import Detection
 from flame_prior.detectors.headmask import HeadMasker
 from flame_prior.images import InputImage
 

@@ -1,4 +1,4 @@
-"""Stage 5 — exports: every file the fit produces, in one folder.
+"""Pipeline step 5 — exports: every file the fit produces, in one folder.
 
 Public entry: :func:`write_outputs`. Layout of ``out_dir`` (each writer documents its format):
 
@@ -13,6 +13,8 @@ Public entry: :func:`write_outputs`. Layout of ``out_dir`` (each writer document
 ``avatar/``                    FLAME-avatar data set (GaussianAvatars / VHAP), when asked — :mod:`.avatar`
 ``report.html``, ``report/``   the HTML report — :mod:`.report`
 =============================  ===============================================================
+
+:mod:`.output_dir` makes all of it appear at once (a temporary folder renamed when complete).
 
 Conventions throughout: world = FLAME's model frame in metres (+Y up, +Z out of the face), pixel
 coordinates with the origin at the image's top-left corner (pixel centres at +0.5); see
@@ -32,6 +34,7 @@ from flame_prior.export.mesh import write_textured_mesh
 from flame_prior.export.nerfstudio import write_images_and_masks, write_transforms
 from flame_prior.export.report import write_report
 from flame_prior.fit import FitResult
+from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
@@ -54,8 +57,8 @@ COLMAP_SUBDIR = "colmap_text"
 
 
 def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics: Intrinsics, result: FitResult,
-                  skipped: list[SkippedInput], timings: dict, *, model_path: str, model_sha256: str,
-                  avatar_format: bool, renders: list[np.ndarray] | None = None) -> None:
+                  skipped: list[SkippedInput], timings: dict, *, model: ModelInfo, avatar_format: bool,
+                  renders: list[np.ndarray] | None = None) -> None:
     """Write every export of ``result`` into ``out_dir`` (created if missing; layout: module docstring).
 
     The caller owns atomicity (write into a temporary folder, then rename).
@@ -67,16 +70,16 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
         result: the fit.
         skipped: inputs left out, with reasons (report).
         timings: seconds per pipeline stage (report).
-        model_path, model_sha256: the FLAME file the fit used (``fit_summary.json``).
+        model: the model files the fit used (``fit_summary.json``, the avatar metadata, the report).
         avatar_format: also write the FLAME-avatar data set under ``avatar/``.
-        renders: optional per-view renders for the report (see :func:`write_report`).
+        renders: per-view renders for the report (default: :func:`~.report.render_previews`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_transforms(out, views, result)
-    write_flame_params(out, result, model_path, model_sha256, skipped)
+    write_flame_params(out, result, model, skipped)
     write_colmap_text(out / COLMAP_SUBDIR, result, [f"{vf.name}.png" for vf in result.views])
     write_textured_mesh(out, result)
     if avatar_format:
-        write_avatar_dataset(out / AVATAR_SUBDIR, views, result)
-    write_report(out, views, result, intrinsics, skipped, timings, renders=renders)
+        write_avatar_dataset(out / AVATAR_SUBDIR, views, result, model=model)
+    write_report(out, views, result, intrinsics, skipped, timings, renders=renders, model=model)

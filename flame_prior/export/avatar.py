@@ -58,6 +58,7 @@ from flame_prior.export._common import (
     write_json,
 )
 from flame_prior.fit import FitResult
+from flame_prior.flame.assets import ModelInfo
 from flame_prior.geometry import opencv_w2c_to_opengl_c2w
 from flame_prior.observe import ViewObservation
 
@@ -179,7 +180,7 @@ def _split(frames: list[dict], n_cams: int) -> dict[str, tuple[list[dict], list[
 
 def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], result: FitResult,
                          n_shape_out: int = 300, n_expr_out: int = 100, *,
-                         background: tuple[int, int, int] = (255, 255, 255)) -> Path:
+                         background: tuple[int, int, int] = (255, 255, 255), model: ModelInfo | None = None) -> Path:
     """Write the FLAME-avatar data set (format: module docstring) into ``out_dir``.
 
     Args:
@@ -189,6 +190,7 @@ def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], resu
         result: the fit.
         n_shape_out, n_expr_out: coefficient counts of the reader's FLAME (GaussianAvatars: 300, 100).
         background: RGB the photo is composited over (outside the head mask and in padding).
+        model: the model files the fit used, named in the metadata when given.
 
     Returns:
         the path of ``transforms.json``.
@@ -215,7 +217,7 @@ def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], resu
         W, H = int(cam["width"][i]), int(cam["height"][i])
         w, ox = centred_window(cam["cx"][i], W)
         h, oy = centred_window(cam["cy"][i], H)
-        alpha = np.clip(np.asarray(o.mask, dtype=np.float64), 0.0, 1.0)
+        alpha = np.clip(np.asarray(o.detection.mask, dtype=np.float64), 0.0, 1.0)
         rgb = np.asarray(o.image.pixels, dtype=np.float64)
         comp = rgb * alpha[..., None] + bg * (1.0 - alpha[..., None])
         img = shift_image(np.clip(np.round(comp), 0, 255).astype(np.uint8), ox, oy, w, h, bg)
@@ -250,7 +252,6 @@ def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], resu
                                   np.zeros(6), np.zeros(3))
     np.savez(out_dir / "canonical_flame_param.npz", **canonical)
 
-    shared_keys = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
     meta = {
         "flame_prior": {
             "version": flame_prior_version(),
@@ -259,20 +260,27 @@ def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], resu
             "format": "FLAME-avatar data set (VHAP export / GaussianAvatars reader), one timestep",
             "crop_offsets": {"note": "original pixel coordinate = exported pixel coordinate + offset",
                              "per_camera_index": offsets},
-            "model": {k: result.model_info.get(k) for k in ("path", "sha256", "n_shape", "n_expr", "notes")
-                      if result.model_info and k in result.model_info},
+            "model": {k: v for k, v in (model.as_dict() if model is not None else {}).items()
+                      if k in ("path", "sha256", "n_shape", "n_expr", "notes")},
             "n_shape_out": n_shape_out, "n_expr_out": n_expr_out,
         }
     }
 
-    def db(frames_, timesteps, cameras) -> dict:
-        d = dict(meta)
-        if frames_ and all(all(fr[k] == frames_[0][k] for k in shared_keys) for fr in frames_):
-            d.update({k: frames_[0][k] for k in shared_keys})
-        d.update({"frames": frames_, "timestep_indices": timesteps, "camera_indices": cameras})
-        return d
-
-    out = write_json(out_dir / "transforms.json", db(frames, [0], list(range(n))))
+    out = write_json(out_dir / "transforms.json", transforms_file(meta, frames, [0], list(range(n))))
     for division, (fr, ts, cs) in _split(frames, n).items():
-        write_json(out_dir / f"transforms_{division}.json", db(fr, ts, cs))
+        write_json(out_dir / f"transforms_{division}.json", transforms_file(meta, fr, ts, cs))
     return out
+
+
+#: Per-frame keys written once at the top of a transforms file when every frame has the same value.
+SHARED_FRAME_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+
+
+def transforms_file(meta: dict, frames: list[dict], timesteps: list[int], cameras: list[int]) -> dict:
+    """One ``transforms*.json`` of the FLAME-avatar data set: ``meta``, the intrinsics the frames
+    share (as VHAP writes them), the frames and the division's timestep and camera indices."""
+    d = dict(meta)
+    if frames and all(all(fr[k] == frames[0][k] for k in SHARED_FRAME_KEYS) for fr in frames):
+        d.update({k: frames[0][k] for k in SHARED_FRAME_KEYS})
+    d.update({"frames": frames, "timestep_indices": timesteps, "camera_indices": cameras})
+    return d

@@ -23,35 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flame_prior.export._common import camera_arrays, vertex_colours
 from flame_prior.fit import FitResult
+from flame_prior.geometry import rotation_matrix_to_quaternion
 
-__all__ = ["write_colmap_text", "rotation_matrix_to_quaternion"]
-
-
-def rotation_matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """``(*, 3, 3)`` rotation matrices to ``(*, 4)`` unit quaternions ``(w, x, y, z)``, ``w >= 0``."""
-    R = np.asarray(R, dtype=np.float64)
-    m = R.reshape(-1, 3, 3)
-    q = np.empty((m.shape[0], 4))
-    for k, a in enumerate(m):
-        tr = a[0, 0] + a[1, 1] + a[2, 2]
-        cands = [1 + tr, 1 + a[0, 0] - a[1, 1] - a[2, 2], 1 - a[0, 0] + a[1, 1] - a[2, 2], 1 - a[0, 0] - a[1, 1] + a[2, 2]]
-        i = int(np.argmax(cands))
-        s = 2.0 * np.sqrt(max(cands[i], 1e-300))  # 4 |q_i|
-        if i == 0:
-            v = [s / 4, (a[2, 1] - a[1, 2]) / s, (a[0, 2] - a[2, 0]) / s, (a[1, 0] - a[0, 1]) / s]
-        elif i == 1:
-            v = [(a[2, 1] - a[1, 2]) / s, s / 4, (a[0, 1] + a[1, 0]) / s, (a[0, 2] + a[2, 0]) / s]
-        elif i == 2:
-            v = [(a[0, 2] - a[2, 0]) / s, (a[0, 1] + a[1, 0]) / s, s / 4, (a[1, 2] + a[2, 1]) / s]
-        else:
-            v = [(a[1, 0] - a[0, 1]) / s, (a[0, 2] + a[2, 0]) / s, (a[1, 2] + a[2, 1]) / s, s / 4]
-        v = np.asarray(v)
-        v /= np.linalg.norm(v)
-        q[k] = -v if v[0] < 0 else v
-    return q.reshape(*R.shape[:-2], 4)
+__all__ = ["write_colmap_text"]
 
 
 def _fmt(x: float) -> str:
@@ -98,7 +76,7 @@ def write_colmap_text(model_dir: str | Path, result: FitResult, image_names: lis
         lines.append(f"{cid} PINHOLE {w} {h} {_fmt(fx)} {_fmt(fy)} {_fmt(cx)} {_fmt(cy)}")
     (model_dir / "cameras.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    q = rotation_matrix_to_quaternion(cam["R"]) if n else np.zeros((0, 4))
+    q = rotation_matrix_to_quaternion(torch.as_tensor(cam["R"], dtype=torch.float64)).numpy() if n else np.zeros((0, 4))
     lines = ["# Image list with two lines of data per image:",
              "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
              "#   POINTS2D[] as (X, Y, POINT3D_ID)",

@@ -76,7 +76,7 @@ def write_eg3d_dataset(out_dir: Path, root: Path, records: list[dict], *, scale:
     Every file is written through a temporary name and a rename. Returns the labels file, or None
     when there is no record.
     """
-    from flame_prior.batch.records import write_bytes_atomic
+    from flame_prior.files import write_bytes_atomic
 
     if not records:
         return None
@@ -104,7 +104,7 @@ def write_eg3d_dataset(out_dir: Path, root: Path, records: list[dict], *, scale:
 def _write_crop(src: Path, target: Path, x0: float, y0: float, side: float, size: int) -> None:
     import cv2
 
-    from flame_prior.batch.records import write_bytes_atomic
+    from flame_prior.files import write_bytes_atomic
     from flame_prior.images import load_images
 
     images, _ = load_images(src)

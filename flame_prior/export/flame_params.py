@@ -26,7 +26,7 @@ parameters produce depends on the model file: ``fit_summary.json`` names it (pat
 
 ``fit_summary.json`` holds the same values as JSON lists (``flame``, ``cameras`` per view, ``lighting``,
 ``texture_coeffs``) plus: ``format``/``version``; ``convention`` (each frame written out); ``model``
-(``path``, ``sha256``, ``n_shape``, ``n_expr``, ``notes`` and the rest of ``FitResult.model_info``);
+(:class:`~flame_prior.flame.assets.ModelInfo`: ``path``, ``sha256``, ``n_shape``, ``n_expr``, ``notes``, ...);
 ``intrinsics_source``; per-view ``landmark_error_px``, ``eye_distance_px`` and
 ``landmark_error_rel_eye`` (error / outer-eye-corner distance); ``stages`` (name, iterations,
 seconds, loss_history, per-view median landmark error after the stage); ``notes``; ``left_out``
@@ -42,6 +42,7 @@ import numpy as np
 
 from flame_prior.export._common import CONVENTION, camera_arrays, flame_prior_version, write_json
 from flame_prior.fit import FitResult
+from flame_prior.flame.assets import ModelInfo
 
 __all__ = ["write_flame_params", "FLAME_KEYS"]
 
@@ -65,15 +66,13 @@ def _flame_arrays(result: FitResult) -> dict[str, np.ndarray]:
     return out
 
 
-def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, model_sha256: str,
-                       skipped=()) -> tuple[Path, Path]:
+def write_flame_params(out_dir: str | Path, result: FitResult, model: ModelInfo, skipped=()) -> tuple[Path, Path]:
     """Write ``flame_params.npz`` and ``fit_summary.json`` into ``out_dir`` (format: module docstring).
 
     Args:
         out_dir: the output folder.
         result: the fit.
-        model_path: the FLAME model file the fit used, as the user gave it.
-        model_sha256: that file's SHA-256 (hex).
+        model: the model files the fit used (path as the user gave it, SHA-256, sizes, notes).
         skipped: the inputs left out (``SkippedInput``: path, reason), listed under ``left_out``.
 
     Returns:
@@ -98,15 +97,6 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, 
     npz_path = out_dir / "flame_params.npz"
     np.savez(npz_path, **arrays)
 
-    info = dict(result.model_info or {})
-    model = {
-        **{k: v for k, v in info.items()},
-        "path": str(model_path),
-        "sha256": str(model_sha256),
-        "n_shape": int(info.get("n_shape", flame["shape"].shape[0])),
-        "n_expr": int(info.get("n_expr", flame["expression"].shape[0])),
-        "notes": info.get("notes", []),
-    }
     cameras = []
     for i, vf in enumerate(result.views):
         eye = float(vf.eye_distance_px)
@@ -117,7 +107,7 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, 
             "width": cam["width"][i], "height": cam["height"][i],
             "landmark_error_px": float(vf.landmark_error_px),
             "eye_distance_px": eye,
-            "landmark_error_rel_eye": float(vf.landmark_error_px) / eye if eye > 0 else float("nan"),
+            "landmark_error_rel_eye": vf.landmark_error_rel_eye,
             "uncertainty": {"rotation_deg": float(vf.rotation_sigma_deg), "centre_pct": float(vf.centre_sigma_pct)},
             "yaw_deg": float(vf.yaw_deg),
             "trusted": not vf.flags,
@@ -129,7 +119,7 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model_path: str, 
         "convention": CONVENTION,
         "units": {"translation": "metres", "t": "metres", "rotations": "radians (axis-angle)",
                   "intrinsics": "pixels"},
-        "model": model,
+        "model": model.as_dict(),
         "intrinsics_source": result.intrinsics_source,
         "flame": flame,
         "texture_coeffs": arrays.get("texture_coeffs"),

@@ -75,11 +75,11 @@ def write_images_and_masks(out_dir: str | Path, views: list[ViewObservation], re
     for obs in match_views(views, result):
         img_rel, mask_rel = f"images/{obs.image.name}.png", f"masks/{obs.image.name}.png"
         pixels = np.asarray(obs.image.pixels)
-        if pixels.shape[:2] != np.asarray(obs.mask).shape:
-            raise ValueError(f"export: view {obs.image.name}: mask {np.asarray(obs.mask).shape} "
+        if pixels.shape[:2] != np.asarray(obs.detection.mask).shape:
+            raise ValueError(f"export: view {obs.image.name}: mask {np.asarray(obs.detection.mask).shape} "
                              f"does not match image {pixels.shape[:2]}")
         save_png(out_dir / img_rel, pixels.astype(np.uint8))
-        save_png(out_dir / mask_rel, mask_to_u8(obs.mask))
+        save_png(out_dir / mask_rel, mask_to_u8(obs.detection.mask))
         rel.append((img_rel, mask_rel))
     return rel
 

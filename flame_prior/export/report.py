@@ -10,8 +10,8 @@ Contents, top to bottom:
   outer-eye-corner distance of the projected model, with a status colour;
 * per view, two pictures: (1) the photo with the head-mask outline (yellow), the detected landmarks
   (green), the fitted model's projected landmarks (red) and a thin line joining each pair;
-  (2) the model over the photo: the caller's render when given (``renders``), else a flat-shaded
-  painter's-algorithm drawing of the projected mesh (back faces culled, no occlusion between parts).
+  (2) the model over the photo: the fitted, textured, lit head rendered by the fit's own renderer
+  (:func:`render_previews`; or the caller's ``renders``).
 
 Pictures are drawn with their long side between ``MIN_SIDE`` and ``MAX_SIDE`` pixels (coordinates
 scale exactly, since pixel coordinates have their origin at the image corner). File names:
@@ -25,25 +25,27 @@ import datetime as _dt
 import html
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from flame_prior.export._common import flame_prior_version, match_views
 from flame_prior.fit import FitResult
-from flame_prior.geometry import project_points
+from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
+from flame_prior.render import vertex_normals
+from flame_prior.render_head import render_head
 
-__all__ = ["write_report", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
+__all__ = ["write_report", "render_previews", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
 
 MAX_SIDE = 1024
 MIN_SIDE = 512
 GREEN = (40, 220, 80)
 RED = (240, 50, 50)
 YELLOW = (255, 220, 0)
-MESH_RGB = np.array([150, 185, 255], dtype=np.float64)
 MESH_OPACITY = 0.55
 #: Landmark error / eye-corner distance: below GOOD is green, below FAIR amber, else red.
 GOOD, FAIR = 0.03, 0.06
@@ -80,7 +82,7 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None) ->
     s = _scale_for(obs.image.width, obs.image.height) if s is None else s
     im = _resized(obs.image.pixels, s).convert("RGB")
     r = max(2.0, max(im.size) / 300)
-    edge = _mask_outline(obs.mask, im.size, max(1, round(r / 2)))
+    edge = _mask_outline(obs.detection.mask, im.size, max(1, round(r / 2)))
     arr = np.asarray(im).copy()
     arr[edge] = YELLOW
     im = Image.fromarray(arr)
@@ -98,50 +100,41 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None) ->
     return im
 
 
-def _shaded_mesh(result: FitResult, i: int, size: tuple[int, int], s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Flat-shaded mesh of view ``i`` at display size: ``(h, w, 3)`` colour and ``(h, w)`` coverage."""
-    cams = result.cameras.subset([i]).to(dtype=torch.float64)
-    v = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float64)
-    uv, z = project_points(v, cams)
-    uv, z = uv[0].numpy() * s, z[0].numpy()
-    pc = (v @ cams.R[0].T + cams.t[0]).numpy()  # camera frame, OpenCV axes
-    f = np.asarray(result.faces, dtype=np.int64)
-    tri = pc[f]  # (F, 3, 3)
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    cen = tri.mean(1)
-    nn = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    facing = -(nn * cen).sum(1) / np.maximum(np.linalg.norm(cen, axis=1), 1e-12)  # > 0: faces the camera
-    keep = (facing > 0) & (z[f] > 1e-6).all(1)
-    order = np.argsort(-cen[keep, 2])  # far to near
-    idx = np.nonzero(keep)[0][order]
-    shade = 0.35 + 0.65 * facing[idx]
-    layer = Image.new("RGB", size, (0, 0, 0))
-    dl = ImageDraw.Draw(layer)
-    pts = uv[f[idx]]
-    cols = np.clip(MESH_RGB[None] * shade[:, None], 1, 255).astype(np.uint8)  # never black: black = empty
-    for p, c in zip(pts.tolist(), cols.tolist()):
-        dl.polygon([tuple(q) for q in p], fill=tuple(c))
-    rgb = np.asarray(layer, dtype=np.float64)
-    return rgb, (rgb.max(-1) > 0).astype(np.float64)
+@torch.no_grad()
+def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
+    """The fitted, textured, lit head over each view: ``(H, W, 4)`` uint8 RGBA in the original grid."""
+    verts = torch.as_tensor(result.vertices, dtype=torch.float32)[None]
+    faces = torch.as_tensor(result.faces)
+    uvs, uv_faces = torch.as_tensor(result.uvs), torch.as_tensor(result.uv_faces)
+    tex = torch.as_tensor(result.texture, dtype=torch.float32)
+    normals_v = vertex_normals(verts, faces)
+    cams = result.cameras.to(dtype=torch.float32)
+    out = []
+    for i in range(len(cams)):
+        W, H = cams.width[i], cams.height[i]
+        s = min(1.0, max_side / max(W, H))
+        w, h = max(1, round(W * s)), max(1, round(H * s))
+        sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
+        color, rast, _ = render_head(verts, faces, cams.subset([i]).scaled(w / W, h / H), uvs, uv_faces, tex, sh,
+                                     size=(h, w), vertex_normals=normals_v)
+        alpha = (rast[..., 3:] > 0).float()
+        rgba = (torch.cat([color.clamp(0, 1), alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
+        out.append(cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba)
+    return out
 
 
-def draw_model_overlay(obs: ViewObservation, result: FitResult, i: int, render: np.ndarray | None = None,
-                       s: float | None = None) -> Image.Image:
-    """The model over the photo: ``render`` ((H, W, 3) or (H, W, 4) uint8, original grid) or a shaded mesh."""
+def draw_model_overlay(obs: ViewObservation, render: np.ndarray, s: float | None = None) -> Image.Image:
+    """The model over the photo: ``render`` ((H, W, 3) or (H, W, 4) uint8, original grid)."""
     s = _scale_for(obs.image.width, obs.image.height) if s is None else s
     photo = _resized(obs.image.pixels, s).convert("RGB")
     base = np.asarray(photo, dtype=np.float64)
-    if render is not None:
-        r = np.asarray(render)
-        if r.shape[:2] != (obs.image.height, obs.image.width) or r.ndim != 3 or r.shape[2] not in (3, 4):
-            raise ValueError(f"report: render of {obs.image.name} is {r.shape}, expected "
-                             f"({obs.image.height}, {obs.image.width}, 3 or 4)")
-        rs = np.asarray(_resized(r.astype(np.uint8), s), dtype=np.float64)
-        colour = rs[..., :3]
-        alpha = (rs[..., 3] / 255.0 if r.shape[2] == 4 else np.ones(base.shape[:2])) * MESH_OPACITY
-    else:
-        colour, cover = _shaded_mesh(result, i, photo.size, s)
-        alpha = cover * MESH_OPACITY
+    r = np.asarray(render)
+    if r.shape[:2] != (obs.image.height, obs.image.width) or r.ndim != 3 or r.shape[2] not in (3, 4):
+        raise ValueError(f"report: render of {obs.image.name} is {r.shape}, expected "
+                         f"({obs.image.height}, {obs.image.width}, 3 or 4)")
+    rs = np.asarray(_resized(r.astype(np.uint8), s), dtype=np.float64)
+    colour = rs[..., :3]
+    alpha = (rs[..., 3] / 255.0 if r.shape[2] == 4 else np.ones(base.shape[:2])) * MESH_OPACITY
     out = base * (1 - alpha[..., None]) + colour * alpha[..., None]
     return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
 
@@ -236,7 +229,8 @@ ul{margin:4px 0 0 18px;padding:0}
 
 
 def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitResult, intrinsics: Intrinsics,
-                 skipped: list[SkippedInput], timings: dict, renders: list[np.ndarray] | None = None) -> Path:
+                 skipped: list[SkippedInput], timings: dict, renders: list[np.ndarray] | None = None, *,
+                 model: ModelInfo | None = None) -> Path:
     """Write ``report.html`` and ``report/`` into ``out_dir`` (contents: module docstring).
 
     Args:
@@ -246,8 +240,9 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         intrinsics: the initial intrinsics (source, COLMAP figures, notes).
         skipped: inputs left out, with reasons.
         timings: seconds per pipeline stage, e.g. ``{"images": 0.4, "observe": 3.1, ...}``.
-        renders: optional, one per fitted view in ``result.views`` order: ``(H, W, 3)`` or
-            ``(H, W, 4)`` uint8 in the original pixel grid; when None a shaded mesh is drawn.
+        renders: one per fitted view in ``result.views`` order: ``(H, W, 3)`` or ``(H, W, 4)``
+            uint8 in the original pixel grid; when None, :func:`render_previews` of ``result``.
+        model: the model files the fit used (the Model card), when known.
 
     Returns:
         the path of ``report.html``.
@@ -256,20 +251,22 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     rep = out_dir / "report"
     rep.mkdir(parents=True, exist_ok=True)
     obs = match_views(views, result)
-    if renders is not None and len(renders) != len(obs):
+    if renders is None:
+        renders = render_previews(result)
+    if len(renders) != len(obs):
         raise ValueError(f"report: {len(renders)} renders for {len(obs)} fitted views")
 
     model_imgs, rows, blocks = [], [], []
-    model_caption = "rendered model over the photo" if renders is not None else "fitted mesh over the photo (flat-shaded)"
+    model_caption = "rendered model over the photo"
     for i, (o, vf) in enumerate(zip(obs, result.views)):
         s = _scale_for(o.image.width, o.image.height)
         lm_name, md_name = f"{vf.name}_landmarks.jpg", f"{vf.name}_model.jpg"
         draw_landmark_overlay(o, vf, s).save(rep / lm_name, quality=90)
-        mim = draw_model_overlay(o, result, i, None if renders is None else renders[i], s)
+        mim = draw_model_overlay(o, renders[i], s)
         mim.save(rep / md_name, quality=90)
         model_imgs.append(mim)
         eye = float(vf.eye_distance_px)
-        rel = float(vf.landmark_error_px) / eye if eye > 0 else float("nan")
+        rel = vf.landmark_error_rel_eye
         cls, word = _status(rel)
         flags = list(getattr(vf, "flags", []))
         if flags:  # the trust rule (flame_prior.camera_trust) overrides the landmark-error rating
@@ -303,8 +300,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     # ---- summary cards
     n_fit = len(result.views)
     errs = np.array([vf.landmark_error_px for vf in result.views], dtype=np.float64)
-    rels = np.array([vf.landmark_error_px / vf.eye_distance_px if vf.eye_distance_px > 0 else np.nan
-                     for vf in result.views])
+    rels = np.array([vf.landmark_error_rel_eye for vf in result.views])
     skipped_html = ("<ul>" + "".join(f"<li><b>{_esc(Path(sk.path).name)}</b>: {_esc(sk.reason)}</li>" for sk in skipped)
                     + "</ul>") if skipped else "<span class='sub'>none</span>"
     views_card = (f"<div class='card'><h3>Views</h3><div class='big'>{n_fit} fitted</div>"
@@ -328,7 +324,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
                  + (colmap_rows or "<dt>COLMAP</dt><dd>not used / did not register</dd>")
                  + "</dl>" + (f"<ul>{intr_notes}</ul>" if intr_notes else "") + "</div>")
 
-    mi = dict(result.model_info or {})
+    mi = model.as_dict() if model is not None else {}
     lacks = mi.get("notes") or []
     lacks = [lacks] if isinstance(lacks, str) else list(lacks)
     model_card = ("<div class='card'><h3>Model</h3><dl>"
@@ -341,8 +337,11 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
                              + "".join(f"<li>{_esc(n)}</li>" for n in lacks) + "</ul></div>" if lacks else "")
                   + "</div>")
 
-    t_rows = "".join(f"<tr><td>{_esc(k)}</td><td class='num'>{_fmt_s(float(v))}</td></tr>" for k, v in timings.items())
-    total = sum(float(v) for v in timings.values())
+    # The pipeline's steps; a step's parts ("fit.rigid", ...) are listed from the stage logs below
+    # and "total" is the run's own clock, so neither is added in again.
+    steps = {k: float(v) for k, v in timings.items() if "." not in k and k != "total"}
+    t_rows = "".join(f"<tr><td>{_esc(k)}</td><td class='num'>{_fmt_s(v)}</td></tr>" for k, v in steps.items())
+    total = float(timings["total"]) if "total" in timings else sum(steps.values())
     st_rows = "".join(
         f"<tr><td>fit: {_esc(s.name)}</td><td class='num'>{_fmt_s(float(s.seconds))} "
         f"<span class='sub'>({s.iterations} it)</span></td></tr>" for s in result.stages)
@@ -355,7 +354,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
               "<span><i class='dot' style='background:rgb(240,50,50)'></i>model landmarks (projected)</span>"
               "<span><i class='dot' style='background:rgb(255,220,0)'></i>head mask outline</span>"
               "<span><i class='dot' style='background:rgb(150,185,255)'></i>"
-              + ("rendered model" if renders is not None else "fitted mesh (flat-shaded)") + "</span></div>")
+              "rendered model</span></div>")
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>flame-prior report</title>

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_prior.export._common import write_json
+from flame_prior.flame.assets import ModelInfo
 
 __all__ = ["extend_summary", "append_report_section", "frame_selection_html", "write_sequence_outputs",
            "write_avatar_sequence", "write_sequence_report"]
@@ -79,7 +80,7 @@ def frame_selection_html(intake, kind: str, reason: str) -> str:
 # Dynamic sequences: every timestep
 
 
-def write_sequence_outputs(out_dir: Path, prepared, keyframe_fit, seq, timings: dict, *, model_info: dict,
+def write_sequence_outputs(out_dir: Path, prepared, keyframe_fit, seq, timings: dict, *, model_info: ModelInfo,
                            avatar_format: bool, model=None) -> None:
     """Write a dynamic fit into ``out_dir`` (the caller owns atomicity).
 
@@ -121,7 +122,7 @@ def write_sequence_outputs(out_dir: Path, prepared, keyframe_fit, seq, timings: 
                 continue
             v = views[i]
             save_png(out / "images" / f"{v.image.name}.png", v.image.pixels)
-            save_png(out / "masks" / f"{v.image.name}.png", mask_to_u8(v.mask))
+            save_png(out / "masks" / f"{v.image.name}.png", mask_to_u8(v.detection.mask))
             frames.append({
                 "file_path": f"images/{v.image.name}.png", "mask_path": f"masks/{v.image.name}.png",
                 "transform_matrix": c2w[c].tolist(),
@@ -153,7 +154,7 @@ def write_sequence_outputs(out_dir: Path, prepared, keyframe_fit, seq, timings: 
                      "keyframe_timesteps": [int(t) for t in seq.keyframe_timesteps],
                      "tracking_seconds": float(seq.seconds), "timesteps_per_second": float(seq.timesteps_per_second),
                      "landmark_px": seq.landmark_px, "times": seq.times, "timesteps_original": seq.timesteps},
-        "model": dict(model_info or {}),
+        "model": model_info.as_dict(),
         "intrinsics_source": keyframe_fit.intrinsics_source,
         "flame": arrays_for_json(arrays),
         "cameras": [{"name": n, "R": cam["R"][c], "t": cam["t"][c], "fx": cam["fx"][c], "fy": cam["fy"][c],
@@ -197,7 +198,7 @@ def write_avatar_sequence(out_dir: Path, views, seq, cam_names: list[str], n_sha
     import math as _math
 
     from flame_prior.export._common import flame_prior_version, save_png
-    from flame_prior.export.avatar import _flame_param_file, _padded, centred_window, shift_image
+    from flame_prior.export.avatar import _flame_param_file, _padded, centred_window, shift_image, transforms_file
     from flame_prior.errors import InputError
     from flame_prior.geometry import opencv_w2c_to_opengl_c2w
 
@@ -222,7 +223,7 @@ def write_avatar_sequence(out_dir: Path, views, seq, cam_names: list[str], n_sha
             W, H = int(cam["width"][c]), int(cam["height"][c])
             w, ox = centred_window(cam["cx"][c], W)
             h, oy = centred_window(cam["cy"][c], H)
-            alpha = np.clip(np.asarray(o.mask, dtype=np.float64), 0.0, 1.0)
+            alpha = np.clip(np.asarray(o.detection.mask, dtype=np.float64), 0.0, 1.0)
             comp = np.asarray(o.image.pixels, dtype=np.float64) * alpha[..., None] + bg * (1 - alpha[..., None])
             stem = f"{k:05d}_{c:02d}"
             save_png(out_dir / "images" / f"{stem}.png",
@@ -255,16 +256,7 @@ def write_avatar_sequence(out_dir: Path, views, seq, cam_names: list[str], n_sha
                             "n_shape_out": n_shape_out, "n_expr_out": n_expr_out,
                             "split": f"VHAP split_json: first ceil({train_ratio} T) timesteps train/val, the rest test"}}
     cams = list(range(C))
-    shared = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
-
-    def db(fr, ts, cs) -> dict:
-        d = dict(meta)
-        if fr and all(all(x[k] == fr[0][k] for k in shared) for x in fr):
-            d.update({k: fr[0][k] for k in shared})
-        d.update({"frames": fr, "timestep_indices": ts, "camera_indices": cs})
-        return d
-
-    path = write_json(out_dir / "transforms.json", db(frames, list(range(T)), cams))
+    path = write_json(out_dir / "transforms.json", transforms_file(meta, frames, list(range(T)), cams))
     nt_train = int(np.ceil(T * train_ratio))
     train_t, test_t = list(range(nt_train)), list(range(nt_train, T))
     val_cams = cams[-1:] if C > 1 else []
@@ -275,7 +267,7 @@ def write_avatar_sequence(out_dir: Path, views, seq, cam_names: list[str], n_sha
         "test": ([f for f in frames if f["timestep_index"] >= nt_train], test_t, cams),
     }
     for name, (fr, ts, cs) in split.items():
-        write_json(out_dir / f"transforms_{name}.json", db(fr, ts, cs))
+        write_json(out_dir / f"transforms_{name}.json", transforms_file(meta, fr, ts, cs))
     return path
 
 

@@ -24,7 +24,6 @@ Joints: 0 root (global rotation), 1 neck, 2 jaw, 3 left eye (+X), 4 right eye (-
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from flame_prior.errors import ModelFileError
+from flame_prior.files import file_sha256
 from flame_prior.flame.safe_pickle import read_npy_safe, read_npz_safe, safe_unpickle
 
 __all__ = ["FlameModelData", "load_flame_model", "safe_unpickle", "read_model_dict", "MODEL_HINT"]
@@ -96,14 +96,6 @@ class FlameModelData:
         """Check every array; raise :class:`ModelFileError` naming the array and the problem."""
         _validate(self)
         return self
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_model_dict(path: str | Path, hint: str = MODEL_HINT, keys: tuple[str, ...] | None = None) -> dict:
@@ -213,7 +205,7 @@ def load_flame_model(path: str | Path, n_shape: int | None = None, n_expr: int |
     data = FlameModelData(
         v_template=v_template, faces=faces, shapedirs=np.ascontiguousarray(shapedirs),
         exprdirs=np.ascontiguousarray(exprdirs), posedirs=posedirs, J_regressor=J_regressor, weights=weights,
-        parents=parents, source=str(path), sha256=_sha256(path), name=path.stem, notes=notes)
+        parents=parents, source=str(path), sha256=file_sha256(path), name=path.stem, notes=notes)
     return data.validate()
 
 

@@ -1,6 +1,10 @@
-"""Detection cache: one ``.npz`` per (image content, backend, backend version).
+"""flame-prior's one cache: where it lives, its atomic ``.npz`` writer, and the detection cache.
 
-File: ``<cache_dir>/<sha256 of the image file>-<backend>-<first 12 hex of sha256(version)>.npz``.
+Root: ``$XDG_CACHE_HOME/flame-prior`` (else ``~/.cache/flame-prior``), with ``detections/``
+(:class:`DetectionCache`, below) and ``colmap/`` (:func:`flame_prior.intrinsics.cached_run_colmap`).
+Every file is an ``.npz`` read with ``allow_pickle=False`` and written by :func:`save_npz_atomic`.
+
+Detection cache: one ``.npz`` per (image content, backend, backend version). File: ``<cache_dir>/<sha256 of the image file>-<backend>-<first 12 hex of sha256(version)>.npz``.
 Keys (all plain arrays, read with ``np.load(allow_pickle=False)``, nothing executed):
 
 =================  ==================  ==============================================
@@ -24,14 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from flame_prior.detectors import Detection
+from flame_prior.detectors.base import Detection
+from flame_prior.files import write_atomic
 
-__all__ = ["DetectionCache", "default_cache_dir", "CacheMiss", "quantise_mask_u8"]
+__all__ = ["cache_root", "default_cache_dir", "colmap_cache_dir", "save_npz_atomic", "DetectionCache", "CacheMiss",
+           "quantise_mask_u8"]
 
 
 def quantise_mask_u8(mask: np.ndarray) -> np.ndarray:
@@ -39,10 +44,20 @@ def quantise_mask_u8(mask: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.asarray(mask, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/flame-prior/detections``, else ``~/.cache/flame-prior/detections``."""
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/flame-prior``, else ``~/.cache/flame-prior``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flame-prior" / "detections"
+    return Path(base) / "flame-prior"
+
+
+def default_cache_dir() -> Path:
+    """The detection cache's default folder, ``<cache root>/detections``."""
+    return cache_root() / "detections"
+
+
+def colmap_cache_dir() -> Path:
+    """The COLMAP cache's default folder, ``<cache root>/colmap``."""
+    return cache_root() / "colmap"
 
 
 class CacheMiss:
@@ -104,16 +119,6 @@ class DetectionCache:
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> Path:
-    """Write a compressed ``.npz`` through a temporary file in the same folder and a rename, so a
-    reader never sees a half-written cache file (the folder is created if needed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a compressed ``.npz`` atomically (:func:`flame_prior.files.write_atomic`), so a reader
+    never sees a half-written cache file."""
+    return write_atomic(path, lambda f: np.savez_compressed(f, **arrays))

@@ -1,13 +1,17 @@
 """Stage 3 of the fit — photometric: the renderer on a square crop around each face, albedo (a
 texture space or a free UV map), per-view SH lighting, geometry and cameras, with a photometric L1
 term inside the head mask, a two-sided mask term and the landmark term; Adam on mini-batches of
-views. :func:`flame_prior.fit.fit_flame` runs it after :mod:`flame_prior.fit_landmarks`.
+views. :func:`flame_prior.fit.fit_flame` runs it after the stages of :mod:`flame_prior.fit.landmarks`.
+
+The loss of one step is :func:`photometric_loss`; the benchmark measures its floor through the same
+function.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -15,13 +19,15 @@ import torch
 from torch import Tensor
 
 from flame_prior import render
-from flame_prior.flame import TextureSpace, sh_basis, shade_sh
-from flame_prior.fit_landmarks import (FitState, LandmarkTargets, free_parameters, landmark_energy, prior_energy)
-from flame_prior.geometry import axis_angle_to_rotation_matrix
+from flame_prior.fit.config import FitterConfig
+from flame_prior.fit.state import (FitState, LandmarkTargets, StageLog, free_parameters, landmark_energy,
+                                   prior_energy, stage_log)
+from flame_prior.flame import TextureSpace, sh_basis
+from flame_prior.geometry import PinholeCameras
 from flame_prior.observe import ViewObservation
+from flame_prior.render_head import render_head
 
-if TYPE_CHECKING:
-    from flame_prior.fit import FitterConfig
+__all__ = ["FaceCrops", "make_crops", "Appearance", "initial_albedo_color", "photometric_loss", "photometric_stage"]
 
 
 @dataclass
@@ -34,6 +40,12 @@ class FaceCrops:
     valid: Tensor  # (N, S, S) 1 where the crop lies inside the photo
     box: Tensor  # (N, 3) x0, y0, side in original pixels
     size: int
+
+    def cameras(self, cameras: PinholeCameras, idx: Tensor) -> PinholeCameras:
+        """Views ``idx`` of ``cameras`` (original pixel grids) as they see the ``size``-pixel crops."""
+        box = self.box[idx]
+        rect = torch.cat([box[:, :2], box[:, 2:3], box[:, 2:3]], 1)
+        return cameras.subset(idx).cropped(rect).scaled(self.size / box[:, 2])
 
 
 def make_crops(views: list[ViewObservation], tg: LandmarkTargets, size: int, device, dtype) -> FaceCrops:
@@ -51,8 +63,8 @@ def make_crops(views: list[ViewObservation], tg: LandmarkTargets, size: int, dev
         M = np.array([[s, 0, -x0 * s + 0.5 * s - 0.5], [0, s, -y0 * s + 0.5 * s - 0.5]])
         warp = lambda a, interp: cv2.warpAffine(a, M, (size, size), flags=interp, borderValue=0)  # noqa: E731
         imgs.append(warp(v.image.pixels, cv2.INTER_AREA).astype(np.float32) / 255.0)
-        heads.append(warp(v.mask.astype(np.float32), cv2.INTER_LINEAR))
-        valids.append(warp(np.ones(v.mask.shape, np.float32), cv2.INTER_NEAREST))
+        heads.append(warp(v.detection.mask.astype(np.float32), cv2.INTER_LINEAR))
+        valids.append(warp(np.ones(v.detection.mask.shape, np.float32), cv2.INTER_NEAREST))
         hull = cv2.convexHull(((p - [x0, y0]) * s).astype(np.float32))
         fm = np.zeros((size, size), np.uint8)
         cv2.fillConvexPoly(fm, np.round(hull[:, 0]).astype(np.int32), 1)
@@ -62,60 +74,40 @@ def make_crops(views: list[ViewObservation], tg: LandmarkTargets, size: int, dev
     return FaceCrops(t(imgs), t(heads), t(faces), t(valids), t(boxes), size)
 
 
-def render_head(verts: Tensor, faces: Tensor, R: Tensor, t: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor,
-                size: tuple[int, int], uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
-                vertex_normals: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """The textured, SH-lit head seen by B pinhole cameras (the renderer's primitives, chained).
-
-    Args:
-        verts: ``(1, V, 3)`` posed vertices, world frame.
-        faces: ``(F, 3)`` triangles; ``uvs (T, 2)`` and ``uv_faces (F, 3)`` their texture layout.
-        R, t: ``(B, 3, 3)``, ``(B, 3)`` OpenCV world-to-camera; ``fx, fy, cx, cy``: ``(B,)`` pixels.
-        size: ``(H, W)`` of the images.
-        albedo_map: ``(Ht, Wt, 3)`` texture; ``sh``: ``(B, 9, 3)`` lighting per view.
-        vertex_normals: ``(1, V, 3)`` when the caller already has them.
-
-    Returns:
-        colour ``(B, H, W, 3)`` (not antialiased, no background), ``rast`` and the clip-space
-        positions ``pos`` for :func:`flame_prior.render.coverage` / ``antialias``.
-    """
-    b = R.shape[0]
-    H, W = size
-    pc = verts.expand(b, -1, -1) @ R.transpose(1, 2) + t[:, None]
-    pos = render.pinhole_to_clip(pc, fx, fy, cx, cy, W, H)
-    rast = render.rasterize(pos, faces, (H, W))
-    albedo = render.texture(albedo_map, render.interpolate(uvs, rast, uv_faces))
-    if vertex_normals is None:
-        vertex_normals = render.vertex_normals(verts, faces)
-    normals = torch.nn.functional.normalize(render.interpolate(vertex_normals.expand(b, -1, -1), rast, faces), dim=-1)
-    return shade_sh(albedo, normals, sh), rast, pos
-
-
-def render_views(st: FitState, idx: Tensor, faces: Tensor, uvs: Tensor, uv_faces: Tensor, albedo_map: Tensor, sh: Tensor,
-                 fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, size: int,
-                 topology: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Render views ``idx`` (B,) of the current head.
-
-    Returns colour (B,S,S,3), coverage (B,S,S), rast, and the posed vertices (1,V,3)."""
+def photometric_loss(st: FitState, tg: LandmarkTargets, crops: FaceCrops, idx: Tensor, appearance: "Appearance",
+                     cfg: FitterConfig, yaw: Tensor, topology: Tensor) -> Tensor:
+    """The photometric stage's loss on views ``idx`` (B,): photometric L1, mask, landmark and prior terms."""
+    dtype = tg.points.dtype
+    cams = st.cameras()
     verts = st.model(st.flame_params()).vertices  # (1, V, 3)
-    R = axis_angle_to_rotation_matrix(st.cam_rot[idx])
-    color, rast, pos = render_head(verts, faces, R, st.cam_t[idx], fx, fy, cx, cy, (size, size), uvs, uv_faces,
-                                   albedo_map, sh)
+    faces = st.model.faces
+    color, rast, pos = render_head(verts, faces, crops.cameras(cams, idx), appearance.uvs, appearance.uv_faces,
+                                   appearance.albedo(), appearance.sh()[idx], size=(crops.size, crops.size))
     # Silhouette gradients come from the coverage (mask term) only: an antialiased colour would blend
     # edge pixels towards the renderer's black background, not the photo's, and bias the outline.
     cov = render.coverage(rast, pos, faces, topology)[..., 0]
-    return color, cov, rast, verts
+    head, valid, face = crops.head[idx], crops.valid[idx], crops.face[idx]
+    # Photometric pixels: inside both the rendered head and the head mask, 1 px away from either
+    # outline, where photo pixels mix head and background and would bias the fit.
+    inside = _erode((rast[..., 3] > 0).to(dtype) * (head > 0.5).to(dtype) * valid)
+    photo = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
+    mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
+    # Landmarks on the vertices just rendered (no second FLAME evaluation).
+    pred = st.project(st.landmarks_on(verts, faces, yaw), cams)
+    lmk = landmark_energy(pred, tg, cfg.robust_scale)
+    return cfg.w_photometric * photo + cfg.w_mask * mask + cfg.w_landmark * lmk + prior_energy(st, cfg)
 
 
-def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: bool, cfg: FitterConfig,
-                       appearance: "Appearance", tick, notes: list[str]):
-    device, dtype = tg.points.device, tg.points.dtype
-    crops = make_crops(views, tg, cfg.render_size, device, dtype)
-    ratio = crops.size / crops.box[:, 2]
-    names = free_parameters(cfg, st, optimise_focal)
+def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], optimise_focal: bool,
+                      cfg: FitterConfig, appearance: "Appearance",
+                      tick: Callable[[], None]) -> tuple[FitState, StageLog]:
+    """Adam on geometry, cameras and ``appearance`` (updated in place: the optimiser owns it)."""
+    started = time.perf_counter()
+    device = tg.points.device
+    crops = make_crops(views, tg, cfg.render_size, device, tg.points.dtype)
+    names = free_parameters(cfg, st.model, optimise_focal)
     geo = [getattr(st, k).detach().requires_grad_(True) for k in names]
-    for k, p in zip(names, geo):
-        setattr(st, k, p)
+    st = st.replace(**dict(zip(names, geo)))
     app_params = appearance.parameters()
     lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "log_focal": 2e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3,
            "eyes": 5e-3, "neck": 2e-3}
@@ -128,6 +120,7 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
     for g in geo_groups:
         g["initial_lr"], g["lr"] = g["lr"], 0.0
     history: list[float] = []
+    notes: list[str] = []
     yaw = st.yaw()
     good, good_app = st.snapshot(), appearance.snapshot()
     topology = render.edge_topology(st.model.faces)
@@ -145,24 +138,9 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
             for g in geo_groups:
                 g["lr"] = g["initial_lr"]
         opt.zero_grad()
-        cams = st.cameras()
-        r = ratio[idx]
-        fx, fy = cams.fx[idx] * r, cams.fy[idx] * r
-        cx, cy = (st.cx[idx] - crops.box[idx, 0]) * r, (st.cy[idx] - crops.box[idx, 1]) * r
-        color, cov, rast, verts = render_views(st, idx, st.model.faces, appearance.uvs, appearance.uv_faces,
-                                          appearance.albedo(), appearance.sh()[idx], fx, fy, cx, cy, crops.size, topology)
-        head, valid, face = crops.head[idx], crops.valid[idx], crops.face[idx]
-        # Photometric pixels: inside both the rendered head and the head mask, 1 px away from either
-        # outline, where photo pixels mix head and background and would bias the fit.
-        inside = _erode((rast[..., 3] > 0).to(dtype) * (head > 0.5).to(dtype) * valid)
-        photo = ((color - crops.image[idx]).abs().sum(-1) * inside).sum() / inside.sum().clamp_min(1.0)
-        mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
-        # Landmarks on the vertices just rendered (no second FLAME evaluation).
-        pred = st.project(st.landmarks_on(verts, st.model.faces, yaw), cams)
-        lmk = landmark_energy(pred, tg, cfg.robust_scale)
-        loss = cfg.w_photometric * photo + cfg.w_mask * mask + cfg.w_landmark * lmk + prior_energy(st, cfg)
+        loss = photometric_loss(st, tg, crops, idx, appearance, cfg, yaw, topology)
         if not torch.isfinite(loss):
-            st.restore(good)
+            st = st.replace(**good)
             appearance.restore(good_app)
             notes.append(f"photometric stage: non-finite loss at iteration {it}; restored the last good state")
             break
@@ -176,9 +154,8 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views, optimise_focal: 
             # Early stop only once geometry has moved for a while (the warm-up plateaus by design).
             if it > warmup + 20 and history[-11] - history[-1] < cfg.early_stop * abs(history[-11]):
                 break
-    for k, p in zip(names, geo):
-        setattr(st, k, p.detach())
-    return it, history
+    st = st.replace(**{k: getattr(st, k).detach() for k in names})
+    return st, stage_log("photometric", st, tg, started, it, history, notes)
 
 
 def _erode(mask: Tensor) -> Tensor:

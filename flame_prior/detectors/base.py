@@ -1,0 +1,84 @@
+"""What face detection is configured by (:class:`DetectConfig`), what a backend returns
+(:class:`Detection`) and what a backend is (:class:`Detector`). The backends import this module, and
+:mod:`flame_prior.detectors` picks one (:func:`~flame_prior.detectors.make_detector`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from flame_prior.errors import check_option
+
+if TYPE_CHECKING:
+    from flame_prior.images import InputImage
+
+__all__ = ["DetectConfig", "Detection", "Detector", "landmark_box"]
+
+
+@dataclass
+class DetectConfig:
+    """How faces are found in each photo (pipeline step 2)."""
+
+    backend: Literal["mediapipe", "fan", "files"] = "mediapipe"
+    """Landmark detector: MediaPipe Face Mesh (478 points, bundled, offline), FAN (68 points, needs face_alignment and its weights) or user files."""
+    landmark_dir: Path | None = None
+    """For backend "files": folder with <stem>.npy or <stem>.txt (K, 2) pixel landmarks (K = 68 or 478) and optional <stem>_mask.png per image."""
+    min_face_px: float = 40
+    """Faces whose box is smaller than this many pixels (longer side) are left out as too small to fit."""
+    cache_dir: Path | None = None
+    """Detection cache folder; default $XDG_CACHE_HOME/flame-prior/detections (else ~/.cache/flame-prior/detections)."""
+    use_cache: bool = True
+    """Read and write cached detections (keyed by image content, backend and its version)."""
+
+    def check(self, prefix: str = "detect.") -> None:
+        """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
+        check_option(self.min_face_px >= 0, prefix + "min_face_px", self.min_face_px, "0 or more pixels")
+
+
+@dataclass
+class Detection:
+    """One face found by a backend, in the ORIGINAL upright image's pixel grid.
+
+    Attributes:
+        landmarks: ``(K, 2)`` float32 pixels (corner origin, pixel centres at +0.5).
+        confidence: ``(K,)`` float32 in [0, 1].
+        landmark_format: ``"mediapipe478"`` or ``"ibug68"``.
+        mask: ``(H, W)`` float32 head mask in [0, 1] (the head: face, hair, ears; no torso, no
+            background).
+        face_box: ``(x0, y0, x1, y1)`` the landmarks' bounding box, pixels.
+        notes: remarks (e.g. "2 faces, took the largest").
+    """
+
+    landmarks: np.ndarray
+    confidence: np.ndarray
+    landmark_format: str
+    mask: np.ndarray
+    face_box: tuple[float, float, float, float]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def face_size(self) -> float:
+        """Longer side of the face box, pixels (what ``min_face_px`` compares with)."""
+        x0, y0, x1, y1 = self.face_box
+        return float(max(x1 - x0, y1 - y0))
+
+
+class Detector(Protocol):
+    name: str
+    version: str
+    cacheable: bool
+
+    def detect(self, image: InputImage) -> Detection | None: ...
+
+    def close(self) -> None: ...
+
+
+def landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` of the finite landmarks."""
+    p = np.asarray(landmarks, dtype=np.float64)
+    p = p[np.isfinite(p).all(axis=1)]
+    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())

@@ -1,0 +1,94 @@
+"""The fitter's options (:class:`FitterConfig`, ``--fitter.*``) and the device they name."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from flame_prior.errors import InputError, check_option
+
+__all__ = ["FitterConfig", "resolve_device"]
+
+
+@dataclass
+class FitterConfig:
+    """Fitting schedule, priors and loss weights."""
+
+    rigid_steps: int = 10
+    """Levenberg-Marquardt steps of the rigid stage (per yaw round)."""
+    landmark_steps: int = 30
+    """Levenberg-Marquardt steps of the landmark stage."""
+    photometric_steps: int = 100
+    """Adam iterations of the photometric stage (0 skips it)."""
+    render_size: int = 160
+    """Side in pixels of the square face crop rendered in the photometric stage."""
+    photometric_views: int = 8
+    """Views rendered per photometric step (a random mini-batch; all views when fewer)."""
+    geometry_lr_scale: float = 1.0
+    """Scale of the photometric stage's learning rates for cameras, shape, expression and pose."""
+    appearance_lr_scale: float = 1.0
+    """Scale of the photometric stage's learning rates for albedo and lighting."""
+    appearance_warmup: float = 0.5
+    """Fraction of the photometric steps that fit albedo and lighting only, geometry held."""
+    texture_size: int = 256
+    """Side of the free UV texture map (when no texture space is given)."""
+    fit_shape: bool = True
+    """Fit the identity (shape) coefficients."""
+    fit_expression: bool = True
+    """Fit expression coefficients (when the model has an expression space)."""
+    fit_jaw: bool = True
+    """Fit the jaw rotation."""
+    fit_eyes: bool = True
+    """Fit both eye rotations (needs iris landmarks or the photometric stage)."""
+    fit_neck: bool = False
+    """Fit the neck rotation (it trades off with the cameras; off by default)."""
+    per_view_lighting: bool = True
+    """One SH lighting per view (the head may turn under fixed lights) instead of one for all."""
+    shape_prior: float = 1e-4
+    """Weight of the squared norm of the shape coefficients."""
+    expression_prior: float = 1e-4
+    """Weight of the squared norm of the expression coefficients."""
+    pose_prior: float = 1e-2
+    """Weight of the squared norm of the jaw/neck/eye rotations (radians)."""
+    robust_scale: float = 0.05
+    """Geman-McClure scale of landmark residuals, as a fraction of the face size."""
+    w_landmark: float = 0.05
+    """Landmark term weight in the photometric stage: low, so that the image, not the detector's
+    yaw-dependent landmark bias, decides the final cameras (the landmark stage already placed them)."""
+    w_photometric: float = 1.0
+    """Photometric L1 term weight."""
+    w_mask: float = 0.5
+    """Mask term weight."""
+    early_stop: float = 1e-4
+    """Stop a stage when its loss improved by less than this fraction over 10 iterations."""
+    seed: int = 0
+    """Seed for every random choice (the fit is deterministic for a given seed and device)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to fit: auto uses CUDA when present."""
+
+    def check(self, prefix: str = "fitter.") -> None:
+        """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
+        for name in ("rigid_steps", "landmark_steps", "photometric_steps"):
+            check_option(getattr(self, name) >= 0, prefix + name, getattr(self, name), "0 or more")
+        check_option(self.render_size >= 16, prefix + "render_size", self.render_size, "at least 16 pixels")
+        check_option(self.texture_size >= 2, prefix + "texture_size", self.texture_size, "at least 2 pixels")
+        check_option(self.photometric_views >= 1, prefix + "photometric_views", self.photometric_views, "at least 1")
+        check_option(0 <= self.appearance_warmup <= 1, prefix + "appearance_warmup", self.appearance_warmup,
+                     "a fraction in [0, 1]")
+        check_option(self.robust_scale > 0, prefix + "robust_scale", self.robust_scale, "positive")
+        for name in ("geometry_lr_scale", "appearance_lr_scale", "shape_prior", "expression_prior", "pose_prior",
+                     "w_landmark", "w_photometric", "w_mask", "early_stop"):
+            value = getattr(self, name)
+            check_option(math.isfinite(value) and value >= 0, prefix + name, value, "0 or more")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--fitter.device cuda was asked for, but torch sees no CUDA device.",
+                         hint="Use --fitter.device cpu or auto, or install a CUDA build of torch.")
+    return torch.device(name)

@@ -1,0 +1,207 @@
+"""The fit (pipeline step 4): one FLAME head and one camera per view, all in FLAME's frame.
+
+Public entry: :func:`fit_flame`. The head stays at FLAME's origin (global rotation and translation
+zero) and every view gets its own camera, so the cameras come out directly in FLAME's frame
+(metres, +Y up; see ``docs/conventions.md``). Three stages, each handing its state to the next:
+
+1. **rigid** — cameras (and one shared focal scale when the focal is unknown) on the landmarks of
+   the mean head: a closed-form start per view (PnP, over a grid of focal lengths when unknown),
+   then a few Levenberg-Marquardt steps with robust (Geman-McClure, IRLS) weights. The jaw-contour
+   landmarks of a dynamic embedding are re-selected from each view's yaw between rounds.
+2. **landmarks** — shape, expression, jaw/neck/eye pose, cameras and focal together on the
+   landmarks, with Gaussian priors, by Levenberg-Marquardt (a handful of steps). Only the vertices
+   the landmarks sit on are evaluated (:class:`FlameModel` ``vertex_index``), so this costs O(L).
+3. **photometric** — the renderer (``flame_prior.render``) on a square crop around each face:
+   albedo (texture space, or a free UV map), per-view SH lighting, geometry and cameras, with a
+   photometric L1 term inside the head mask, a two-sided mask term (model outside the head mask;
+   face region left uncovered) and the landmark term; Adam with early stopping.
+
+Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, stage 3 in :mod:`flame_prior.fit.photometric`;
+each is a function from a :class:`~flame_prior.fit.state.FitState` to a new state and its
+:class:`~flame_prior.fit.state.StageLog`. Every stage rejects non-finite steps and restores the
+last good state (and says so in ``FitResult.notes``).
+"""
+
+from __future__ import annotations
+
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flame_prior.camera_trust import pose_uncertainty, trust_flags
+from flame_prior.errors import FitError
+from flame_prior.fit.config import FitterConfig
+from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, prepare_forward_ad, rigid_stage
+from flame_prior.fit.photometric import Appearance, initial_albedo_color, photometric_stage
+from flame_prior.fit.result import FitResult, ViewFit
+from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, landmark_targets, per_view_error_px
+from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
+from flame_prior.images import SkippedInput
+from flame_prior.intrinsics import Intrinsics
+from flame_prior.observe import ViewObservation
+
+__all__ = ["fit_flame", "check_observation"]
+
+
+# --------------------------------------------------------------------------------------------
+# Observations -> tensors
+
+
+def check_observation(view: ViewObservation, embedding: LandmarkEmbedding, min_face_px: float = 20.0) -> str | None:
+    """Why this view cannot be fitted (degenerate landmarks), or None when it can."""
+    det = view.detection
+    if det.landmark_format != embedding.detector:
+        return f"landmarks are {det.landmark_format}, the embedding expects {embedding.detector}"
+    idx = embedding.detector_index.astype(np.int64)
+    if idx.max() >= len(det.landmarks):
+        return f"the embedding needs detector point {idx.max()}, the detection has {len(det.landmarks)}"
+    pts = det.landmarks[idx]
+    conf = det.confidence[idx] * embedding.weight
+    pts = pts[conf > 0.05]
+    if len(pts) < 6:
+        return f"only {len(pts)} usable landmarks (need 6)"
+    if not np.isfinite(pts).all():
+        return "landmarks contain NaN/Inf"
+    size = float(np.linalg.norm(pts.max(0) - pts.min(0)))
+    if size < min_face_px:
+        return f"face too small to fit ({size:.0f} px across, need {min_face_px:.0f})"
+    sv = np.linalg.svd(pts - pts.mean(0), compute_uv=False)
+    if sv[1] < 0.05 * sv[0]:
+        return "landmarks are (nearly) collinear: not a face"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def fit_flame(
+    model: FlameModel,
+    embedding: LandmarkEmbedding,
+    views: list[ViewObservation],
+    intrinsics: Intrinsics,
+    config: FitterConfig,
+    *,
+    texture_space: TextureSpace | None = None,
+    uv_layout: tuple[np.ndarray, np.ndarray] | None = None,
+    progress=None,
+) -> FitResult:
+    """Fit one FLAME head and one camera per view to the observations.
+
+    Args:
+        model: the FLAME model (its device and dtype are used).
+        embedding: maps the detector's landmarks onto the mesh.
+        views: N observations (already checked with :func:`check_observation`).
+        intrinsics: initial intrinsics of the N views (original pixel grids).
+        config: schedule, priors and weights.
+        texture_space: fit albedo coefficients of this space; else a free UV map on ``uv_layout``.
+        uv_layout: ``(uvs (T,2), uv_faces (F,3))``, needed when no texture space is given.
+        progress: a ``rich.progress.Progress`` to report on, or None.
+
+    Returns:
+        The :class:`FitResult`, cameras in each view's original pixel grid.
+    """
+    if not views:
+        raise FitError("no view to fit: no image had a usable face.")
+    for v in views:  # fit_flame is public: a view nobody checked must not reach PnP with NaN or 3 points
+        reason = check_observation(v, embedding, min_face_px=0.0)
+        if reason is not None:
+            raise FitError(f"view {v.image.name} cannot be fitted: {reason}.", v.image.path,
+                           hint="Leave out the views that check_observation rejects.")
+    uv_layout = uv_layout if texture_space is None else None
+    if texture_space is None and uv_layout is None:
+        raise FitError("no UV layout: pass a texture space or a UV layout for the free texture map.")
+    prepare_forward_ad()
+    device = model.faces.device
+    dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
+    n = len(views)
+    tg = landmark_targets(views, embedding, device, dtype)
+    st = FitState.initial(model, embedding, intrinsics, [(v.image.width, v.image.height) for v in views],
+                          device, dtype)
+    optimise_focal = bool(intrinsics.optimise_focal) and n > 1
+    appearance = Appearance(n, config, texture_space, uv_layout, initial_albedo_color(views, tg), device, dtype)
+    stages = [
+        ("rigid", 2 * config.rigid_steps, lambda st, tick: rigid_stage(st, tg, optimise_focal, config, tick)),
+        ("landmarks", config.landmark_steps, lambda st, tick: landmark_stage(st, tg, optimise_focal, config, tick)),
+    ]
+    if config.photometric_steps > 0:
+        stages.append(("photometric", config.photometric_steps,
+                       lambda st, tick: photometric_stage(st, tg, views, optimise_focal, config, appearance, tick)))
+    logs: list[StageLog] = []
+    for name, total, stage in stages:
+        task = progress.add_task(f"fit: {name}", total=total) if progress is not None else None
+        try:
+            st, log = stage(st, (lambda: progress.advance(task)) if task is not None else (lambda: None))
+        except ViewsNotInitialised as e:  # a per-view failure leaves that view out, never the run
+            keep = [i for i in range(n) if i not in e.failed]
+            if not keep:
+                raise FitError(f"no view got a camera ({e}).",
+                               hint="Check that the images show one face each and that the focal length is plausible.")
+            result = fit_flame(model, embedding, [views[i] for i in keep], _subset_intrinsics(intrinsics, keep), config,
+                               texture_space=texture_space, uv_layout=uv_layout, progress=progress)
+            result.left_out = [SkippedInput(views[i].image.path, r) for i, r in e.failed.items()] + result.left_out
+            return result
+        logs.append(log)
+        if task is not None:
+            progress.update(task, completed=total)
+    return _result(st, tg, views, appearance, logs, intrinsics.source)
+
+
+def _subset_intrinsics(intr: Intrinsics, keep: list[int]) -> Intrinsics:
+    return dataclasses.replace(intr, fx=np.asarray(intr.fx)[keep], fy=np.asarray(intr.fy)[keep],
+                               cx=np.asarray(intr.cx)[keep], cy=np.asarray(intr.cy)[keep])
+
+
+def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], appearance: Appearance,
+            stages: list[StageLog], source: str) -> FitResult:
+    with torch.no_grad():
+        cams = st.cameras()
+        yaw = st.yaw()
+        lm3 = st.landmarks3d(yaw)
+        pred = st.project(lm3, cams)
+        verts = st.model(st.flame_params()).vertices[0]
+        albedo = appearance.albedo()
+    errs = per_view_error_px(pred, tg)
+    eye = _outer_eye_distance(pred, st.emb)
+    np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
+    c = cams.to_numpy()
+    view_fits = []
+    for i, v in enumerate(views):
+        rot_sigma, centre_sigma = pose_uncertainty(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i],
+                                                   c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
+        view_fits.append(ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]),
+                                 float(eye[i]), rot_sigma, centre_sigma, float(yaw[i]),
+                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i]))))
+    flame = {
+        "shape": np_(st.shape[0]), "expression": np_(st.expression[0]), "rotation": np.zeros(3),
+        "neck_pose": np_(st.neck[0]), "jaw_pose": np_(st.jaw[0]), "eye_pose": np_(st.eyes[0]),
+        "translation": np.zeros(3),
+    }
+    return FitResult(
+        cameras=cams.detach().to(device="cpu", dtype=torch.float64),
+        flame=flame,
+        vertices=np_(verts),
+        faces=st.model.faces.cpu().numpy().astype(np.int64),
+        uvs=appearance.uvs.detach().cpu().numpy().astype(np.float32),
+        uv_faces=appearance.uv_faces.cpu().numpy().astype(np.int64),
+        texture=albedo.detach().cpu().float().numpy(),
+        texture_coeffs=None if appearance.coeffs is None else np_(appearance.coeffs[0]),
+        lighting=np_(appearance.sh()),
+        views=view_fits,
+        stages=stages,
+        intrinsics_source=source,
+        notes=[note for s in stages for note in s.notes],
+    )
+
+
+def _outer_eye_distance(pred: Tensor, emb: LandmarkEmbedding) -> np.ndarray:
+    """Per view distance of the outer eye corners (iBUG 36/45, MediaPipe 33/263), pixels."""
+    corners = {"ibug68": (36, 45), "mediapipe478": (33, 263)}.get(emb.detector)
+    idx = emb.detector_index.astype(np.int64)
+    if corners is None or corners[0] not in idx or corners[1] not in idx:
+        return np.full(pred.shape[0], float("nan"))
+    a, b = int(np.flatnonzero(idx == corners[0])[0]), int(np.flatnonzero(idx == corners[1])[0])
+    return (pred[:, a] - pred[:, b]).norm(dim=-1).detach().cpu().numpy()
