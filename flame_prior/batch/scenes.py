@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flame_prior.errors import InputError
 from flame_prior.images import natural_sort_key
-from flame_prior.lpips_weights import sha256_of  # the file hash the weights check uses
+from flame_prior.files import file_sha256
 
 #: File suffixes taken as images in --single-images mode (the folder may hold other files).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -123,11 +123,11 @@ def scene_key(scene: Scene, settings: str) -> str:
     h = hashlib.sha256(settings.encode())
     for p in scene.input_files():
         rel = p.name if scene.data.is_dir() else scene.relative
-        h.update(f"\n{rel}\0{sha256_of(p)}".encode())
+        h.update(f"\n{rel}\0{file_sha256(p)}".encode())
     return h.hexdigest()
 
 
 def model_fingerprints(paths: dict[str, Path | None]) -> dict[str, str | None]:
     """sha256 of each model file a config names (None: the bundled default, identified by the version)."""
-    return {k: (sha256_of(Path(p)) if p is not None and Path(p).is_file() else (str(p) if p else None))
+    return {k: (file_sha256(Path(p)) if p is not None and Path(p).is_file() else (str(p) if p else None))
             for k, p in paths.items()}
