@@ -775,7 +775,7 @@ def main(argv=None) -> int:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
 
     # ---- batch
-    if not a.skip_batch and not a.only_scan and not a.skip_real:  # the batch section fits real photos
+    if not a.skip_batch and not a.only_scan and not a.only_video and not a.skip_real:  # fits real photos
         report["batch"] = batch_section(shared, a.batch_images or (24 if quick else 60), log)
         save()
     if a.batch_only:
@@ -788,7 +788,7 @@ def main(argv=None) -> int:
     # ---- camera accuracy on the scan rigs
     from flame_prior.scan_rigs import RIG_NAMES, SCAN_RELATIVE_PATH
 
-    if not a.skip_scan and (shared / SCAN_RELATIVE_PATH).exists():
+    if not a.skip_scan and not a.only_video and (shared / SCAN_RELATIVE_PATH).exists():
         scan_dir = Path(_scratch()) / "scan_rigs"
         scan_cache = Path(tempfile.mkdtemp(prefix="detcache-", dir=_scratch()))
         for name in a.scan_rigs or RIG_NAMES:
@@ -796,7 +796,7 @@ def main(argv=None) -> int:
             report["scan_rigs"][name] = run_case(case_scan_rig, **common, rig=name, shared=str(shared),
                                                  workdir=str(scan_dir), fitter=fitter, cache_dir=str(scan_cache))
             save()
-    elif not a.skip_scan:
+    elif not a.skip_scan and not a.only_video:
         meta["notes"].append(f"scan missing: {shared / SCAN_RELATIVE_PATH}")
     if a.only_scan:
         _targets(report)
