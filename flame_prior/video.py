@@ -77,7 +77,7 @@ class VideoConfig:
     """How frames are taken from clips (and folders of frames)."""
 
     num_frames_target: int = 40
-    """Frames to keep per clip: views of a static fit, timesteps of a dynamic one (as ns-process-data video's --num-frames-target)."""
+    """Frames to keep (as ns-process-data video's --num-frames-target): the views of a static fit (over all its clips), the timesteps of each clip of a dynamic one."""
     frame_rate: float | None = None
     """Sample this many frames per second instead of a target count (dynamic sequences)."""
     candidate_factor: float = 2.0
