@@ -62,9 +62,9 @@ class TrackerConfig:
     refresh_jacobian: bool = False
     """Re-linearise at every step (slower); by default a timestep's steps share the Jacobian of its start."""
     refine_identity: bool = True
-    """Re-fit the shape with the tracked expressions and poses held, then track again."""
+    """Adjust the shape together with the parameters of spread timesteps (a bundle), then track again."""
     identity_timesteps: int = 24
-    """Timesteps (evenly spread, keyframes included) the identity is re-fitted on."""
+    """Timesteps (evenly spread, keyframes included) in the identity bundle."""
     smooth_rotation: float = 0.05
     """Weight of |rotation_t - rotation_{t-1}|^2 (radians) — the head's rigid motion."""
     smooth_translation: float = 5.0
