@@ -54,6 +54,8 @@ class FitConfig:
     """Clips: frames kept, blur and duplicate tests, static or dynamic sequence."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     """Dynamic sequences: keyframes, tracking steps, temporal smoothness."""
+    verbose: bool = False
+    """Show third-party libraries' start-up messages (TensorFlow Lite, glog), silenced by default."""
     detect: DetectConfig = field(default_factory=DetectConfig)
     """Face detection, landmarks and head masks."""
     intrinsics: IntrinsicsConfig = field(default_factory=IntrinsicsConfig)

@@ -248,7 +248,8 @@ def _render_fit_write(cfg: DemoConfig, out: Path, progress):
     t_fit = time.perf_counter() - t_fit
     errors = camera_errors(result.cameras, scene.cameras, scene.target)
     summary = {k: {"median": float(np.median(v)), "max": float(np.max(v)), "per_view": v} for k, v in errors.items()}
-    summary.update(fit_seconds=t_fit, views=n, image_size=S, noise_px=cfg.noise_px, unknown_focal=cfg.unknown_focal)
+    summary.update(fit_seconds=t_fit, views=n, image_size=S, noise_px=cfg.noise_px, unknown_focal=cfg.unknown_focal,
+                   torch_threads=torch.get_num_threads())  # results repeat for the same seed, device and threads
     timings = {"fit": t_fit, **{f"fit.{s.name}": s.seconds for s in result.stages}}
     t_export = time.perf_counter()
     with stage(progress, "writing the outputs"):

@@ -10,6 +10,7 @@ end-of-run summary is :mod:`.summary`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from rich.console import Console
 from flame_prior.config import FitConfig
 from flame_prior.errors import FitError, InputError
 from flame_prior.export import write_outputs
+from flame_prior.export._common import match_views
 from flame_prior.export.output_dir import atomic_output_dir, check_output_dir
 from flame_prior.export.sequence import append_report_section, extend_summary, frame_selection_html
+from flame_prior.export.texture_bake import bake_texture
 from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
 from flame_prior.flame import FlameModel, LandmarkEmbedding
 from flame_prior.flame.assets import Assets, ModelInfo, load_assets
@@ -28,6 +31,7 @@ from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics, estimate_intrinsics
 from flame_prior.observe import ViewObservation, observe
 from flame_prior.progress import make_console, make_progress, stage
+from flame_prior.quiet import native_chatter_filtered
 from flame_prior.summary import print_summary
 from flame_prior.video import Intake, choose_views, is_video, load_inputs
 
@@ -71,7 +75,8 @@ def prepare_inputs(config: FitConfig, embedding: LandmarkEmbedding, progress, mo
     skipped = list(intake.skipped)
     timings["intake"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    views, no_face = observe(intake.images, config.detect, progress=progress, detector=detector)
+    with stage(progress or None, "face detection"), native_chatter_filtered(not config.verbose):
+        views, no_face = observe(intake.images, config.detect, progress=progress, detector=detector)
     timings["detection"] = time.perf_counter() - t0
     skipped = skipped + no_face
     usable = []
@@ -176,6 +181,8 @@ def write_all(out: Path, views: list[ViewObservation], intrinsics: Intrinsics, r
 
     ``summary_extra`` adds top-level entries to ``fit_summary.json`` (the sequence kind, the frames
     chosen from clips); ``report_html`` is a section appended to the report."""
+    # texture.png and the textured previews: the photos projected onto the mesh (see texture_bake).
+    result = dataclasses.replace(result, texture=bake_texture(result, match_views(views, result)))
     with atomic_output_dir(out, overwrite) as tmp:
         write_outputs(tmp, views, intrinsics, result, skipped, timings, model=model, avatar_format=avatar_format)
         if summary_extra:

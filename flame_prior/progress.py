@@ -150,6 +150,8 @@ class LineProgress:
             count = f" {_count(task.completed)}/{_count(task.total)}" if task.total and task.total > 1 else ""
             count = f" ({_count(task.completed)} done)" if task.total is None and task.completed else count
             self._line(f"{task.description}: done{count} in {elapsed:.1f} s")
+        elif task.total is None:
+            self._line(f"{task.description}: stopped after {elapsed:.1f} s")
         else:
             self._line(f"{task.description}: {word} {self._status(task)}")
 
@@ -161,10 +163,13 @@ class LineProgress:
         while not self._stop.wait(min(1.0, self.interval / 4)):
             with self._lock:
                 now = time.perf_counter()
-                for task in self._tasks.values():
-                    if not task.finished and now - task.last_line >= self.interval:
-                        self._line(f"{task.description}: {self._status(task)}")
-                        task.last_line = now
+                running = [t for t in self._tasks.values() if not t.finished]
+                # Only the innermost stage (started last) reports: "fit" is quiet while "fit: landmarks" runs.
+                if running and now - max(t.last_line for t in running) >= self.interval:
+                    task = running[-1]
+                    self._line(f"{task.description}: {self._status(task)}")
+                    for t in running:
+                        t.last_line = now
 
 
 def _count(x: float | None) -> str:

@@ -20,6 +20,8 @@ It reads the folder ``ns-process-data flame-face`` (or ``flame-prior fit``) writ
   box and its near/far collider starts rays at the camera, so nothing is clipped.
 * **Masks.** Each frame's ``mask_path`` (head = 255) is used: nerfstudio samples rays and computes
   losses only inside the head mask.
+* **Downscaled images.** ``--downscale-factor N`` (also ``ns-render dataset --downscale-factor N``)
+  reads ``images_N/`` and ``masks_N/``, which the parser writes from the full-size files on first use.
 * **FLAME parameters** go into ``DataparserOutputs.metadata``: ``flame_params`` (every array of
   ``flame_params.npz``, loaded without pickles), ``flame_param_path`` and ``flame_view_index``
   (``(n_split_images,)`` int64: for each image of this split, its row in the per-view arrays
@@ -43,7 +45,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.io import load_from_json
 
-__all__ = ["FlameFaceDataParserConfig", "FlameFace", "flame_face_dataparser", "load_flame_params"]
+__all__ = ["FlameFaceDataParserConfig", "FlameFace", "flame_face_dataparser", "load_flame_params", "write_downscaled"]
 
 
 def load_flame_params(path: Path) -> dict[str, np.ndarray]:
@@ -93,6 +95,41 @@ class FlameFace(Nerfstudio):
             raise ValueError(f"{path}: view {e.args[0]!r} of transforms.json is not in view_names") from None
         outputs.metadata.update({"flame_params": params, "flame_param_path": path, "flame_view_index": view_index})
         return outputs
+
+    def _get_fname(self, filepath: Path, data_dir: Path, downsample_folder_prefix: str = "images_") -> Path:
+        """nerfstudio's ``images_<N>/`` (and ``masks_<N>/``) for ``--downscale-factor N``, written on first use.
+
+        ``ns-render dataset --downscale-factor 4`` passes a float, and nerfstudio would look for
+        ``images_4.0/``; an integral factor is used as an int (``images_4/``, nerfstudio's own name).
+        A missing downscaled file is made from the full-size one (images: Lanczos; masks: nearest, so
+        they stay binary) at nerfstudio's size (``floor(W / N) x floor(H / N)``, as its cameras are
+        rescaled), written to a temporary name and renamed."""
+        factor = self.config.downscale_factor
+        if self.downscale_factor is None and factor is not None and float(factor).is_integer():
+            self.config.downscale_factor = int(factor)
+        path = super()._get_fname(filepath, data_dir, downsample_folder_prefix)
+        if self.downscale_factor is not None and self.downscale_factor > 1 and not path.exists():
+            write_downscaled(data_dir / filepath, path, self.downscale_factor,
+                             is_mask=downsample_folder_prefix.startswith("mask"))
+        return path
+
+
+def write_downscaled(src: Path, dst: Path, factor: float, is_mask: bool) -> None:
+    """``src`` shrunk by ``factor`` (floor of the size, as nerfstudio's cameras) into ``dst`` (atomic rename)."""
+    import os
+
+    from PIL import Image
+
+    with Image.open(src) as im:
+        size = (max(1, int(im.width / factor)), max(1, int(im.height / factor)))
+        small = im.resize(size, Image.NEAREST if is_mask else Image.LANCZOS)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
+    try:
+        small.save(tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 flame_face_dataparser = DataParserSpecification(

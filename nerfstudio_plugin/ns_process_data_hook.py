@@ -23,6 +23,10 @@ Mechanism (chosen over the alternatives, see ``nerfstudio_plugin/__init__.py``):
   warning goes to stderr and nerfstudio's subcommands work as before. A ``.pth`` left behind
   without this package is skipped silently (its line ignores an ``ImportError``).
 
+The same finder also wraps nerfstudio's two checkpoint loaders after their modules are imported
+(``nerfstudio.utils.eval_utils``, ``nerfstudio.engine.trainer``) so that checkpoints load under
+torch's weights-only default: :mod:`nerfstudio_plugin.checkpoints`.
+
 Limits: only the console script (and anything that imports ``nerfstudio.scripts.process_data``)
 sees the subcommand; ``python -m nerfstudio.scripts.process_data`` runs the module as ``__main__``
 before any hook can extend it. Editable installs (``pip install -e``) do not install ``.pth`` data
@@ -46,6 +50,21 @@ PTH_LINE = (
 )
 
 
+def _patch_checkpoint_loader(name: str):
+    """An after-import action: ``nerfstudio_plugin.checkpoints.<name>(module)``, warning on failure."""
+
+    def action(module) -> None:
+        try:
+            from nerfstudio_plugin import checkpoints
+
+            getattr(checkpoints, name)(module)
+        except Exception as e:  # noqa: BLE001 - never break nerfstudio's own commands
+            print(f"flame-prior: nerfstudio checkpoints may not load under torch's weights-only default "
+                  f"({type(e).__name__}: {e}).", file=sys.stderr)
+
+    return action
+
+
 def _extend(module) -> None:
     """Append ``flame-face`` to ``module.Commands``; on any failure warn and leave it as it was."""
     try:
@@ -57,28 +76,42 @@ def _extend(module) -> None:
               "nerfstudio's own subcommands are unaffected.", file=sys.stderr)
 
 
-class _ExtendingLoader:
-    """Runs the real loader, then extends ``Commands``. Everything else is delegated."""
+def _after_import() -> dict:
+    """Module name -> what to do right after nerfstudio's module body has run."""
+    return {
+        TARGET_MODULE: _extend,
+        # torch >= 2.6 loads weights-only by default; nerfstudio's checkpoints hold numpy scalars
+        # (nerfstudio_plugin/checkpoints.py explains the fix and the alternatives).
+        "nerfstudio.utils.eval_utils": _patch_checkpoint_loader("patch_eval_utils"),
+        "nerfstudio.engine.trainer": _patch_checkpoint_loader("patch_trainer"),
+    }
 
-    def __init__(self, loader):
+
+class _ExtendingLoader:
+    """Runs the real loader, then the module's after-import action. Everything else is delegated."""
+
+    def __init__(self, loader, action):
         self._loader = loader
+        self._action = action
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        _extend(module)
+        self._action(module)
 
     def __getattr__(self, name):  # get_source, get_code, is_package, ... for inspect and tracebacks
         return getattr(self._loader, name)
 
 
 class _ExtendProcessDataFinder:
-    """Meta-path finder that only wraps the loader of :data:`TARGET_MODULE`."""
+    """Meta-path finder that only wraps the loaders of :data:`TARGET_MODULE` and nerfstudio's two
+    checkpoint-loading modules."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET_MODULE:
+        action = _after_import().get(fullname) if fullname.startswith("nerfstudio.") else None
+        if action is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -89,7 +122,7 @@ class _ExtendProcessDataFinder:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _ExtendingLoader(spec.loader)
+            spec.loader = _ExtendingLoader(spec.loader, action)
         return spec
 
 
@@ -98,9 +131,10 @@ def install() -> None:
     if any(isinstance(f, _ExtendProcessDataFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _ExtendProcessDataFinder())
-    module = sys.modules.get(TARGET_MODULE)
-    if module is not None:
-        _extend(module)
+    for name, action in _after_import().items():
+        module = sys.modules.get(name)
+        if module is not None:
+            action(module)
 
 
 def uninstall() -> None:

@@ -15,9 +15,15 @@ PY="$(command -v python3.11 || command -v python3)"
 T0=$SECONDS
 stamp() { echo "[ci_nerfstudio] $1: $((SECONDS - T0)) s"; }
 
-# open3d (imported by ns-process-data and the nerfstudio dataparser) needs libusb.
+# open3d (imported by ns-process-data and the nerfstudio dataparser) links the system library libusb-1.0,
+# the one thing the [nerfstudio] extra needs besides Python and pip (README, Quick start).
 if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then
-    apt-get update -qq && apt-get install -y -qq libusb-1.0-0
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        apt-get update -qq && apt-get install -y -qq libusb-1.0-0
+    else
+        echo "[ci_nerfstudio] libusb-1.0 is missing: install it (Debian/Ubuntu: sudo apt-get install libusb-1.0-0)" >&2
+        exit 1
+    fi
 fi
 stamp "apt"
 

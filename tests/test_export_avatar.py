@@ -62,6 +62,9 @@ def test_avatar_layout_and_gaussian_avatars_projection(tmp_path):
     uv, _ = project_points(torch.as_tensor(result.vertices), result.cameras)
     for i, fr in enumerate(frames):
         assert fr["timestep_index"] == 0 and fr["camera_index"] == i and fr["camera_id"] == views[i].image.name
+        # The user's names survive: images/00000_<view name>.png.
+        assert fr["file_path"] == f"images/00000_{views[i].image.name}.png"
+        assert fr["fg_mask_path"] == f"fg_masks/00000_{views[i].image.name}.png"
         assert fr["cx"] == fr["w"] / 2 and fr["cy"] == fr["h"] / 2 and fr["fl_x"] == fr["fl_y"]
         got = gaussian_avatars_project(fr, np.asarray(result.vertices))
         want = uv[i].numpy() - np.asarray(offsets[i])

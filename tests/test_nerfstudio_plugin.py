@@ -8,10 +8,10 @@ an editable install has no ``flame_prior_nerfstudio.pth``, so those tests skip t
 ``FLAME_PRIOR_REQUIRE_NS_HOOK=1`` (set by the CI script) turns the skip into a failure.
 
 Offline LPIPS: every nerfstudio model builds an LPIPS metric whose AlexNet backbone torchvision
-downloads on first use (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``). The ns-train test
-points ``TORCH_HOME`` at a temporary folder holding a randomly initialised AlexNet under that name, so
-the metric builds without a network; LPIPS is only computed at evaluation, which these few iterations
-never reach. Users with a network get the real weights, downloaded once.
+downloads on first use (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``). The ns-train tests
+point ``TORCH_HOME`` at a temporary folder where ``flame-prior nerfstudio-weights --untrained`` (the
+command offline users run) put a randomly initialised AlexNet under that name, so the metric builds
+without a network; the LPIPS value ns-eval reports with it is meaningless (the test checks PSNR).
 """
 
 from __future__ import annotations
@@ -284,13 +284,14 @@ def test_flame_face_parser_rejects_plain_dataset(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def _offline_torch_home(root: Path) -> Path:
-    """A TORCH_HOME whose hub cache holds a *random* AlexNet under torchvision's file name (see module doc)."""
+    """A TORCH_HOME whose hub cache holds a *random* AlexNet under torchvision's file name (see module doc),
+    put there by the command users run offline: ``flame-prior nerfstudio-weights --untrained``."""
     import torchvision
 
-    ckpt = root / "hub" / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
+    res = _cli("flame-prior", "nerfstudio-weights", "--untrained", timeout=300, env={"TORCH_HOME": str(root)})
+    assert res.returncode == 0, res.stdout + res.stderr
     name = Path(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), ckpt / name)
+    assert (root / "hub" / "checkpoints" / name).is_file() and "untrained" in res.stdout + res.stderr
     return root
 
 
@@ -306,9 +307,14 @@ TINY_NERFACTO = [
 ]
 
 
+def _ns_env(workdir: Path) -> dict:
+    home = workdir / "torch_home"
+    return {"TORCH_HOME": str(home if home.is_dir() else _offline_torch_home(home)), "WANDB_MODE": "disabled",
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_ns_train(dataset: Path, workdir: Path, dataparser_args: list[str]) -> Path:
-    env = {"TORCH_HOME": str(_offline_torch_home(workdir / "torch_home")), "WANDB_MODE": "disabled",
-           "CUDA_VISIBLE_DEVICES": ""}
+    env = _ns_env(workdir)
     t0 = time.perf_counter()
     res = _cli("ns-train", "nerfacto", "--data", str(dataset), "--output-dir", str(workdir / "outputs"),
                "--experiment-name", "flame", "--timestamp", "t", *TINY_NERFACTO, *dataparser_args,
@@ -327,6 +333,47 @@ def run_ns_train(dataset: Path, workdir: Path, dataparser_args: list[str]) -> Pa
 
 def test_ns_train_nerfacto_flame_face_synthetic(synthetic_dataset, tmp_path):
     run_ns_train(synthetic_dataset, tmp_path, ["flame-face", "--eval-mode", "all"])
+
+
+def test_checkpoint_render_eval_and_resume(tmp_path):
+    """nerfstudio opens the checkpoint it wrote, under torch's weights-only default (the extra's torch
+    2.14.1): ns-render (with --downscale-factor 4: images_4/ and masks_4/ are written), ns-eval, and
+    resuming training. torch.load itself stays strict outside nerfstudio's loaders."""
+    dataset = tmp_path / "dataset"
+    write_synthetic_dataset(dataset)
+    ckpt = run_ns_train(dataset, tmp_path, ["flame-face", "--eval-mode", "all"])
+    with pytest.raises(Exception, match="Weights only load failed"):  # the problem nerfstudio runs into
+        torch.load(ckpt, map_location="cpu")
+    config = next((tmp_path / "outputs").rglob("config.yml"))
+    env = _ns_env(tmp_path)
+
+    t0 = time.perf_counter()
+    res = _cli("ns-render", "dataset", "--load-config", str(config), "--output-path", str(tmp_path / "renders"),
+               "--split", "train", "--rendered-output-names", "rgb", "--downscale-factor", "4",
+               timeout=900, env=env, cwd=tmp_path)
+    print(f"ns-render: {time.perf_counter() - t0:.1f}s")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    renders = sorted((tmp_path / "renders").rglob("*.jpg"))
+    assert len(renders) == 4, res.stdout[-2000:]
+    assert all(Image.open(p).size == (10, 8) for p in renders)  # 40 x 32 / 4
+    assert len(list((dataset / "images_4").iterdir())) == 4 and len(list((dataset / "masks_4").iterdir())) == 4
+    assert set(np.unique(np.asarray(Image.open(next((dataset / "masks_4").iterdir()))))) <= {0, 255}
+
+    t0 = time.perf_counter()
+    res = _cli("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"),
+               timeout=900, env=env, cwd=tmp_path)
+    print(f"ns-eval: {time.perf_counter() - t0:.1f}s")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "psnr" in json.loads((tmp_path / "eval.json").read_text())["results"]
+
+    t0 = time.perf_counter()
+    res = _cli("ns-train", "nerfacto", "--data", str(dataset), "--output-dir", str(tmp_path / "outputs"),
+               "--experiment-name", "flame", "--timestamp", "resumed", *TINY_NERFACTO, "--max-num-iterations", "7",
+               "--load-dir", str(ckpt.parent), "flame-face", "--eval-mode", "all", timeout=900, env=env, cwd=tmp_path)
+    print(f"ns-train resumed: {time.perf_counter() - t0:.1f}s")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    resumed = sorted((tmp_path / "outputs" / "flame" / "nerfacto" / "resumed").rglob("*.ckpt"))
+    assert resumed and torch.load(resumed[-1], map_location="cpu", weights_only=False)["step"] >= 6
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ One timestep (index 0) seen by N cameras, one camera per fitted view. Files, rel
   ``camera_angle_y = 2 atan(h / 2 fl_y)`` (radians), ``transform_matrix`` (4x4 camera-to-world, OpenGL
   camera axes +X right, +Y up, +Z back; world = FLAME's frame in metres, *not* re-centred: VHAP moves
   the mean FLAME translation to the origin, flame-prior keeps FLAME's frame, and the FLAME
-  ``translation`` parameter places the head in it), ``file_path`` (``images/00000_CC.png``),
-  ``fg_mask_path`` (``fg_masks/00000_CC.png``), ``flame_param_path`` (``flame_param/00000.npz``).
-* ``images/00000_CC.png``: RGB, the photo composited over ``background`` with the head mask as alpha
+  ``translation`` parameter places the head in it), ``file_path`` (``images/00000_<view>.png``, the
+  timestep, then the view's own name, e.g. ``00000_IMG_0012.png``), ``fg_mask_path``
+  (``fg_masks/00000_<view>.png``), ``flame_param_path`` (``flame_param/00000.npz``).
+* ``images/00000_<view>.png``: RGB, the photo composited over ``background`` with the head mask as alpha
   (VHAP exports white-background images; train GaussianAvatars with ``--white_background``), after
-  the crop/pad below. ``fg_masks/00000_CC.png``: 8-bit grey, the head mask (255 = head).
+  the crop/pad below. ``fg_masks/00000_<view>.png``: 8-bit grey, the head mask (255 = head).
 * ``flame_param/00000.npz`` (float32): ``translation (1,3)``, ``rotation (1,3)``, ``neck_pose (1,3)``,
   ``jaw_pose (1,3)``, ``eyes_pose (1,6)``, ``shape (n_shape_out,)`` and ``expr (1, n_expr_out)``
   zero-padded, ``static_offset (1, 5143, 3)`` zeros (FLAME's 5023 vertices + GaussianAvatars' 120 teeth).
@@ -222,7 +223,7 @@ def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], resu
         comp = rgb * alpha[..., None] + bg * (1.0 - alpha[..., None])
         img = shift_image(np.clip(np.round(comp), 0, 255).astype(np.uint8), ox, oy, w, h, bg)
         mask = shift_image(np.round(alpha * 255).astype(np.uint8), ox, oy, w, h, 0.0)
-        stem = f"00000_{i:02d}"
+        stem = f"00000_{o.image.name}"  # timestep 00000, then the user's own name of the view
         save_png(out_dir / "images" / f"{stem}.png", img)
         save_png(out_dir / "fg_masks" / f"{stem}.png", mask)
         frames.append({

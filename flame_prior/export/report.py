@@ -4,18 +4,21 @@ Contents, top to bottom:
 
 * summary: views fitted and left out (with the reason for each), where the intrinsics came from (and
   COLMAP's figures when it ran), the FLAME model used and what it lacks, time per stage;
-* a contact sheet of every fitted view with the model over it;
+* a contact sheet of every fitted view with the alignment check over it;
 * loss curves per fitting stage (matplotlib, Agg backend, log scale);
 * a per-view table: size, focal length, median landmark error in pixels and as a fraction of the
   outer-eye-corner distance of the projected model, with a status colour;
-* per view, two pictures: (1) the photo with the head-mask outline (yellow), the detected landmarks
+* per view, three pictures: (1) the photo with the head-mask outline (yellow), the detected landmarks
   (green), the fitted model's projected landmarks (red) and a thin line joining each pair;
   (2) the model over the photo: the fitted, textured, lit head rendered by the fit's own renderer
-  (:func:`render_previews`; or the caller's ``renders``).
+  (:func:`render_previews`; or the caller's ``renders``);
+  (3) the alignment check (:mod:`flame_prior.export.alignment`): untextured model, silhouette and
+  feature lines, which show a wrong camera where a texture fitted to the photo would hide it.
 
 Pictures are drawn with their long side between ``MIN_SIDE`` and ``MAX_SIDE`` pixels (coordinates
 scale exactly, since pixel coordinates have their origin at the image corner). File names:
-``report/<view>_landmarks.jpg``, ``report/<view>_model.jpg``, ``report/contact_sheet.jpg``,
+``report/<view>_landmarks.jpg``, ``report/<view>_model.jpg``, ``report/<view>_alignment.jpg``,
+``report/contact_sheet.jpg``,
 ``report/loss_curves.png``.
 """
 
@@ -31,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from flame_prior.export._common import flame_prior_version, match_views
+from flame_prior.export.alignment import alignment_overlay
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
@@ -47,6 +51,8 @@ GREEN = (40, 220, 80)
 RED = (240, 50, 50)
 YELLOW = (255, 220, 0)
 MESH_OPACITY = 0.55
+ALIGNMENT_CAPTION = ("alignment check: untextured model at 50 %, its silhouette (white) and feature lines "
+                     "(magenta: eyes, lips, nose, jaw); they should sit on the photo's")
 #: Landmark error / eye-corner distance: below GOOD is green, below FAIR amber, else red.
 GOOD, FAIR = 0.03, 0.06
 
@@ -264,7 +270,10 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         draw_landmark_overlay(o, vf, s).save(rep / lm_name, quality=90)
         mim = draw_model_overlay(o, renders[i], s)
         mim.save(rep / md_name, quality=90)
-        model_imgs.append(mim)
+        al_name = f"{vf.name}_alignment.jpg"
+        aim = alignment_overlay(o.image.pixels, result, i, s)
+        aim.save(rep / al_name, quality=90)
+        model_imgs.append(aim)
         eye = float(vf.eye_distance_px)
         rel = vf.landmark_error_rel_eye
         cls, word = _status(rel)
@@ -292,7 +301,9 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
             f"<div class='pair'><figure style='margin:0'><a href='report/{_esc(lm_name)}'><img src='report/{_esc(lm_name)}' "
             f"alt='landmarks {_esc(vf.name)}'></a><figcaption>landmarks and head mask</figcaption></figure>"
             f"<figure style='margin:0'><a href='report/{_esc(md_name)}'><img src='report/{_esc(md_name)}' "
-            f"alt='model {_esc(vf.name)}'></a><figcaption>{model_caption}</figcaption></figure></div></div>")
+            f"alt='model {_esc(vf.name)}'></a><figcaption>{model_caption}</figcaption></figure>"
+            f"<figure style='margin:0'><a href='report/{_esc(al_name)}'><img src='report/{_esc(al_name)}' "
+            f"alt='alignment {_esc(vf.name)}'></a><figcaption>{ALIGNMENT_CAPTION}</figcaption></figure></div></div>")
 
     sheet = _contact_sheet(model_imgs, [vf.name for vf in result.views], rep / "contact_sheet.jpg") if model_imgs else None
     plot = _loss_plot(result, rep / "loss_curves.png")

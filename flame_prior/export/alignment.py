@@ -1,0 +1,128 @@
+"""The report's alignment check: the fitted model drawn over the photo so that a wrong camera shows.
+
+A textured render cannot show a misalignment: its texture was fitted to that very photo, so it looks
+like the photo wherever the camera points. This picture uses nothing fitted to the pixels:
+
+* the model shaded without texture (grey, lit from the camera), blended at 50 %;
+* its silhouette (white) — compare with the head's outline in the photo;
+* feature lines (magenta): eye openings, lips, nose and nostrils, jaw and face outline, where they
+  lie on the fitted mesh, hidden where the mesh covers them — compare with the photo's features.
+
+Feature lines come from MediaPipe's face-mesh contours placed on the mesh by flame-prior's bundled
+embedding (FLAME topology; any FLAME version). For another topology only the shading and the
+silhouette are drawn. Rendering uses :mod:`flame_prior.render` at most ``RENDER_SIDE`` pixels on
+the long side; lines are drawn at display size.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from flame_prior import render
+from flame_prior.fit import FitResult
+
+__all__ = ["alignment_overlay", "feature_lines"]
+
+RENDER_SIDE = 640
+MODEL_GREY = np.array([200.0, 200.0, 205.0])
+SILHOUETTE = (255, 255, 255)
+FEATURE = (255, 0, 200)
+BLEND = 0.5
+#: MediaPipe face-mesh contour groups drawn as feature lines.
+CONTOURS = ("FACEMESH_LIPS", "FACEMESH_LEFT_EYE", "FACEMESH_RIGHT_EYE", "FACEMESH_NOSE", "FACEMESH_FACE_OVAL")
+
+
+@functools.lru_cache(maxsize=1)
+def _contour_edges() -> tuple[tuple[int, int], ...]:
+    """MediaPipe detector-index pairs of the contours (from mediapipe's own tables); empty if unavailable."""
+    try:
+        from mediapipe.python.solutions import face_mesh_connections as fmc
+    except Exception:  # noqa: BLE001 - the picture still has shading and silhouette
+        return ()
+    edges = set()
+    for name in CONTOURS:
+        edges |= {tuple(e) for e in getattr(fmc, name, ())}
+    return tuple(sorted(edges))
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_embedding():
+    from flame_prior.flame import load_landmark_embedding
+    from flame_prior.pipeline import default_embedding_path
+
+    return load_landmark_embedding(default_embedding_path())
+
+
+def feature_lines(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """3D feature-line segments on a FLAME-topology mesh: points ``(P, 3)`` and segments ``(S, 2)``
+    (indices into the points). Empty for another topology."""
+    emb = _bundled_embedding()
+    edges = _contour_edges()
+    if not edges or int(emb.face_idx.max()) >= len(faces):
+        return np.zeros((0, 3)), np.zeros((0, 2), np.int64)
+    tri = np.asarray(vertices, np.float64)[np.asarray(faces)[emb.face_idx]]  # (L, 3, 3)
+    points = (tri * emb.bary[..., None]).sum(1)
+    slot = {int(d): k for k, d in enumerate(emb.detector_index)}
+    segments = [(slot[a], slot[b]) for a, b in edges if a in slot and b in slot]
+    return points, np.asarray(segments, np.int64).reshape(-1, 2)
+
+
+@torch.no_grad()
+def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float) -> Image.Image:
+    """View ``i``'s photo (``(H, W, 3)`` uint8, original grid) at display scale ``s`` with the
+    shaded model at 50 %, its silhouette and feature lines (see the module docstring)."""
+    H, W = photo.shape[:2]
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    r = min(1.0, RENDER_SIDE / max(w, h))  # render scale relative to the display
+    rw, rh = max(1, round(w * r)), max(1, round(h * r))
+    sx, sy = rw / W, rh / H
+    cams = result.cameras.subset([i]).to(dtype=torch.float32)
+    verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)[None]
+    faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
+    pc = verts @ cams.R.transpose(1, 2) + cams.t[:, None]
+    pos = render.pinhole_to_clip(pc, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, rw, rh)
+    rast = render.rasterize(pos, faces, (rh, rw))
+    normals = torch.nn.functional.normalize(
+        render.interpolate(render.vertex_normals(pc, faces), rast, faces), dim=-1)[0]
+    points = torch.nn.functional.normalize(render.interpolate(pc, rast, faces)[0], dim=-1)
+    # Lit from the camera: brightness is the cosine between the surface normal and the view ray.
+    shade = (0.25 + 0.75 * (-(normals * points).sum(-1)).abs()).numpy()
+    covered = (rast[0, ..., 3] > 0).numpy().astype(np.float32)
+    depth = render.interpolate(pos[..., 3:4], rast, faces)[0, ..., 0].numpy()  # camera depth (clip w)
+
+    base = np.asarray(Image.fromarray(np.asarray(photo, np.uint8)).resize((w, h), Image.LANCZOS), np.float64)
+    up = lambda a: np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
+    cover, lum = up(covered), up(shade * covered)
+    grey = MODEL_GREY[None, None] * (lum / np.maximum(cover, 1e-6))[..., None]
+    alpha = BLEND * np.clip(cover, 0, 1)[..., None]
+    out = np.clip(base * (1 - alpha) + grey * alpha, 0, 255)
+    inside = cover >= 0.5
+    inner = inside.copy()
+    inner[1:] &= inside[:-1]; inner[:-1] &= inside[1:]; inner[:, 1:] &= inside[:, :-1]; inner[:, :-1] &= inside[:, 1:]  # noqa: E702
+    edge = inside & ~inner
+    thick = max(1, round(max(w, h) / 500))
+    for _ in range(thick - 1):
+        edge[1:] |= edge[:-1].copy(); edge[:, 1:] |= edge[:, :-1].copy()  # noqa: E702
+    out[edge] = SILHOUETTE
+    im = Image.fromarray(np.round(out).astype(np.uint8))
+
+    pts3, segs = feature_lines(result.vertices, result.faces)
+    if len(segs):
+        p = torch.as_tensor(pts3, dtype=torch.float64) @ cams.R[0].double().T + cams.t[0].double()
+        z = p[:, 2].numpy()
+        u = (cams.fx[0].double() * p[:, 0] / p[:, 2] + cams.cx[0].double()).numpy() * s
+        v = (cams.fy[0].double() * p[:, 1] / p[:, 2] + cams.cy[0].double()).numpy() * s
+        # Hidden where the rendered surface is nearer than the point (by more than 3 mm).
+        cx = np.clip((u * r).astype(int), 0, rw - 1)
+        cy = np.clip((v * r).astype(int), 0, rh - 1)
+        front = depth[cy, cx]
+        visible = (z > 0) & ((covered[cy, cx] == 0) | (z <= front + 0.003))
+        d = ImageDraw.Draw(im)
+        for a, b in segs:
+            if visible[a] and visible[b]:
+                d.line([(u[a], v[a]), (u[b], v[b])], fill=FEATURE, width=thick)
+    return im

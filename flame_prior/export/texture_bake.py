@@ -1,0 +1,151 @@
+"""The exported texture: the photos projected onto the fitted mesh, at a resolution that follows them.
+
+The photometric stage fits an albedo map for the fit's sake (a small map, texels updated only where
+a mini-batch saw them; Adam's per-texel steps leave coloured noise where few pixels land, e.g.
+under the jaw). For ``texture.png`` and the report's textured render this module instead, for each
+texel of the UV layout:
+
+1. finds its point and normal on the fitted mesh (the mesh rasterized in UV space);
+2. in every view that sees it (in front of the camera, nearest surface, inside the head mask,
+   facing the camera), reads the photo's colour and divides by that view's fitted SH shading;
+3. averages the views, weighted by the squared cosine between normal and view ray (grazing looks
+   count little), and fills texels no view sees from their neighbours (pull-push), which also
+   pads the UV charts so that filtering across a chart's border (the scalp seam) finds colours
+   of the same surface.
+
+Side of the texture: :func:`texture_side` (about one texel per photo pixel on the face).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from flame_prior import render
+from flame_prior.flame import shade_sh
+
+__all__ = ["bake_texture", "texture_side"]
+
+MIN_SIDE, MAX_SIDE = 256, 1024
+#: A texel counts as seen when no rendered surface is nearer than it by more than this (metres).
+DEPTH_TOLERANCE = 0.004
+#: Render side for the per-view depth maps (visibility test).
+DEPTH_SIDE = 512
+
+
+def texture_side(result, views) -> int:
+    """A power of two near 2x the largest head width in pixels (a cylindrical layout wraps the
+    whole head: the half a photo sees spans about π/2 head widths), within [256, 1024]."""
+    cams = result.cameras.to(dtype=torch.float64)
+    v = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float64)
+    pc = v[None] @ cams.R.transpose(1, 2) + cams.t[:, None]
+    u = cams.fx[:, None] * pc[..., 0] / pc[..., 2]
+    width = float((u.max(1).values - u.min(1).values).max())
+    side = 2 ** math.ceil(math.log2(max(1.0, 2.0 * width)))
+    return int(min(MAX_SIDE, max(MIN_SIDE, side)))
+
+
+@torch.no_grad()
+def bake_texture(result, views, side: int | None = None) -> np.ndarray:
+    """``(side, side, 3)`` float32 albedo in [0, 1], rows top-down (row 0 is v = 1), for ``result``'s
+    UV layout; ``views`` are the observations of ``result.views`` in that order."""
+    side = side or texture_side(result, views)
+    verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)
+    faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
+    uvs = torch.as_tensor(np.asarray(result.uvs), dtype=torch.float32)
+    uv_faces = torch.as_tensor(np.asarray(result.uv_faces, dtype=np.int64))
+
+    # 1. The mesh in UV space: texel (row j, column i) sits at u = (i + 0.5) / S, v = 1 - (j + 0.5) / S.
+    pos_uv = torch.stack([2 * uvs[:, 0] - 1, 1 - 2 * uvs[:, 1], torch.zeros_like(uvs[:, 0]),
+                          torch.ones_like(uvs[:, 0])], -1)[None]
+    rast = render.rasterize(pos_uv, uv_faces, (side, side))
+    covered = rast[0, ..., 3] > 0
+    per_uv = lambda attr: torch.zeros(len(uvs), attr.shape[-1]).index_copy_(  # noqa: E731
+        0, uv_faces.reshape(-1), attr[faces.reshape(-1)])
+    normals_v = render.vertex_normals(verts[None], faces)[0]
+    texel_pos = render.interpolate(per_uv(verts)[None], rast, uv_faces)[0][covered].double()  # (T, 3)
+    texel_n = torch.nn.functional.normalize(render.interpolate(per_uv(normals_v)[None], rast, uv_faces)[0][covered],
+                                            dim=-1)
+
+    acc = np.zeros((len(texel_pos), 3))
+    wsum = np.zeros(len(texel_pos))
+    cams = result.cameras.to(dtype=torch.float64)
+    lighting = torch.as_tensor(np.asarray(result.lighting), dtype=torch.float32)
+    for i, obs in enumerate(views):
+        W, H = int(cams.width[i]), int(cams.height[i])
+        pc = texel_pos @ cams.R[i].T + cams.t[i]
+        z = pc[:, 2]
+        x = (cams.fx[i] * pc[:, 0] / z + cams.cx[i]).numpy()
+        y = (cams.fy[i] * pc[:, 1] / z + cams.cy[i]).numpy()
+        ray = torch.nn.functional.normalize(pc, dim=-1).float()
+        cos = -(texel_n @ cams.R[i].float().T * ray).sum(-1).numpy()
+        ok = (z.numpy() > 0) & (cos > 0.05) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+        # Visibility: the nearest surface along the texel's pixel (a depth map at most DEPTH_SIDE px).
+        s = min(1.0, DEPTH_SIDE / max(W, H))
+        dw, dh = max(1, round(W * s)), max(1, round(H * s))
+        pcv = verts.double() @ cams.R[i].T + cams.t[i]
+        pos = render.pinhole_to_clip(pcv[None].float(), cams.fx[i:i + 1].float() * dw / W,
+                                     cams.fy[i:i + 1].float() * dh / H, cams.cx[i:i + 1].float() * dw / W,
+                                     cams.cy[i:i + 1].float() * dh / H, dw, dh)
+        vr = render.rasterize(pos, faces, (dh, dw))
+        depth = render.interpolate(pos[..., 3:4], vr, faces)[0, ..., 0].numpy()
+        hit = vr[0, ..., 3].numpy() > 0
+        px = np.clip((x * dw / W).astype(int), 0, dw - 1)
+        py = np.clip((y * dh / H).astype(int), 0, dh - 1)
+        ok &= ~hit[py, px] | (z.numpy() <= depth[py, px] + DEPTH_TOLERANCE)
+        ok &= _sample(np.asarray(obs.mask, np.float32), x, y) >= 0.5
+        if not ok.any():
+            continue
+        colour = _sample(obs.image.pixels, x[ok], y[ok]).astype(np.float64) / 255.0
+        sh = lighting[min(i, len(lighting) - 1)][None]
+        shading = shade_sh(torch.ones(1, int(ok.sum()), 3), texel_n[torch.as_tensor(ok)][None], sh)[0].double().numpy()
+        w = cos[ok].astype(np.float64) ** 2
+        acc[ok] += w[:, None] * colour / np.maximum(shading, 0.05)
+        wsum[ok] += w
+
+    image = np.zeros((side, side, 3))
+    weight = np.zeros((side, side))
+    cov = covered.numpy()
+    image[cov] = acc
+    weight[cov] = wsum
+    seen = weight > 1e-6
+    image[seen] /= weight[seen][:, None]
+    if not seen.any():  # no view saw anything: keep the fitted albedo
+        return np.asarray(result.texture, np.float32)
+    return np.clip(_pull_push(image, seen), 0.0, 1.0).astype(np.float32)
+
+
+def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``image`` at continuous pixel coordinates (corner origin), ``(P,)`` or ``(P, C)``.
+
+    cv2.remap takes pixel-centre coordinates (x - 0.5) and maps under 32767 rows: points go in rows of 1024."""
+    n = len(x)
+    rows = -(-n // 1024)
+    grid = np.zeros((2, rows * 1024), np.float32)
+    grid[0, :n], grid[1, :n] = x - 0.5, y - 0.5
+    out = cv2.remap(image, grid[0].reshape(rows, 1024), grid[1].reshape(rows, 1024), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(rows * 1024, *image.shape[2:])[:n]
+
+
+def _pull_push(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the texels where ``known`` is False from the known ones: average down a pyramid (pull),
+    then fill each level's holes from the coarser level (push)."""
+    if known.all() or min(known.shape) <= 1:
+        return image if known.all() else np.broadcast_to(image[known].mean(0), image.shape).copy()
+    h, w = known.shape
+    h2, w2 = (h + 1) // 2, (w + 1) // 2
+    pad = ((0, 2 * h2 - h), (0, 2 * w2 - w))
+    k = np.pad(known.astype(np.float64), pad)
+    im = np.pad(image * known[..., None], pad + ((0, 0),))
+    ks = k.reshape(h2, 2, w2, 2).sum((1, 3))
+    ims = im.reshape(h2, 2, w2, 2, 3).sum((1, 3))
+    coarse_known = ks > 0
+    coarse = np.zeros_like(ims)
+    coarse[coarse_known] = ims[coarse_known] / ks[coarse_known][:, None]
+    coarse = _pull_push(coarse, coarse_known)
+    up = cv2.resize(coarse.astype(np.float32), (2 * w2, 2 * h2), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    return np.where(known[..., None], image, up)
