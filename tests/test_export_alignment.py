@@ -33,7 +33,7 @@ def _scene():
 def _result(cams, verts, faces) -> FitResult:
     return FitResult(cameras=cams, flame={}, vertices=verts, faces=np.asarray(faces, np.int64), uvs=np.zeros((1, 2)),
                      uv_faces=np.zeros((len(faces), 3), np.int64), texture=np.zeros((1, 1, 3)), texture_coeffs=None,
-                     lighting=np.zeros((len(cams), 9, 3)), views=[], stages=[], model_info={}, intrinsics_source="given")
+                     lighting=np.zeros((len(cams), 9, 3)), views=[], stages=[], intrinsics_source="given")
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ def test_silhouette_reveals_a_turned_camera():
         good = alignment_overlay(view.image.pixels, _result(cams, verts, faces), i, s)
         bad = alignment_overlay(view.image.pixels, _result(wrong, verts, faces), i, s)
         assert good.size == (2 * view.image.width, 2 * view.image.height)
-        d_good, d_bad = _silhouette_distance(good, view.mask), _silhouette_distance(bad, view.mask)
+        d_good, d_bad = _silhouette_distance(good, view.detection.mask), _silhouette_distance(bad, view.detection.mask)
         assert d_good <= 2.0, (i, d_good)
         assert d_bad > 4 * max(d_good, 2.0), (i, d_good, d_bad)
 

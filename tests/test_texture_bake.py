@@ -11,7 +11,7 @@ import torch
 
 from export_fixtures import make_fit
 from flame_prior.export.texture_bake import bake_texture, texture_side
-from flame_prior.fit_photometric import render_head
+from flame_prior.render_head import render_head
 from flame_prior.flame import sh_basis
 
 
@@ -27,14 +27,14 @@ def _textured_scene(side: int = 128):
     out_views = []
     for i, v in enumerate(views):
         W, H = cams.width[i], cams.height[i]
-        color, rast, _ = render_head(verts, torch.as_tensor(result.faces), cams.R[i:i + 1], cams.t[i:i + 1],
-                                     cams.fx[i:i + 1], cams.fy[i:i + 1], cams.cx[i:i + 1], cams.cy[i:i + 1], (H, W),
+        color, rast, _ = render_head(verts, torch.as_tensor(result.faces), cams.subset([i]),
                                      torch.as_tensor(result.uvs, dtype=torch.float32),
-                                     torch.as_tensor(result.uv_faces), torch.as_tensor(tex), sh[i:i + 1])
+                                     torch.as_tensor(result.uv_faces), torch.as_tensor(tex), sh[i:i + 1], (H, W))
         covered = (rast[0, ..., 3] > 0).numpy()
         pixels = np.where(covered[..., None], (color[0].clamp(0, 1).numpy() * 255).round(), 40).astype(np.uint8)
         img = dataclasses.replace(v.image, pixels=pixels)
-        out_views.append(dataclasses.replace(v, image=img, mask=covered.astype(np.float32)))
+        det = dataclasses.replace(v.detection, mask=covered.astype(np.float32))
+        out_views.append(dataclasses.replace(v, image=img, detection=det))
     result = dataclasses.replace(result, lighting=sh.double().numpy(), texture=np.full_like(tex, 0.5))
     return out_views, result, tex
 

@@ -52,7 +52,7 @@ def _contour_edges() -> tuple[tuple[int, int], ...]:
 @functools.lru_cache(maxsize=1)
 def _bundled_embedding():
     from flame_prior.flame import load_landmark_embedding
-    from flame_prior.pipeline import default_embedding_path
+    from flame_prior.flame.assets import default_embedding_path
 
     return load_landmark_embedding(default_embedding_path())
 

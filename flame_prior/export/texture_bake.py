@@ -96,7 +96,7 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
         px = np.clip((x * dw / W).astype(int), 0, dw - 1)
         py = np.clip((y * dh / H).astype(int), 0, dh - 1)
         ok &= ~hit[py, px] | (z.numpy() <= depth[py, px] + DEPTH_TOLERANCE)
-        ok &= _sample(np.asarray(obs.mask, np.float32), x, y) >= 0.5
+        ok &= _sample(np.asarray(obs.detection.mask, np.float32), x, y) >= 0.5
         if not ok.any():
             continue
         colour = _sample(obs.image.pixels, x[ok], y[ok]).astype(np.float64) / 255.0
