@@ -65,7 +65,8 @@ class FitterConfig:
     early_stop: float = 1e-4
     """Stop a stage when its loss improved by less than this fraction over 10 iterations."""
     seed: int = 0
-    """Seed for every random choice (the fit is deterministic for a given seed and device)."""
+    """Seed for every random choice (the fit repeats exactly for a given seed and device with one CPU thread;
+    several threads add run-to-run differences in the last digits: README, Determinism)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to fit: auto uses CUDA when present."""
 
