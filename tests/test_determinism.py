@@ -12,8 +12,8 @@ from flame_prior.fit import FitterConfig
 
 
 def _errors(tmp_path, name: str, seed: int) -> dict:
-    cfg = DemoConfig(output_dir=tmp_path / name, views=3, image_size=96, seed=seed, device="cpu",
-                     fitter=FitterConfig(photometric_steps=6, render_size=64, seed=seed))
+    cfg = DemoConfig(output_dir=tmp_path / name, views=3, image_size=96, seed=seed,
+                     fitter=FitterConfig(photometric_steps=6, render_size=64, seed=seed, device="cpu"))
     return run_demo(cfg)
 
 
