@@ -12,6 +12,7 @@ whole record or none. Keys:
 ``run_id``, ``host``, ``pid``   which run, machine and process produced it
 ``started``, ``finished``       wall-clock times (seconds since the epoch)
 ``seconds``                     intake, detection, intrinsics, fit (and per stage), export, total
+                                (wall clock) and cpu (CPU time of the worker process for the scene)
 ``views_fitted``, ``left_out``  counts and the inputs left out with their reason
 ``landmark_error_px_median``    median over the views of each view's landmark error (pixels), and
 ``landmark_error_over_eye_median``  the same over the projected outer-eye-corner distance

@@ -105,7 +105,7 @@ def process_scene(job: SceneJob) -> dict:
     Errors of the scene (bad input, no face, a bug) are caught and recorded; KeyboardInterrupt is not.
     """
     init_threads_once(job.threads)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     base = {"scene": job.name, "data": job.relative, "key": job.key, "run_id": job.run_id,
             "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     try:
@@ -131,6 +131,7 @@ def process_scene(job: SceneJob) -> dict:
             write_scene(Path(job.scene_dir), job.config, assets, fit, extra_files={RECORD_IN_SCENE: record_json(record)})
         record["seconds"]["export"] = time.perf_counter() - t0
         record["seconds"]["total"] = time.perf_counter() - t_start
+        record["seconds"]["cpu"] = time.process_time() - cpu_start  # all threads of this worker
         record["finished"] = time.time()
     except Exception as err:  # noqa: BLE001 — one scene's failure is recorded, never raised
         from flame_prior.errors import FlamePriorError
