@@ -94,7 +94,7 @@ def _html(rows: list[dict], run: dict) -> str:
                  else "<div class='none'>no thumbnail</div>")
         link = f"{r['output']}/report.html" if r["output"] else None
         name = (f"<a href='{html.escape(link)}'>{html.escape(r['scene'])}</a>" if link else html.escape(r["scene"]))
-        figures = (f"{_fmt(r['views_fitted'], 0)} views · {_fmt(r['landmark_error_px_median'])} px "
+        figures = (f"{_fmt(r['views_fitted'], 0)} view{'' if r['views_fitted'] == 1 else 's'} · {_fmt(r['landmark_error_px_median'])} px "
                    f"({_fmt(r['landmark_error_over_eye_median'], 3)} of eye dist.) · f {_fmt(r['focal_px_median'], 0)} px"
                    if "done" in r["status"] else html.escape(r["error"] or ""))
         cards.append(f"<div class='card'>{thumb}<div class='name'>{name}</div>"
