@@ -294,6 +294,11 @@ def test_single_images_with_ray_match_the_process_pool(faces, detections, tmp_pa
     assert set(pool) == set(ray_) == {f.stem for f in faces[:3]}
     for k in pool:
         assert pool[k]["key"] == ray_[k]["key"]
+    for recs in (pool, ray_):  # 2 workers on this machine's cores: threads split, idle OpenMP threads sleep
+        for r in recs.values():
+            threads = max(1, len(os.sched_getaffinity(0)) // 2)
+            assert r["worker"] == {"torch_threads": threads, "OMP_NUM_THREADS": str(threads),
+                                   "OMP_WAIT_POLICY": "PASSIVE"}, r["worker"]
     centres_pool, centres_ray = _camera_centres(pool_out), _camera_centres(ray_out)
     for k in pool:
         assert np.allclose(centres_pool[k], centres_ray[k], atol=1e-4), k

@@ -11,6 +11,7 @@ whole record or none. Keys:
                                 with ``traceback``); absent when done
 ``run_id``, ``host``, ``pid``   which run, machine and process produced it
 ``started``, ``finished``       wall-clock times (seconds since the epoch)
+``worker``                      the worker's torch threads, ``OMP_NUM_THREADS`` and ``OMP_WAIT_POLICY``
 ``seconds``                     intake, detection, intrinsics, fit (and per stage), export, total
                                 (wall clock) and cpu (CPU time of the worker process for the scene)
 ``views_fitted``, ``left_out``  counts and the inputs left out with their reason

@@ -106,8 +106,12 @@ def process_scene(job: SceneJob) -> dict:
     """
     init_threads_once(job.threads)
     t_start, cpu_start = time.perf_counter(), time.process_time()
+    import torch
+
     base = {"scene": job.name, "data": job.relative, "key": job.key, "run_id": job.run_id,
-            "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+            "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+            "worker": {"torch_threads": torch.get_num_threads(),
+                       **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}}}
     try:
         from rich.progress import Progress
 
