@@ -23,6 +23,8 @@ well-kept project (regular releases bundling current FFmpeg builds for Linux, ma
   for a dynamic fit they are the timesteps, at ``--video.folder-fps`` frames per second;
 * a folder of folders (one per camera, each holding images or one clip): several synchronised
   cameras of a dynamic sequence, timestep *k* = the *k*-th frame of every camera.
+  Only a folder that holds nothing but sub-folders is read this way; sub-folders beside photos
+  or clips are ignored (the intake is not recursive).
 
 **How frames are picked** from a clip (:func:`decode_clip`; ``ns-process-data video`` picks evenly
 spaced frames, flame-prior also looks at them):
@@ -173,7 +175,7 @@ def load_inputs(data: Path, config: VideoConfig, static_pool: bool = True) -> In
             x the target, and near-duplicates are dropped, for :func:`select_by_pose` after detection.
 
     Raises:
-        InputError: nothing usable (not a video, no frame, empty folder), mixed layouts.
+        InputError: nothing usable (not a video, no frame, empty folder), clips mixed with other files.
     """
     data = Path(data)
     if not data.exists():
@@ -185,10 +187,9 @@ def load_inputs(data: Path, config: VideoConfig, static_pool: bool = True) -> In
     entries = sorted((p for p in data.iterdir() if not p.name.startswith(".")), key=lambda p: natural_sort_key(p.name))
     dirs = [p for p in entries if p.is_dir()]
     clips = [p for p in entries if p.is_file() and is_video(p)]
-    if dirs:
-        if clips or any(p.is_file() for p in entries):
-            raise InputError("the folder mixes sub-folders (cameras) with files", path=data,
-                             hint="Use one folder per camera and nothing else, or a flat folder of photos or clips.")
+    # Sub-folders mean one folder per camera only when nothing else is there: beside photos or clips
+    # they are ignored, as the image intake has always done (it is not recursive).
+    if dirs and not any(p.is_file() for p in entries):
         return _from_camera_folders(dirs, config)
     if clips:
         others = [p.name for p in entries if p.is_file() and not is_video(p)]

@@ -275,7 +275,7 @@ def test_one_pixel_image_has_no_face(cli, tmp_path):
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
     r = cli("fit", "--data", tmp_path / "dot.png", "--output-dir", tmp_path / "out", *FAST)
     assert r.code == 4
-    assert "dot.png: no face found" in r.error and "Use photos that show one face" in r.error
+    assert "dot.png: no face found" in r.error and "Use photos or clips that show one face" in r.error
     assert_no_output(tmp_path / "out")
 
 
@@ -426,7 +426,7 @@ def test_image_without_face_alone_fails_with_exit_4(cli, tmp_path):
     r = cli("fit", "--data", tmp_path / "in", "--output-dir", tmp_path / "out", *FAST)
     assert r.code == 4
     assert "no view can be fitted" in r.error and "wall.png: no face found" in r.error
-    assert "Use photos that show one face" in r.error
+    assert "Use photos or clips that show one face" in r.error
     assert_no_output(tmp_path / "out")
 
 

@@ -132,8 +132,8 @@ def test_folder_layouts(tmp_path):
     mixed = tmp_path / "mixed"
     (mixed / "cam").mkdir(parents=True)
     (mixed / "x.png").write_bytes((cams / "left" / "1.png").read_bytes())
-    with pytest.raises(InputError, match="mixes"):
-        load_inputs(mixed, VideoConfig())
+    flat = load_inputs(mixed, VideoConfig())  # files beside a sub-folder: a flat folder, the sub-folder ignored
+    assert flat.source == "images" and [im.name for im in flat.images] == ["x"]
 
 
 def test_pose_selection_covers_the_range_and_drops_duplicates():
