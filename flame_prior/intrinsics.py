@@ -7,7 +7,8 @@ applies wins, and every source that is skipped leaves a note saying why:
 2. ``"colmap"``: structure from motion on the HEAD only (:func:`run_colmap`). The photos of a
    multi-view head capture often come from one fixed camera while the person turns the head, so
    torso and background are static and contradict the head's motion: SIFT features outside
-   ``view.detection.mask`` are discarded. One shared SIMPLE_PINHOLE camera (all views must have one size),
+   ``view.detection.mask`` are discarded. One SIMPLE_PINHOLE camera per image size (one shared camera when
+   every view has the same size; views of 998 and 1000 px width each get their own),
    a low SIFT peak threshold (skin has weak texture), exhaustive matching, incremental mapping;
    the largest reconstruction is taken when it registers at least half of the views.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given"]
-_COLMAP_CACHE_VERSION = 1
+_COLMAP_CACHE_VERSION = 2  # 2: per-view cameras (one COLMAP camera per image size)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class IntrinsicsConfig:
     optimise_focal: Literal["auto", "yes", "no"] = "auto"
     """Let the fitter refine one shared focal scale: auto = only when no focal was measured and there are 2+ views."""
     use_colmap: bool = True
-    """Try COLMAP structure from motion on the head masks (needs 2+ views of one size that register)."""
+    """Try COLMAP structure from motion on the head masks (needs 2+ views that register; one camera per image size)."""
     colmap_min_views: int = 3
     """Fewest views for which COLMAP is tried; fewer views go straight to EXIF or the prior."""
     colmap_min_registered: float = 0.5
@@ -140,8 +141,11 @@ class ColmapResult:
         w2c: ``(N, 4, 4)`` world-to-camera (OpenCV axes, COLMAP's frame and scale); NaN rows for
             views that did not register.
         registered: ``(N,)`` bool.
-        focal_px: the shared SIMPLE_PINHOLE focal length, pixels.
-        cx, cy: the shared principal point, pixels (corner origin).
+        focal_px: the SIMPLE_PINHOLE focal length of the camera with the most registered views, pixels.
+        cx, cy: that camera's principal point, pixels (corner origin).
+        view_focal_px, view_cx, view_cy: ``(N,)`` each view's own camera (one COLMAP camera per
+            image size); a view whose size got no registered image takes the main camera's field
+            of view in its own pixel grid, centred.
         figures: ``registered``, ``total``, ``mean_reprojection_error_px`` (COLMAP's own),
             ``reprojection_check_px`` (recomputed here from ``w2c`` and the intrinsics: the same
             number when the conventions agree), ``points3d``, ``focal_px``, ``vertical_fov_deg``,
@@ -154,6 +158,9 @@ class ColmapResult:
     cx: float
     cy: float
     figures: dict
+    view_focal_px: np.ndarray
+    view_cx: np.ndarray
+    view_cy: np.ndarray
 
 
 def focal_from_fov(fov_deg: float, height: float) -> float:
@@ -217,7 +224,7 @@ def estimate_intrinsics(
 
     colmap = _try_colmap(views, config, workdir, progress, notes)
     if colmap is not None:
-        return result(np.full(n, colmap.focal_px), "colmap", cx=np.full(n, colmap.cx), cy=np.full(n, colmap.cy),
+        return result(colmap.view_focal_px, "colmap", cx=colmap.view_cx, cy=colmap.view_cy,
                       colmap=colmap.figures)
 
     if config.use_exif:
@@ -246,8 +253,7 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
         return None
     sizes = {(v.image.width, v.image.height) for v in views}
     if len(sizes) > 1:
-        notes.append(f"COLMAP skipped: one shared camera needs one image size, the views have {len(sizes)}")
-        return None
+        notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
     try:
         rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes)
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
@@ -291,7 +297,8 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
         try:
             with np.load(path, allow_pickle=False) as z:
                 rec = ColmapResult(z["w2c"], z["registered"].astype(bool), float(z["focal_px"]), float(z["cx"]),
-                                   float(z["cy"]), json.loads(str(z["figures"])))
+                                   float(z["cy"]), json.loads(str(z["figures"])), z["view_focal_px"], z["view_cx"],
+                                   z["view_cy"])
             if len(rec.w2c) == len(views):
                 if notes is not None:
                     notes.append(f"COLMAP result reused from the cache ({path.name})")
@@ -302,7 +309,8 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
     rec = run_colmap(views, config, workdir=workdir, progress=progress)
     if config.use_cache:
         save_npz_atomic(path, w2c=rec.w2c, registered=rec.registered, focal_px=np.float64(rec.focal_px),
-                        cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)))
+                        cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)),
+                        view_focal_px=rec.view_focal_px, view_cx=rec.view_cx, view_cy=rec.view_cy)
     return rec
 
 
@@ -341,15 +349,14 @@ def run_colmap(
     workdir: Path | None = None,
     progress: Progress | None = None,
 ) -> ColmapResult:
-    """Structure from motion on the head: SIFT inside ``view.detection.mask``, one SIMPLE_PINHOLE camera.
-
-    All views must have one image size. The upright pixels are written as PNG with a mask PNG per
+    """Structure from motion on the head: SIFT inside ``view.detection.mask``, one SIMPLE_PINHOLE camera
+    per image size (one for all views when they share a size). The upright pixels are written as PNG with a mask PNG per
     image (``<name>.png.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``) so that
     torso and background, static while the head turns, give no features. Exhaustive matching and
     incremental mapping follow; the reconstruction with the most registered views is returned.
 
     Args:
-        views: ``N >= 2`` views of one size.
+        views: ``N >= 2`` views.
         config: COLMAP settings (defaults when None).
         workdir: kept working folder; a temporary one when None.
         progress: see :func:`estimate_intrinsics`.
@@ -358,7 +365,7 @@ def run_colmap(
         :class:`ColmapResult`, indexed like ``views``.
 
     Raises:
-        ValueError: fewer than 2 views or views of several sizes.
+        ValueError: fewer than 2 views.
         RuntimeError: COLMAP produced no reconstruction (or pycolmap's own errors).
     """
     import cv2
@@ -369,9 +376,6 @@ def run_colmap(
     if n < 2:
         raise ValueError(f"run_colmap: need at least 2 views, got {n}")
     sizes = {(v.image.width, v.image.height) for v in views}
-    if len(sizes) != 1:
-        raise ValueError(f"run_colmap: views must share one image size, got {sorted(sizes)}")
-    (width, height), = sizes
     t0 = time.perf_counter()
 
     with contextlib.ExitStack() as stack:
@@ -392,7 +396,7 @@ def run_colmap(
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         step("writing images and head masks")
         for name, view in zip(names, views):
-            check_shape(view.detection.mask, [height, width], f"{view.image.name}: mask")
+            check_shape(view.detection.mask, [view.image.height, view.image.width], f"{view.image.name}: mask")
             cv2.imwrite(str(image_dir / name), cv2.cvtColor(view.image.pixels, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_PNG_COMPRESSION, 1])
             mask = (view.detection.mask >= 0.5).astype(np.uint8) * 255
@@ -409,7 +413,9 @@ def run_colmap(
         extraction.sift.max_num_features = config.colmap_max_features
         extraction.use_gpu = False
         pycolmap.set_random_seed(config.colmap_seed)
-        pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+        # AUTO: COLMAP starts a new camera whenever the image size changes (one per size).
+        mode = pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.AUTO
+        pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=mode,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
         t_extract = time.perf_counter()
         step("matching all pairs", advance=1)
@@ -432,31 +438,40 @@ def run_colmap(
         if not reconstructions:
             raise RuntimeError("COLMAP reconstructed nothing (too few matches on the head)")
         rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-        result = _read_reconstruction(rec, names, width, height)
+        result = _read_reconstruction(rec, names, [(v.image.width, v.image.height) for v in views])
     t_end = time.perf_counter()
     result.figures.update(seconds=round(t_end - t0, 1), seconds_extract=round(t_extract - t0, 1),
                           seconds_match=round(t_match - t_extract, 1), seconds_map=round(t_end - t_match, 1))
     return result
 
 
-def _read_reconstruction(rec, names: list[str], width: int, height: int) -> ColmapResult:
-    """Poses, camera and figures of a pycolmap ``Reconstruction`` whose images are ``names`` (by index)."""
+def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) -> ColmapResult:
+    """Poses, cameras and figures of a pycolmap ``Reconstruction`` whose images are ``names`` (by
+    index) of ``sizes`` ``(width, height)``."""
     n = len(names)
     index = {name: i for i, name in enumerate(names)}
     w2c = np.full((n, 4, 4), np.nan)
     registered = np.zeros(n, dtype=bool)
-    (camera,) = rec.cameras.values()  # CameraMode.SINGLE
-    if camera.model_name != "SIMPLE_PINHOLE" or (camera.width, camera.height) != (width, height):
-        raise RuntimeError(f"COLMAP camera is {camera.model_name} {camera.width}x{camera.height}, "
-                           f"expected SIMPLE_PINHOLE {width}x{height}")
-    f, cx, cy = (float(p) for p in camera.params)
-
+    params = np.full((n, 3), np.nan)  # f, cx, cy of each view's camera
     for image in rec.images.values():
+        i = index[image.name]
+        camera = rec.cameras[image.camera_id]
+        if camera.model_name != "SIMPLE_PINHOLE" or (camera.width, camera.height) != sizes[i]:
+            raise RuntimeError(f"COLMAP camera is {camera.model_name} {camera.width}x{camera.height}, "
+                               f"expected SIMPLE_PINHOLE {sizes[i][0]}x{sizes[i][1]}")
+        params[i] = [float(p) for p in camera.params]
         if image.has_pose:
-            i = index[image.name]
             registered[i] = True
             w2c[i] = np.eye(4)
             w2c[i, :3, :] = image.cam_from_world().matrix()
+    # The main camera: the one with the most registered views.
+    ids = [rec.images[k].camera_id for k in rec.images if rec.images[k].has_pose]
+    main = max(set(ids), key=ids.count)
+    f, cx, cy = (float(p) for p in rec.cameras[main].params)
+    height = rec.cameras[main].height
+    for i in np.flatnonzero(~np.isfinite(params[:, 0])):  # a size without a camera: the main one's FOV
+        w, h = sizes[i]
+        params[i] = [f * h / height, w / 2, h / 2]
 
     # Reproject every 3D point into its track with our own pinhole maths, averaged like COLMAP
     # (per point over its track, then over points): it matches COLMAP's figure only when
@@ -469,7 +484,8 @@ def _read_reconstruction(rec, names: list[str], width: int, height: int) -> Colm
             i = image_index[el.image_id]
             uv = rec.images[el.image_id].points2D[el.point2D_idx].xy
             pc = w2c[i, :3, :3] @ point.xyz + w2c[i, :3, 3]
-            errs.append(np.hypot(f * pc[0] / pc[2] + cx - uv[0], f * pc[1] / pc[2] + cy - uv[1]))
+            fi, cxi, cyi = params[i]
+            errs.append(np.hypot(fi * pc[0] / pc[2] + cxi - uv[0], fi * pc[1] / pc[2] + cyi - uv[1]))
         point_errors.append(np.mean(errs))
     rec.update_point_3d_errors()
     figures = {
@@ -480,8 +496,10 @@ def _read_reconstruction(rec, names: list[str], width: int, height: int) -> Colm
         "points3d": int(rec.num_points3D()),
         "focal_px": f,
         "vertical_fov_deg": fov_from_focal(f, height),
+        "cameras": len(rec.cameras),
     }
-    return ColmapResult(w2c=w2c, registered=registered, focal_px=f, cx=cx, cy=cy, figures=figures)
+    return ColmapResult(w2c=w2c, registered=registered, focal_px=f, cx=cx, cy=cy, figures=figures,
+                        view_focal_px=params[:, 0].copy(), view_cx=params[:, 1].copy(), view_cy=params[:, 2].copy())
 
 
 def rotation_residuals_deg(colmap_w2c: np.ndarray, R: np.ndarray) -> np.ndarray:

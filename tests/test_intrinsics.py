@@ -187,3 +187,30 @@ def test_colmap_registers_the_shared_scene(shared, tmp_path):
     cos = (np.einsum("nij,mij->nm", R, R) - 1) / 2
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() > 50.0
     assert np.nanmax(rotation_residuals_deg(w2c, R)) < 1e-4
+
+
+@pytest.mark.slow
+def test_colmap_runs_on_views_of_two_sizes(tmp_path):
+    """Issue 12: views 1040 and 1038 px wide (2 px cropped off the right of every other photo) no
+    longer skip COLMAP: one SIMPLE_PINHOLE camera per size, each view gets its own camera's focal,
+    and the two focal lengths (same lens) agree within 3 %."""
+    from conftest import shared_path
+
+    src = shared_path("data/multiview/2-346/images")
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for k, i in enumerate((1, 4, 8, 12, 16, 20, 24, 28)):
+        im = Image.open(src / f"{i}.jpg")
+        if k % 2:
+            im = im.crop((0, 0, im.width - 2, im.height))
+        im.save(data / f"{i:02d}.png")
+    images, _ = load_images(data)
+    views, _ = observe(images, DetectConfig(cache_dir=tmp_path / "det"), progress=False)
+    assert len({v.image.width for v in views}) == 2
+    intr = estimate_intrinsics(views, IntrinsicsConfig(cache_dir=tmp_path / "colmap"), workdir=tmp_path / "work")
+    assert intr.source == "colmap", intr.notes
+    assert intr.colmap["cameras"] >= 2 and intr.colmap["registered"] >= 6, intr.colmap
+    widths = np.array([v.image.width for v in views])
+    f_a, f_b = np.median(intr.fx[widths == 1040]), np.median(intr.fx[widths == 1038])
+    assert abs(f_a - f_b) / f_a < 0.03, (f_a, f_b)
+    assert np.all(np.abs(intr.cx - widths / 2) < 0.1 * widths)
