@@ -555,6 +555,7 @@ def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int
     score["seconds"] = {"render": t_render, "tool": t_tool}
     score["intrinsics_source"] = summary.get("intrinsics_source")
     score["left_out"] = [{"file": Path(s["file"]).name, "reason": s["reason"]} for s in summary.get("left_out", [])]
-    eye = {c["name"]: c["eye_distance_px"] for c in summary["cameras"]}
-    score["eye_distance_px"] = eye
+    score["eye_distance_px"] = {c["name"]: c["eye_distance_px"] for c in summary["cameras"]}
+    score["flags"] = {c["name"]: c.get("flags", []) for c in summary["cameras"]}
+    score["rotation_sigma_deg"] = {c["name"]: c.get("uncertainty", {}).get("rotation_deg") for c in summary["cameras"]}
     return score

@@ -1061,8 +1061,8 @@ def _targets(report: dict) -> None:
                 for key in ("centre_pct", "focal_pct"):
                     worst = max(r[key][v] for v in got)
                     add(f"scan {name} ({label}): {key} max", "<= 1 %", worst, worst <= 1.0)
-        bad = [v for v, e in r["rotation_deg"].items() if e > 5]
-        add(f"scan {name}: views > 5° off (unflagged)", "0", float(len(bad)), not bad, ", ".join(bad)[:70])
+        bad = [v for v, e in r["rotation_deg"].items() if e > 5 and not r.get("flags", {}).get(v)]
+        add(f"scan {name}: views > 5° off and not flagged", "0", float(len(bad)), not bad, ", ".join(bad)[:70])
     for key, b in report["baseline"].items():
         rt = b.get("ratios")
         if rt:

@@ -145,3 +145,28 @@ def test_small_turning_head_rig_end_to_end(scan, tmp_path):
     assert sc["fitted"] == 4, sc["left_out"]
     assert sc["rotation_deg_median"] < 7.0, sc["rotation_deg"]
     assert sc["rotation_deg_max"] < 14.0, sc["rotation_deg"]
+
+
+@pytest.mark.slow
+def test_detector_finds_a_face_turned_45_degrees(scan):
+    """Detection recall (issue 12, item 5): the moving-camera rig's view at -45° yaw (105 px between
+    the eye corners, 1280x960) was "no face found" with a single Face Mesh pass; the recall passes
+    find it. Its eye corners: distance within 10% of the truth (measured 3%), but shifted by ~20% of
+    it (measured 19-23 px at 105 px): the yaw bias of Face Mesh's landmarks that issue 12 names; the
+    bound (30%) only says it is this face."""
+    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
+
+    rig = S.make_rig("moving_camera")
+    view = rig.views[2]
+    facts = S._view_facts(scan, view)
+    assert abs(facts["yaw_deg"] + 45) < 1 and 90 < facts["eye_distance_px"] < 120
+    img = S.render_view(scan, rig, view)
+    with MediaPipeDetector() as det:
+        found = det.detect_pixels(img)
+    assert found is not None
+    R, t = np.asarray(view.R), np.asarray(view.t)
+    pc = scan.eye_corners @ R.T + t
+    expected = np.stack([pc[:, 0] / pc[:, 2] * view.fx + view.cx, pc[:, 1] / pc[:, 2] * view.fy + view.cy], -1)
+    got = found.landmarks[[33, 263]]
+    assert abs(np.linalg.norm(got[1] - got[0]) / facts["eye_distance_px"] - 1) < 0.1, (got, expected)
+    assert np.linalg.norm(got - expected, axis=1).max() < 0.3 * facts["eye_distance_px"], (got, expected)

@@ -7,9 +7,14 @@ Detection:
 
 1. Face Mesh (``static_image_mode=True``, ``refine_landmarks=True``, up to 4 faces) on the image,
    downscaled to at most ``max_side`` pixels on the long side (coordinates are scaled back).
-2. No face? The full-range face detector (``model_selection=1``, small and distant faces) looks
-   for boxes, and Face Mesh runs on a crop around each box (largest first) at the original
-   resolution, resized so its long side is at most 768 px.
+2. No face? Recall passes for turned (40-60° yaw) and small faces, where Face Mesh's own detector
+   gives up first: Face Mesh again with a low detection threshold (``recall_confidence``, 0.2);
+   then the full-range and the short-range face detectors (``model_selection=1`` and ``0``, at
+   the low threshold) look for boxes, and the low-threshold Face Mesh runs on crops 1.8, 2.5 and
+   3.5 times each box (largest box first) at the original resolution, resized so the long side is
+   at most 768 px (small faces are upsampled to at least 256 px). Measured on renders of the
+   scan (scan_rigs): faces at 45-60° yaw with 70-105 px between the eye corners that the single
+   pass missed are found.
 3. The largest face (area of its landmarks' bounding box) is kept; a note says how many were seen.
 4. A face that is small in the downscaled image (under 256 px) is re-run on an original-resolution
    crop, so a big photo does not lose precision to the downscale.
@@ -41,7 +46,7 @@ from flame_prior.images import InputImage
 
 __all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
 
-VERSION = "mediapipe-0.10.9/face-mesh-478/1"
+VERSION = "mediapipe-0.10.9/face-mesh-478/2"  # 2: recall passes for turned and small faces
 """Cache version of this backend: bump it whenever its output for the same image changes."""
 
 _RIGHT_EYE = [7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246]
@@ -116,25 +121,28 @@ class MediaPipeDetector:
     version = VERSION
     cacheable = True
 
-    def __init__(self, max_side: int = 1600, min_detection_confidence: float = 0.5) -> None:
+    def __init__(self, max_side: int = 1600, min_detection_confidence: float = 0.5,
+                 recall_confidence: float = 0.2) -> None:
         from mediapipe.python.solutions.face_mesh import FaceMesh
 
         self.max_side = max_side
         self._min_conf = min_detection_confidence
+        self._recall_conf = recall_confidence
+        self._mesh_low = None  # low-threshold Face Mesh of the recall passes, created when first needed
         self._mesh = FaceMesh(
             static_image_mode=True,
             max_num_faces=4,
             refine_landmarks=True,
             min_detection_confidence=min_detection_confidence,
         )
-        self._boxes = None  # full-range face detector, created when first needed
+        self._boxes = None  # full- and short-range face detectors, created when first needed
         self._masker = HeadMasker()
 
     def close(self) -> None:
         self._mesh.close()
         self._masker.close()
-        if self._boxes is not None:
-            self._boxes.close()
+        for graph in (self._boxes or []) + ([self._mesh_low] if self._mesh_low is not None else []):
+            graph.close()
 
     def __enter__(self) -> MediaPipeDetector:
         return self
@@ -153,11 +161,17 @@ class MediaPipeDetector:
         small = _resize(pixels, scale)
         faces = self._run_mesh(small, (W, H))
         n_seen = len(faces)
+        if not faces:  # recall passes (module docstring, step 2)
+            faces = self._run_mesh(small, (W, H), low=True)
+            n_seen = len(faces)
         if not faces:
             boxes = [b * np.array([W, H, W, H]) for b in self._face_boxes(small)]
             n_seen = len(boxes)
             for box in boxes:  # largest first
-                faces = self._mesh_on_crop(pixels, box, expand=2.5)
+                for expand in (1.8, 2.5, 3.5):
+                    faces = self._mesh_on_crop(pixels, box, expand=expand, low=True)
+                    if faces:
+                        break
                 if faces:
                     faces = faces[:1]
                     break
@@ -178,14 +192,22 @@ class MediaPipeDetector:
         mask = self._masker(pixels, landmarks, "mediapipe478")
         return Detection(landmarks, confidence, "mediapipe478", mask, _box(face), notes)
 
-    def _run_mesh(self, image: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+    def _run_mesh(self, image: np.ndarray, size: tuple[int, int], low: bool = False) -> list[np.ndarray]:
         """Face Mesh on ``image``: ``(478, 3)`` float64 ``(x * w, y * h, z * w)`` per face, ``(w, h) = size``.
 
         ``size`` is the size of the grid ``image`` was resized from, so the normalised output maps
         straight to it (no rounding of the resized size creeps in).
         """
         w, h = size
-        res = self._mesh.process(np.ascontiguousarray(image))
+        mesh = self._mesh
+        if low:
+            if self._mesh_low is None:
+                from mediapipe.python.solutions.face_mesh import FaceMesh
+
+                self._mesh_low = FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                          min_detection_confidence=self._recall_conf)
+            mesh = self._mesh_low
+        res = mesh.process(np.ascontiguousarray(image))
         out = []
         for lm in res.multi_face_landmarks or []:
             a = np.array([(p.x, p.y, p.z) for p in lm.landmark], dtype=np.float64)
@@ -193,20 +215,25 @@ class MediaPipeDetector:
         return out
 
     def _face_boxes(self, image: np.ndarray) -> list[np.ndarray]:
-        """Full-range face detector boxes ``(x0, y0, x1, y1)`` normalised to [0, 1], largest first."""
+        """Face boxes ``(x0, y0, x1, y1)`` normalised to [0, 1] from the full-range detector, else the
+        short-range one (low threshold), largest first."""
         if self._boxes is None:
             from mediapipe.python.solutions.face_detection import FaceDetection
 
-            self._boxes = FaceDetection(model_selection=1, min_detection_confidence=self._min_conf)
-        res = self._boxes.process(np.ascontiguousarray(image))
+            self._boxes = [FaceDetection(model_selection=m, min_detection_confidence=self._recall_conf) for m in (1, 0)]
         boxes = []
-        for d in res.detections or []:
-            bb = d.location_data.relative_bounding_box
-            boxes.append(np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]))
+        for detector in self._boxes:
+            res = detector.process(np.ascontiguousarray(image))
+            for d in res.detections or []:
+                bb = d.location_data.relative_bounding_box
+                boxes.append(np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]))
+            if boxes:
+                break
         boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
         return boxes
 
-    def _mesh_on_crop(self, pixels: np.ndarray, box, expand: float, max_side: int = 768) -> list[np.ndarray]:
+    def _mesh_on_crop(self, pixels: np.ndarray, box, expand: float, max_side: int = 768,
+                      low: bool = False) -> list[np.ndarray]:
         """Face Mesh on a square crop ``expand`` times the box around its centre; results in original pixels."""
         H, W = pixels.shape[:2]
         x0, y0, x1, y1 = box
@@ -217,7 +244,12 @@ class MediaPipeDetector:
             return []
         crop = pixels[cy0:cy1, cx0:cx1]
         s = min(1.0, max_side / max(crop.shape[:2]))
-        faces = self._run_mesh(_resize(crop, s), (cx1 - cx0, cy1 - cy0))
+        if max(crop.shape[:2]) < 256:  # a small face: upsample so the mesh model sees enough pixels
+            s = 256 / max(crop.shape[:2])
+            h, w = crop.shape[:2]
+            crop = cv2.resize(crop, (round(w * s), round(h * s)), interpolation=cv2.INTER_CUBIC)
+            s = 1.0
+        faces = self._run_mesh(_resize(crop, s), (cx1 - cx0, cy1 - cy0), low=low)
         return [f + np.array([cx0, cy0, 0.0]) for f in faces]
 
 
