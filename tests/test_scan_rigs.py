@@ -82,6 +82,20 @@ def test_score_is_invariant_to_the_similarity():
     assert sc["focal_pct"]["v4"] == pytest.approx(2.0)
 
 
+def _detected_and_true_eye_corners(scan, view, img):
+    """MediaPipe's outer eye corners (Face Mesh 33, 263) on ``img`` and the pinhole projection of
+    the scan's, both ``(2, 2)`` pixels."""
+    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
+
+    with MediaPipeDetector() as det:
+        found = det.detect_pixels(img)
+    assert found is not None
+    R, t = np.asarray(view.R), np.asarray(view.t)
+    pc = scan.eye_corners @ R.T + t
+    expected = np.stack([pc[:, 0] / pc[:, 2] * view.fx + view.cx, pc[:, 1] / pc[:, 2] * view.fy + view.cy], -1)
+    return found.landmarks[[33, 263]], expected
+
+
 def _off_centre_view(distortion=(0.0, 0.0, 0.0, 0.0)) -> S.RigView:
     return S._view("v", 0.0, 5.0, 0.9, 950.0, (960, 720), distortion=distortion, aim=(0.3, 0.12))
 
@@ -91,19 +105,12 @@ def test_render_agrees_with_mediapipe(scan):
     corners: the renderer, the camera convention and the scan's eye-corner points agree. Frontal
     view, ~113 px eye distance, face off centre. Measured 2.4 px (MediaPipe's own offset on this
     closed-eye scan); bound 4 px."""
-    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
-
     view = _off_centre_view()
     img = S.render_view(scan, S.Rig("t", "test", [view], "environment", "world"), view)
     assert img.shape == (720, 960, 3)
-    with MediaPipeDetector() as det:
-        found = det.detect_pixels(img)
-    assert found is not None
-    R, t = np.asarray(view.R), np.asarray(view.t)
-    pc = scan.eye_corners @ R.T + t
-    expected = np.stack([pc[:, 0] / pc[:, 2] * view.fx + view.cx, pc[:, 1] / pc[:, 2] * view.fy + view.cy], -1)
-    err = np.linalg.norm(found.landmarks[[33, 263]] - expected, axis=1)
-    assert err.max() < 4.0, (found.landmarks[[33, 263]], expected)
+    got, expected = _detected_and_true_eye_corners(scan, view, img)
+    err = np.linalg.norm(got - expected, axis=1)
+    assert err.max() < 4.0, (got, expected)
 
 
 def test_distorted_render_matches_opencv(scan):
@@ -154,19 +161,11 @@ def test_detector_finds_a_face_turned_45_degrees(scan):
     find it. Its eye corners: distance within 10% of the truth (measured 3%), but shifted by ~20% of
     it (measured 19-23 px at 105 px): the yaw bias of Face Mesh's landmarks that issue 12 names; the
     bound (30%) only says it is this face."""
-    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
-
     rig = S.make_rig("moving_camera")
     view = rig.views[2]
     facts = S._view_facts(scan, view)
     assert abs(facts["yaw_deg"] + 45) < 1 and 90 < facts["eye_distance_px"] < 120
     img = S.render_view(scan, rig, view)
-    with MediaPipeDetector() as det:
-        found = det.detect_pixels(img)
-    assert found is not None
-    R, t = np.asarray(view.R), np.asarray(view.t)
-    pc = scan.eye_corners @ R.T + t
-    expected = np.stack([pc[:, 0] / pc[:, 2] * view.fx + view.cx, pc[:, 1] / pc[:, 2] * view.fy + view.cy], -1)
-    got = found.landmarks[[33, 263]]
+    got, expected = _detected_and_true_eye_corners(scan, view, img)
     assert abs(np.linalg.norm(got[1] - got[0]) / facts["eye_distance_px"] - 1) < 0.1, (got, expected)
     assert np.linalg.norm(got - expected, axis=1).max() < 0.3 * facts["eye_distance_px"], (got, expected)
