@@ -384,7 +384,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
 outer-eye-corner distance in that view (<span class="good">good</span> &lt; {100 * GOOD:.0f}%,
 <span class="fair">fair</span> &lt; {100 * FAIR:.0f}%, else <span class="bad">poor</span>). Rotation &plusmn;: the
 camera's rotation uncertainty (one standard deviation from the landmark residuals). A camera is
-<span class="bad">flagged</span>, whatever its landmark error, when that uncertainty exceeds 1&deg;, the head is
+<span class="bad">flagged</span>, whatever its landmark error, when that uncertainty exceeds 0.45&deg;, the head is
 turned more than 60&deg; (landmarks biased), the face spans under 25 px between the eye corners, or the error
 exceeds 6% (rule: flame_prior/camera_trust.py).</p>
 <table id="per-view"><thead><tr><th>#</th><th>view</th><th>size</th><th>focal px</th><th>landmarks</th>
