@@ -183,6 +183,13 @@ def environment_albedo(points: torch.Tensor) -> torch.Tensor:
     return render.texture(_environment_texture(), uv.float(), boundary_mode="reflection")[0, :, 0]
 
 
+def _environment_radius(rig: "Rig") -> float:
+    """The room's radius: 3 m, or twice the farthest camera's distance (small-face rigs stand back
+    several metres; a camera outside the sphere would see it from behind). One per rig: rigid."""
+    far = max(float(np.linalg.norm(-np.asarray(v.R).T @ np.asarray(v.t) - HEAD_CENTRE)) for v in rig.views)
+    return max(3.0, 2.0 * far)
+
+
 def _sphere(radius: float, centre: np.ndarray, n_lat: int = 24, n_lon: int = 48) -> tuple[np.ndarray, np.ndarray]:
     """A UV sphere (vertices ``(V, 3)``, faces ``(F, 3)``), for the environment backdrop."""
     lat = np.linspace(0, math.pi, n_lat + 1)
@@ -241,7 +248,7 @@ def _render_pinhole(scan: ScanHead, rig: Rig, view: RigView, K: np.ndarray, size
     verts, faces = torch.as_tensor(scan.vertices), torch.as_tensor(scan.faces)
     n_head = verts.shape[0]
     if rig.background == "environment":
-        sv, sf = _sphere(3.0, HEAD_CENTRE)
+        sv, sf = _sphere(_environment_radius(rig), HEAD_CENTRE)
         verts = torch.cat([verts, torch.as_tensor(sv)])
         faces = torch.cat([faces, torch.as_tensor(sf) + n_head])
     pc = (verts @ R.T + t)[None]
