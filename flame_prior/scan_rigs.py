@@ -304,7 +304,12 @@ def render_view(scan: ScanHead, rig: Rig, view: RigView, supersample: int | None
     # Distorted output pixel centres -> undistorted pinhole pixel coordinates.
     u, v = np.meshgrid(np.arange(W * s) + 0.5, np.arange(H * s) + 0.5)
     u, v = u / s, v / s
-    x, y = _undistort_normalised((u - view.cx) / view.fx, (v - view.cy) / view.fy, dist)
+    xd, yd = (u - view.cx) / view.fx, (v - view.cy) / view.fy
+    x, y = _undistort_normalised(xd, yd, dist)
+    back = np.stack(distort_normalised(x, y, dist))
+    if not np.isfinite(back).all() or np.abs(back - np.stack([xd, yd])).max() * view.fx > 0.01:
+        raise ValueError(f"{view.name}: distortion {list(view.distortion)} cannot be inverted over the image "
+                         "(the lens model folds back before the corners)")
     up, vp = x * view.fx + view.cx, y * view.fy + view.cy
     x0, y0 = math.floor(up.min()) - 2, math.floor(vp.min()) - 2
     Wc, Hc = math.ceil(up.max()) + 2 - x0, math.ceil(vp.max()) + 2 - y0
@@ -359,7 +364,8 @@ def make_rig(name: str, small: bool = False, seed: int = 0) -> Rig:
     * ``focals``: a focal length per camera (1200-2300 px), principal points 20-35 px off centre;
       1600x1200, ~100-170 px.
     * ``small_faces``: a studio capture: full HD, 25-60 px between the outer eye corners, per-camera
-      focal lengths (1393-1862 px), principal points off centre, k1 = -0.25.
+      focal lengths (1393-1862 px), principal points off centre, k1 = -0.25, k2 = 0.08 (k1 alone
+      folds back before the image corners at these focal lengths: no lens does that).
     """
     rng = np.random.default_rng(seed)
     views: list[RigView] = []
@@ -407,8 +413,8 @@ def make_rig(name: str, small: bool = False, seed: int = 0) -> Rig:
             pp = rng.uniform(20, 35, 2) * rng.choice([-1, 1], 2)
             aim = (rng.uniform(-0.3, 0.3), rng.uniform(-0.15, 0.15))
             views.append(_view(f"studio_{i:02d}", yaw, rng.uniform(-10, 15), f * EYE_CORNER_DISTANCE_M / eye, f, size,
-                               pp=pp, distortion=(-0.25, 0.0, 0.0, 0.0), aim=aim))
-        return Rig(name, "studio: full HD, 25-60 px eye distance, per-camera focal, k1=-0.25", views,
+                               pp=pp, distortion=(-0.25, 0.08, 0.0, 0.0), aim=aim))
+        return Rig(name, "studio: full HD, 25-60 px eye distance, per-camera focal, k1=-0.25, k2=0.08", views,
                    "environment", "world", 1)
     raise ValueError(f"unknown rig {name!r}; known: {', '.join(RIG_NAMES)}")
 
