@@ -169,3 +169,11 @@ def test_detector_finds_a_face_turned_45_degrees(scan):
     got, expected = _detected_and_true_eye_corners(scan, view, img)
     assert abs(np.linalg.norm(got[1] - got[0]) / facts["eye_distance_px"] - 1) < 0.1, (got, expected)
     assert np.linalg.norm(got - expected, axis=1).max() < 0.3 * facts["eye_distance_px"], (got, expected)
+
+
+def test_lens_that_folds_back_is_refused(scan):
+    """k1 = -0.25 alone at f = 1393 px on full HD: r (1 + k1 r^2) peaks inside the image, so some
+    pixels have no undistorted source; rendering says so instead of growing a huge canvas."""
+    view = S._view("v", 0.0, 0.0, 3.0, 1393.0, (1920, 1080), pp=(35.0, 35.0), distortion=(-0.25, 0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        S.render_view(scan, S.Rig("t", "test", [view], "environment", "world"), view)
