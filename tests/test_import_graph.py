@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flame_prior"
 #: Lowest first; a module may import its own layer or a lower one. A name matches a module and,
 #: for packages, everything under it.
 LAYERS = [
-    ["flame_prior.errors", "flame_prior.files", "flame_prior.geometry", "flame_prior.progress",
+    ["flame_prior.errors", "flame_prior.files", "flame_prior.geometry", "flame_prior.progress", "flame_prior.quiet",
      "flame_prior.camera_trust"],
     ["flame_prior.images", "flame_prior.flame", "flame_prior.render", "flame_prior.render_head",
      "flame_prior.embedding_builder", "flame_prior.lpips_weights"],

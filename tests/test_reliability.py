@@ -553,15 +553,28 @@ def test_unwritable_output_location_refused_before_any_work(cli, tmp_path):
 
 
 def test_unwritable_parent_chmod(cli, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: chmod 555 does not stop root (covered by the /sys case)")
+    """An output directory under a parent without write permission (chmod 555) is refused with exit 2.
+
+    Root ignores permission bits through its capabilities (DAC override); as root the run is a
+    ``flame-prior`` subprocess under util-linux's ``setpriv`` with those two capabilities dropped,
+    so the kernel refuses the ``mkdir`` exactly as it would for any other user.
+    """
     face_png(tmp_path / "in" / "face.png")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        r = cli("fit", "--data", tmp_path / "in", "--output-dir", locked / "out", *FAST)
+        if os.geteuid() == 0:
+            caps = "-dac_override,-dac_read_search"
+            p = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", str(EXE), "fit",
+                                "--data", str(tmp_path / "in"), "--output-dir", str(locked / "out"), *FAST,
+                                "--detect.cache-dir", str(tmp_path / "cache")],
+                               capture_output=True, text=True, env=_env(), timeout=300)
+            r = Run(p.returncode, p.stdout + p.stderr)
+        else:
+            r = cli("fit", "--data", tmp_path / "in", "--output-dir", locked / "out", *FAST)
         assert r.code == 2 and "cannot create the output directory here" in r.error
+        assert not (locked / "out").exists()
     finally:
         locked.chmod(0o755)
 
