@@ -143,6 +143,10 @@ class PinholeCameras:
         fx, fy: ``(N,)`` focal lengths in pixels.
         cx, cy: ``(N,)`` principal point, continuous pixel coordinates (corner origin).
         width, height: per-view image size in pixels (views may differ in size).
+        distortion: ``(N, 5)`` the lens of each view's photo, OpenCV ``k1, k2, p1, p2, k3``
+            (:mod:`flame_prior.distortion`), or None (no distortion). Projection here is pinhole:
+            the fit and the renderer see each view's ideal pinhole image; the lens is carried for
+            the writers (transforms.json, COLMAP) that pair the cameras with the photos as taken.
     """
 
     R: Tensor
@@ -153,6 +157,7 @@ class PinholeCameras:
     cy: Tensor
     width: list[int] = field(default_factory=list)
     height: list[int] = field(default_factory=list)
+    distortion: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.R.shape[0]
@@ -160,6 +165,8 @@ class PinholeCameras:
         check_shape(self.t, [n, 3], "PinholeCameras.t")
         for name in ("fx", "fy", "cx", "cy"):
             check_shape(getattr(self, name), [n], f"PinholeCameras.{name}")
+        if self.distortion is not None:
+            check_shape(self.distortion, [n, 5], "PinholeCameras.distortion")
         if len(self.width) != n or len(self.height) != n:
             raise ValueError(f"PinholeCameras: need {n} widths and heights, got {len(self.width)}, {len(self.height)}")
 
@@ -188,31 +195,36 @@ class PinholeCameras:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "PinholeCameras":
         conv = lambda x: x.to(device=device, dtype=dtype)  # noqa: E731
         return PinholeCameras(conv(self.R), conv(self.t), conv(self.fx), conv(self.fy), conv(self.cx), conv(self.cy),
-                              list(self.width), list(self.height))
+                              list(self.width), list(self.height),
+                              None if self.distortion is None else conv(self.distortion))
 
     def detach(self) -> "PinholeCameras":
         return PinholeCameras(self.R.detach(), self.t.detach(), self.fx.detach(), self.fy.detach(),
-                              self.cx.detach(), self.cy.detach(), list(self.width), list(self.height))
+                              self.cx.detach(), self.cy.detach(), list(self.width), list(self.height),
+                              None if self.distortion is None else self.distortion.detach())
 
     def subset(self, index: list[int] | Tensor) -> "PinholeCameras":
         """The cameras at ``index``, in that order (gradients flow through the indexing)."""
         index = [int(i) for i in index]
         idx = torch.as_tensor(index, dtype=torch.long, device=self.R.device)
         return PinholeCameras(self.R[idx], self.t[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
-                              [self.width[i] for i in index], [self.height[i] for i in index])
+                              [self.width[i] for i in index], [self.height[i] for i in index],
+                              None if self.distortion is None else self.distortion[idx])
 
     def scaled(self, sx: float | Tensor, sy: float | Tensor | None = None) -> "PinholeCameras":
         """The same cameras seeing their images resized by ``sx`` horizontally and ``sy`` (default
         ``sx``) vertically: floats, or ``(N,)`` per view.
 
         With corner-origin pixels a resize scales coordinates exactly, so ``fx, cx`` scale by
-        ``sx`` and ``fy, cy`` by ``sy``; the pose is unchanged; sizes round to whole pixels.
+        ``sx`` and ``fy, cy`` by ``sy``; the pose is unchanged; sizes round to whole pixels. The
+        distortion acts on normalised coordinates, so it is unchanged too.
         """
         sy = sx if sy is None else sy
         per_view = lambda s: [float(v) for v in s.reshape(-1)] if isinstance(s, Tensor) else [float(s)] * len(self)  # noqa: E731
         ws = [max(1, round(w * s)) for w, s in zip(self.width, per_view(sx))]
         hs = [max(1, round(h * s)) for h, s in zip(self.height, per_view(sy))]
-        return PinholeCameras(self.R, self.t, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, ws, hs)
+        return PinholeCameras(self.R, self.t, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, ws, hs,
+                              self.distortion)
 
     def cropped(self, box: Tensor) -> "PinholeCameras":
         """The same cameras seeing a crop of their images.
@@ -228,20 +240,26 @@ class PinholeCameras:
         check_shape(box, [len(self), 4], "box")
         ws = [max(1, round(float(w))) for w in box[:, 2]]
         hs = [max(1, round(float(h))) for h in box[:, 3]]
-        return PinholeCameras(self.R, self.t, self.fx, self.fy, self.cx - box[:, 0], self.cy - box[:, 1], ws, hs)
+        return PinholeCameras(self.R, self.t, self.fx, self.fy, self.cx - box[:, 0], self.cy - box[:, 1], ws, hs,
+                              self.distortion)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """Plain arrays (float64) for writers: R, t, fx, fy, cx, cy, width, height."""
+        """Plain arrays (float64) for writers: R, t, fx, fy, cx, cy, width, height, distortion
+        (``(N, 5)``, zeros when None)."""
         out = {k: getattr(self, k).detach().cpu().double().numpy() for k in ("R", "t", "fx", "fy", "cx", "cy")}
         out["width"] = np.asarray(self.width, dtype=np.int64)
         out["height"] = np.asarray(self.height, dtype=np.int64)
+        out["distortion"] = (np.zeros((len(self), 5)) if self.distortion is None
+                             else self.distortion.detach().cpu().double().numpy())
         return out
 
     @staticmethod
     def from_numpy(d: dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> "PinholeCameras":
         t = lambda k: torch.as_tensor(np.asarray(d[k]), dtype=dtype)  # noqa: E731
+        dist = d.get("distortion")
         return PinholeCameras(t("R"), t("t"), t("fx"), t("fy"), t("cx"), t("cy"),
-                              [int(w) for w in d["width"]], [int(h) for h in d["height"]])
+                              [int(w) for w in d["width"]], [int(h) for h in d["height"]],
+                              None if dist is None or not np.any(np.asarray(dist)) else t("distortion"))
 
 
 def look_at_w2c(position: np.ndarray, target: np.ndarray, roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

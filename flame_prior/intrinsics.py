@@ -3,7 +3,10 @@
 Public entry: :func:`estimate_intrinsics`. Sources are tried in this order; the first that
 applies wins, and every source that is skipped leaves a note saying why:
 
-1. ``"given"``: :attr:`IntrinsicsConfig.focal_px`, in every view's own pixel grid.
+1. ``"file"``: :attr:`IntrinsicsConfig.file`, a calibration with every view's own ``fx, fy, cx, cy``
+   and lens distortion: a COLMAP model or a nerfstudio ``transforms.json``
+   (:mod:`flame_prior.camera_file` documents both), matched to the views by image file name.
+   ``"given"``: :attr:`IntrinsicsConfig.focal_px`, in every view's own pixel grid.
 2. ``"colmap"``: structure from motion on the HEAD only (:func:`run_colmap`). The photos of a
    multi-view head capture often come from one fixed camera while the person turns the head, so
    torso and background are static and contradict the head's motion: SIFT features outside
@@ -26,6 +29,7 @@ world-to-camera with OpenCV axes, in COLMAP's arbitrary frame and scale.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -57,7 +61,7 @@ __all__ = [
     "rotation_residuals_deg",
 ]
 
-IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given"]
+IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given", "file"]
 _COLMAP_CACHE_VERSION = 2  # 2: per-view cameras (one COLMAP camera per image size)
 
 
@@ -68,6 +72,8 @@ class Intrinsics:
     Attributes:
         fx, fy, cx, cy: ``(N,)`` float64 pixels (corner-origin convention).
         source: where the focal length came from.
+        distortion: ``(N, 5)`` float64 OpenCV ``k1, k2, p1, p2, k3`` of each view's lens
+            (:mod:`flame_prior.distortion`), or None (none known: pinhole).
         optimise_focal: whether the fitter should refine one shared focal scale.
         colmap: COLMAP figures (registered views, mean reprojection error, points) or None.
         notes: human-readable remarks for the summary.
@@ -81,12 +87,16 @@ class Intrinsics:
     optimise_focal: bool
     colmap: dict | None = None
     notes: list[str] = field(default_factory=list)
+    distortion: np.ndarray | None = None
 
 
 @dataclass
 class IntrinsicsConfig:
     """Where the focal length comes from (pipeline step 3)."""
 
+    file: Path | None = None
+    """Known intrinsics and lens distortion per view: a COLMAP model (folder with cameras.txt + images.txt, or
+    .bin) or a nerfstudio transforms.json, matched to the images by file name; skips every estimate."""
     focal_px: float | None = None
     """Focal length in pixels, the same for every view in its own pixel grid; skips every estimate (source "given")."""
     optimise_focal: Literal["auto", "yes", "no"] = "auto"
@@ -119,6 +129,11 @@ class IntrinsicsConfig:
     def check(self, prefix: str = "intrinsics.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
         f = self.focal_px
+        if self.file is not None:
+            from flame_prior.camera_file import read_camera_file
+
+            check_option(f is None, prefix + "focal_px", f, f"left unset when --{prefix}file gives the intrinsics")
+            read_camera_file(self.file)  # refuses a missing, malformed or unsupported file before any work
         check_option(f is None or (math.isfinite(f) and f > 0), prefix + "focal_px", f, "a positive number of pixels")
         check_option(self.colmap_min_views >= 2, prefix + "colmap_min_views", self.colmap_min_views, "at least 2")
         check_option(0 < self.colmap_min_registered <= 1, prefix + "colmap_min_registered",
@@ -217,6 +232,14 @@ def estimate_intrinsics(
                           cx=np.asarray(widths / 2.0 if cx is None else cx, dtype=np.float64),
                           cy=np.asarray(heights / 2.0 if cy is None else cy, dtype=np.float64),
                           source=source, optimise_focal=optimise, notes=notes, **colmap)
+
+    if config.file is not None:
+        from flame_prior.camera_file import intrinsics_for_views
+
+        known = intrinsics_for_views(config.file, [v.image for v in views])
+        notes.extend(known.notes)
+        return dataclasses.replace(result(known.fx, "file", cx=known.cx, cy=known.cy), fy=known.fy,
+                                   distortion=known.distortion if known.distortion.any() else None)
 
     if config.focal_px is not None:
         notes.append(f"focal {config.focal_px:.1f} px given by the user")

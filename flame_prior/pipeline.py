@@ -20,7 +20,7 @@ from rich.console import Console
 from flame_prior.config import FitConfig
 from flame_prior.errors import FitError, InputError
 from flame_prior.export import write_outputs
-from flame_prior.export._common import match_views
+from flame_prior.export._common import ideal_views
 from flame_prior.export.output_dir import atomic_output_dir, check_output_dir
 from flame_prior.export.sequence import append_report_section, extend_summary, frame_selection_html
 from flame_prior.export.texture_bake import bake_texture
@@ -182,7 +182,7 @@ def write_all(out: Path, views: list[ViewObservation], intrinsics: Intrinsics, r
     ``summary_extra`` adds top-level entries to ``fit_summary.json`` (the sequence kind, the frames
     chosen from clips); ``report_html`` is a section appended to the report."""
     # texture.png and the textured previews: the photos projected onto the mesh (see texture_bake).
-    result = dataclasses.replace(result, texture=bake_texture(result, match_views(views, result)))
+    result = dataclasses.replace(result, texture=bake_texture(result, ideal_views(views, result)))
     with atomic_output_dir(out, overwrite) as tmp:
         write_outputs(tmp, views, intrinsics, result, skipped, timings, model=model, avatar_format=avatar_format)
         if summary_extra:

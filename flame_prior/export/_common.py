@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from flame_prior.distortion import ideal_pinhole_view
 from flame_prior.fit import FitResult
 from flame_prior.observe import ViewObservation
 
@@ -57,8 +58,21 @@ def match_views(views: list[ViewObservation], result: FitResult) -> list[ViewObs
     return out
 
 
+def ideal_views(views: list[ViewObservation], result: FitResult) -> list[ViewObservation]:
+    """:func:`match_views`, each seen by its IDEAL PINHOLE camera: the photo, mask and landmarks with
+    the camera's lens distortion undone (:func:`flame_prior.distortion.ideal_pinhole_view`), the
+    pixel grid that ``result.cameras`` project into. Views without distortion are returned as they are.
+
+    Writers receive the photos as taken; those that read pixels through the pinhole cameras (texture,
+    report, avatar data set) call this."""
+    obs = match_views(views, result)
+    cam = camera_arrays(result)
+    return [ideal_pinhole_view(o, cam["fx"][i], cam["fy"][i], cam["cx"][i], cam["cy"][i], cam["distortion"][i])
+            for i, o in enumerate(obs)]
+
+
 def camera_arrays(result: FitResult) -> dict[str, np.ndarray]:
-    """float64 R (N,3,3), t (N,3), fx, fy, cx, cy (N,) and int64 width, height (N,)."""
+    """float64 R (N,3,3), t (N,3), fx, fy, cx, cy (N,), distortion (N,5) and int64 width, height (N,)."""
     return result.cameras.to_numpy()
 
 

@@ -28,6 +28,11 @@ One timestep (index 0) seen by N cameras, one camera per fitted view. Files, rel
 * ``canonical_flame_param.npz``: the same keys, pose/expression/translation zero, the fitted shape
   (GaussianAvatars only checks that it exists, to pick its FLAME data-set reader).
 
+Lens distortion: GaussianAvatars and VHAP know only pinhole cameras, so a view whose camera has
+lens distortion (``PinholeCameras.distortion``) is first UNDISTORTED (photo and mask resampled to
+the ideal pinhole view with the same ``fx, fy, cx, cy`` and size, :mod:`flame_prior.distortion`), then
+centred as below; the written intrinsics are that pinhole's.
+
 Why the images are cropped/padded: GaussianAvatars builds each camera from ``camera_angle_x`` and the
 image size alone (focal ``w / (2 tan(fovx/2))``, square pixels, principal point at the image centre).
 So each view is translated by whole pixels (pad with ``background``/mask 0, or crop; never scaled) until
@@ -54,7 +59,7 @@ from flame_prior.export._common import (
     CONVENTION_SHORT,
     camera_arrays,
     flame_prior_version,
-    match_views,
+    ideal_views,
     save_png,
     write_json,
 )
@@ -200,7 +205,7 @@ def write_avatar_dataset(out_dir: str | Path, views: list[ViewObservation], resu
         InputError: a view has ``fx != fy``, or the fit has more non-zero coefficients than asked for.
     """
     out_dir = Path(out_dir)
-    obs = match_views(views, result)
+    obs = ideal_views(views, result)  # lens distortion undone: these readers know only pinholes
     cam = camera_arrays(result)
     n = len(obs)
     bg = np.asarray(background, dtype=np.float64).reshape(3)

@@ -4,8 +4,11 @@ The folder is deliberately neither ``<out>/sparse/`` (GaussianAvatars and 3DGS s
 loader when ``sparse/`` exists) nor ``<out>/colmap/sparse/0`` (nerfstudio's older layout). Point a
 COLMAP-based tool at it explicitly, with the images from ``<out>/images/``.
 
-* ``cameras.txt``: ``CAMERA_ID PINHOLE WIDTH HEIGHT fx fy cx cy``. One camera shared by all views when
-  every view has identical intrinsics and size, else one per view (ids from 1). Pixel coordinates
+* ``cameras.txt``: ``CAMERA_ID PINHOLE WIDTH HEIGHT fx fy cx cy`` for a view without lens distortion,
+  ``CAMERA_ID OPENCV WIDTH HEIGHT fx fy cx cy k1 k2 p1 p2`` for one with (``FULL_OPENCV`` with
+  ``k3`` and ``k4 = k5 = k6 = 0`` when ``k3`` is not 0); the images are then the photos as taken.
+  One camera shared by all views when every view has identical intrinsics, lens and size, else one
+  per view (ids from 1). Pixel coordinates
   follow COLMAP's (and flame-prior's) convention: origin at the top-left corner of the image, pixel
   centres at +0.5, so ``cx, cy`` are written unchanged.
 * ``images.txt``: two lines per view: ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then an empty
@@ -36,6 +39,17 @@ def _fmt(x: float) -> str:
     return repr(float(x))  # shortest round-trip representation: no precision lost
 
 
+def _camera_line(p: tuple) -> str:
+    """``MODEL WIDTH HEIGHT PARAMS`` of one camera: the simplest of PINHOLE, OPENCV, FULL_OPENCV that holds its lens."""
+    w, h, fx, fy, cx, cy, k1, k2, p1, p2, k3 = p
+    params = [fx, fy, cx, cy]
+    model = "PINHOLE"
+    if any((k1, k2, p1, p2, k3)):
+        model, params = ("FULL_OPENCV", params + [k1, k2, p1, p2, k3, 0.0, 0.0, 0.0]) if k3 else \
+            ("OPENCV", params + [k1, k2, p1, p2])
+    return f"{model} {w} {h} " + " ".join(_fmt(x) for x in params)
+
+
 def write_colmap_text(model_dir: str | Path, result: FitResult, image_names: list[str] | None = None,
                       *, points: bool = True) -> Path:
     """Write the COLMAP text model of the fitted cameras into ``model_dir`` (format: module docstring).
@@ -63,17 +77,16 @@ def write_colmap_text(model_dir: str | Path, result: FitResult, image_names: lis
                              "which COLMAP's text format cannot store")
     cam = camera_arrays(result)
     intr = [(int(cam["width"][i]), int(cam["height"][i]), float(cam["fx"][i]), float(cam["fy"][i]),
-             float(cam["cx"][i]), float(cam["cy"][i])) for i in range(n)]
+             float(cam["cx"][i]), float(cam["cy"][i]), *(float(d) for d in cam["distortion"][i])) for i in range(n)]
     shared = n > 0 and all(p == intr[0] for p in intr)
     camera_ids = [1] * n if shared else list(range(1, n + 1))
 
     lines = ["# Camera list with one line of data per camera:",
-             "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[fx, fy, cx, cy]",
-             "# flame-prior: pinhole, pixel origin at the top-left image corner (COLMAP convention)",
+             "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[fx, fy, cx, cy(, k1, k2, p1, p2(, k3, k4, k5, k6))]",
+             "# flame-prior: pinhole or OpenCV lens, pixel origin at the top-left image corner (COLMAP convention)",
              f"# Number of cameras: {1 if shared else n}"]
     for cid, p in (zip([1], intr[:1]) if shared else zip(camera_ids, intr)):
-        w, h, fx, fy, cx, cy = p
-        lines.append(f"{cid} PINHOLE {w} {h} {_fmt(fx)} {_fmt(fy)} {_fmt(cx)} {_fmt(cy)}")
+        lines.append(f"{cid} {_camera_line(p)}")
     (model_dir / "cameras.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     q = rotation_matrix_to_quaternion(torch.as_tensor(cam["R"], dtype=torch.float64)).numpy() if n else np.zeros((0, 4))

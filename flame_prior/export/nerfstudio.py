@@ -2,7 +2,10 @@
 
 Format (read by nerfstudio's ``nerfstudio-data`` dataparser, ``nerfstudio_dataparser.py``):
 
-* ``camera_model``: ``"PINHOLE"`` (no distortion keys are written; the fit is distortion-free).
+* ``camera_model``: ``"PINHOLE"`` when no view has lens distortion (no distortion keys are written),
+  else ``"OPENCV"`` with ``k1, k2, k3, p1, p2`` per frame (nerfstudio's OpenCV model: the same
+  polynomial as OpenCV's with ``k4 = 0``; :mod:`flame_prior.distortion`). The images are then the
+  photos AS TAKEN, distorted; nerfstudio undoes the lens itself.
 * ``frames``: one per fitted view, in the fit's order (nerfstudio re-sorts them by file name), each with
 
   - ``file_path``: ``images/<name>.png``, a lossless PNG copy of the upright (EXIF-rotated) photo, the
@@ -15,8 +18,9 @@ Format (read by nerfstudio's ``nerfstudio-data`` dataparser, ``nerfstudio_datapa
   - ``fl_x, fl_y, cx, cy`` (pixels) and ``w, h`` (image size): this view's pinhole intrinsics, pixel
     coordinates with the origin at the top-left corner, ``cy`` measured from the top row.
 
-  When every frame has the same ``fl_x, fl_y, cx, cy, w, h`` they are also written at the top level
-  (nerfstudio then uses those; they never disagree with the per-frame values).
+  When every frame has the same ``fl_x, fl_y, cx, cy, w, h`` (and ``k1, k2, k3, p1, p2``) they are
+  also written at the top level (nerfstudio then uses those; they never disagree with the per-frame
+  values). Otherwise each frame carries its own, which nerfstudio's dataparser reads per frame.
 * ``applied_transform``: the 3x4 identity. No change of world axes was applied (unlike
   ``ns-process-data``, whose COLMAP conversion swaps axes): the world is FLAME's frame as it is.
 * ``ply_file_path``: ``flame_points.ply``, the fitted FLAME mesh's vertices (binary PLY, float32
@@ -57,6 +61,8 @@ from flame_prior.observe import ViewObservation
 __all__ = ["write_transforms", "write_images_and_masks", "write_point_ply", "INTRINSIC_KEYS"]
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+#: nerfstudio's names of the OpenCV lens terms, and their index in flame-prior's (k1, k2, p1, p2, k3).
+DISTORTION_KEYS = {"k1": 0, "k2": 1, "k3": 4, "p1": 2, "p2": 3}
 DATAPARSER_SETTINGS_KEEPING_FLAME_FRAME = {
     "orientation_method": "none",
     "center_method": "none",
@@ -118,6 +124,8 @@ def write_transforms(out_dir: str | Path, views: list[ViewObservation], result: 
     paths = write_images_and_masks(out_dir, views, result)
     cam = camera_arrays(result)
     c2w = opencv_w2c_to_opengl_c2w(cam["R"], cam["t"])
+    distorted = bool(np.any(cam["distortion"] != 0.0))
+    shared_keys = INTRINSIC_KEYS + (tuple(DISTORTION_KEYS) if distorted else ())
 
     frames = []
     for i, (vf, (img_rel, mask_rel)) in enumerate(zip(result.views, paths)):
@@ -131,15 +139,16 @@ def write_transforms(out_dir: str | Path, views: list[ViewObservation], result: 
             "cy": float(cam["cy"][i]),
             "w": int(cam["width"][i]),
             "h": int(cam["height"][i]),
+            **({k: float(cam["distortion"][i][j]) for k, j in DISTORTION_KEYS.items()} if distorted else {}),
             "flame_prior_view": vf.name,
         })
 
     ply_rel = "flame_points.ply"
     write_point_ply(out_dir / ply_rel, result.vertices, vertex_colours(result))
 
-    meta: dict = {"camera_model": "PINHOLE"}
-    if frames and all(all(f[k] == frames[0][k] for k in INTRINSIC_KEYS) for f in frames):
-        meta.update({k: frames[0][k] for k in INTRINSIC_KEYS})
+    meta: dict = {"camera_model": "OPENCV" if distorted else "PINHOLE"}
+    if frames and all(all(f[k] == frames[0][k] for k in shared_keys) for f in frames):
+        meta.update({k: frames[0][k] for k in shared_keys})
     meta.update({
         "applied_transform": np.eye(4)[:3].tolist(),
         "ply_file_path": ply_rel,

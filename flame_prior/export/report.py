@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from flame_prior.export._common import flame_prior_version, match_views
+from flame_prior.export._common import flame_prior_version, ideal_views
 from flame_prior.export.alignment import alignment_overlay
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
@@ -256,7 +256,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     out_dir = Path(out_dir)
     rep = out_dir / "report"
     rep.mkdir(parents=True, exist_ok=True)
-    obs = match_views(views, result)
+    obs = ideal_views(views, result)  # the pixel grid the cameras and landmarks refer to
     if renders is None:
         renders = render_previews(result)
     if len(renders) != len(obs):

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from flame_prior.camera_trust import pose_uncertainty, trust_flags
+from flame_prior.distortion import has_distortion, ideal_pinhole_view
 from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
 from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, prepare_forward_ad, rigid_stage
@@ -102,10 +103,15 @@ def fit_flame(
         progress: a ``rich.progress.Progress`` to report on, or None.
 
     Returns:
-        The :class:`FitResult`, cameras in each view's original pixel grid.
+        The :class:`FitResult`, cameras in each view's original pixel grid. With lens distortion
+        (``intrinsics.distortion``) the fit runs on each view's ideal pinhole view
+        (:mod:`flame_prior.distortion`) and the cameras carry the distortion for the writers.
     """
     if not views:
         raise FitError("no view to fit: no image had a usable face.")
+    if has_distortion(intrinsics.distortion):
+        return _fit_through_lens(model, embedding, views, intrinsics, config, texture_space=texture_space,
+                                 uv_layout=uv_layout, progress=progress)
     for v in views:  # fit_flame is public: a view nobody checked must not reach PnP with NaN or 3 points
         reason = check_observation(v, embedding, min_face_px=0.0)
         if reason is not None:
@@ -152,7 +158,25 @@ def fit_flame(
 
 def _subset_intrinsics(intr: Intrinsics, keep: list[int]) -> Intrinsics:
     return dataclasses.replace(intr, fx=np.asarray(intr.fx)[keep], fy=np.asarray(intr.fy)[keep],
-                               cx=np.asarray(intr.cx)[keep], cy=np.asarray(intr.cy)[keep])
+                               cx=np.asarray(intr.cx)[keep], cy=np.asarray(intr.cy)[keep],
+                               distortion=None if intr.distortion is None else np.asarray(intr.distortion)[keep])
+
+
+def _fit_through_lens(model, embedding, views: list[ViewObservation], intrinsics: Intrinsics, config: FitterConfig,
+                      **options) -> FitResult:
+    """:func:`fit_flame` on the ideal pinhole views (the lens undone: landmarks exactly, photo and
+    mask resampled), then the distortion attached to the fitted cameras."""
+    dist = np.asarray(intrinsics.distortion, dtype=np.float64)
+    ideal = [ideal_pinhole_view(v, intrinsics.fx[i], intrinsics.fy[i], intrinsics.cx[i], intrinsics.cy[i], dist[i])
+             for i, v in enumerate(views)]
+    result = fit_flame(model, embedding, ideal, dataclasses.replace(intrinsics, distortion=None), config, **options)
+    index = {v.image.name: i for i, v in enumerate(views)}
+    cams = result.cameras
+    lens = torch.as_tensor(dist[[index[vf.name] for vf in result.views]], dtype=cams.R.dtype, device=cams.R.device)
+    result.cameras = dataclasses.replace(cams, distortion=lens)
+    result.notes.append("lens distortion undone before the fit: landmarks, photos and masks in each view's ideal "
+                        "pinhole image (same fx, fy, cx, cy)")
+    return result
 
 
 def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], appearance: Appearance,
