@@ -43,7 +43,7 @@ from flame_prior.geometry import look_at_w2c
 
 __all__ = [
     "ATTRIBUTION", "SCAN_RELATIVE_PATH", "RIG_NAMES", "ScanHead", "RigView", "Rig", "load_scan", "make_rig",
-    "render_view", "write_rig", "align_rotations", "score_cameras",
+    "render_view", "write_rig", "write_calibration", "align_rotations", "score_cameras",
 ]
 
 SCAN_RELATIVE_PATH = "data/scans/lee-perry-smith/LeePerrySmith.glb"
@@ -461,6 +461,22 @@ def write_rig(scan: ScanHead, rig: Rig, folder: Path | str, supersample: int | N
     return images
 
 
+def write_calibration(rig: Rig, folder: Path | str) -> Path:
+    """The rig's known intrinsics as a COLMAP text model (``cameras.txt`` one OPENCV camera per view,
+    ``images.txt`` naming ``<view>.png``; poses left at the identity: only the intrinsics are read by
+    ``--intrinsics.file``). Returns the folder: a calibrated capture's file, for the benchmark."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cams, imgs = ["# flame-prior scan rig calibration (intrinsics only)"], []
+    for i, v in enumerate(rig.views, 1):
+        k1, k2, p1, p2 = (float(d) for d in v.distortion)
+        cams.append(f"{i} OPENCV {v.width} {v.height} {v.fx!r} {v.fy!r} {v.cx!r} {v.cy!r} {k1!r} {k2!r} {p1!r} {p2!r}")
+        imgs += [f"{i} 1 0 0 0 0 0 0 {i} {v.name}.png", ""]
+    (folder / "cameras.txt").write_text("\n".join(cams) + "\n")
+    (folder / "images.txt").write_text("\n".join(imgs) + "\n")
+    return folder
+
+
 # --------------------------------------------------------------------------------------------
 # Scoring
 
@@ -535,13 +551,15 @@ def score_cameras(fit_cameras: list[dict], truth: dict) -> dict:
 
 
 def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int | None = None,
-                 **fit_options) -> dict:
+                 known_intrinsics: bool = False, **fit_options) -> dict:
     """Render ``rig``, run the whole tool on the images (:func:`flame_prior.pipeline.run`: real
     detection, COLMAP, fit and exports) and score the cameras it wrote (:func:`score_cameras`).
 
     ``fit_options`` override :class:`flame_prior.config.FitConfig` fields; nested configs as
     ``{"fitter": {"photometric_steps": 0}}``. Returns the scores plus ``seconds`` (render, tool),
-    ``intrinsics_source`` and ``left_out`` (file name and reason)."""
+    ``intrinsics_source`` and ``left_out`` (file name and reason). ``known_intrinsics``: pass the rig's
+    calibration (:func:`write_calibration`) as ``--intrinsics.file``, the calibrated-capture case
+    (output in ``workdir/out_calibrated``)."""
     import time
     from dataclasses import replace
 
@@ -554,7 +572,10 @@ def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int
     t0 = time.perf_counter()
     images = write_rig(scan, rig, workdir / "rig", supersample)
     t_render = time.perf_counter() - t0
-    cfg = FitConfig(data=images, output_dir=workdir / "out", overwrite=True)
+    cfg = FitConfig(data=images, output_dir=workdir / ("out_calibrated" if known_intrinsics else "out"),
+                    overwrite=True)
+    if known_intrinsics:
+        cfg.intrinsics = replace(cfg.intrinsics, file=write_calibration(rig, workdir / "calibration"))
     for key, value in fit_options.items():
         sub = getattr(cfg, key)
         setattr(cfg, key, replace(sub, **value) if isinstance(value, dict) else value)

@@ -36,7 +36,10 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   rigs (``turning_head``, ``moving_camera``, ``ring``, ``distortion``, ``focals``, ``small_faces``), the
   whole tool run on the renders (``pipeline.run``: real MediaPipe, COLMAP, fit, exports), cameras scored
   after one similarity scan -> FLAME: rotation error (deg; median, max), camera centre (% of the
-  camera-to-head distance), focal (%), views that got no camera and why. Renders are kept in
+  camera-to-head distance), focal (%), views that got no camera and why. The rigs of a calibrated
+  capture (``distortion``, ``focals``, ``small_faces``) run a second time as ``<rig>+calibration`` with
+  their known intrinsics and lens as ``--intrinsics.file`` (``scan_rigs.write_calibration``, a COLMAP
+  model): before/after rows in the table. Renders are kept in
   ``<scratch>/scan_rigs`` and reused. ``--scan-rigs NAME...`` picks rigs, ``--skip-scan`` none,
   ``--only-scan`` runs this section alone.
 * **floor**: the cost of one FLAME forward + render + backward of a photometric mini-batch (the
@@ -327,16 +330,21 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
     return out
 
 
+#: Rigs that are also run with their calibration as --intrinsics.file (a calibrated capture's case).
+CALIBRATED_RIGS = ("distortion", "focals", "small_faces")
+
+
 def case_scan_rig(device: str, threads: int | None, rig: str, shared: str, workdir: str, fitter: dict,
-                  cache_dir: str, small: bool = False) -> dict:
-    """A scan rig: render (reused when present), run the whole tool, score the cameras."""
+                  cache_dir: str, small: bool = False, known_intrinsics: bool = False) -> dict:
+    """A scan rig: render (reused when present), run the whole tool, score the cameras
+    (``known_intrinsics``: with the rig's calibration as --intrinsics.file)."""
     _child_setup(device, threads)
     from flame_prior.scan_rigs import SCAN_RELATIVE_PATH, evaluate_rig, load_scan, make_rig
 
     scan = load_scan(Path(shared) / SCAN_RELATIVE_PATH)
     r = make_rig(rig, small=small)
     out = evaluate_rig(scan, r, Path(workdir) / rig, fitter={**fitter, "device": device},
-                       detect={"cache_dir": Path(cache_dir)})
+                       detect={"cache_dir": Path(cache_dir)}, known_intrinsics=known_intrinsics)
     truth = json.loads((Path(workdir) / rig / "rig" / "truth.json").read_text())
     out["truth_views"] = {v["name"]: {"yaw_deg": v["yaw_deg"], "eye_distance_px": v["eye_distance_px"]}
                           for v in truth["views"]}
@@ -801,6 +809,12 @@ def main(argv=None) -> int:
             report["scan_rigs"][name] = run_case(case_scan_rig, **common, rig=name, shared=str(shared),
                                                  workdir=str(scan_dir), fitter=fitter, cache_dir=str(scan_cache))
             save()
+            if name in CALIBRATED_RIGS:  # the calibrated capture: the same renders, the rig's intrinsics given
+                log(f"scan rig {name}: again with its calibration (--intrinsics.file)")
+                report["scan_rigs"][f"{name}+calibration"] = run_case(
+                    case_scan_rig, **common, rig=name, shared=str(shared), workdir=str(scan_dir), fitter=fitter,
+                    cache_dir=str(scan_cache), known_intrinsics=True)
+                save()
     elif not a.skip_scan and not a.only_video:
         meta["notes"].append(f"scan missing: {shared / SCAN_RELATIVE_PATH}")
     if a.only_scan:
