@@ -529,6 +529,12 @@ def fit_dynamic(assets, prepared, config, progress=None):
         key = sorted(counts[full_t[0]], key=lambda i: camera[i])
     key_views = [views[i] for i in key]
     intr = estimate_intrinsics(key_views, config.intrinsics, progress=progress)  # COLMAP sees still keyframes only
+    if intr.distortion is not None:  # tracking projects raw landmarks through pinholes: refuse, never mis-track
+        from flame_prior.errors import InputError
+
+        raise InputError("lens distortion is not supported for dynamic sequences yet.", config.intrinsics.file,
+                         hint="Undistort the frames first (e.g. colmap image_undistorter), or fit them as a static "
+                              "set of photos.")
     result = fit_flame(assets.model, assets.embedding, key_views, intr, config.fitter,
                        texture_space=assets.texture_space, uv_layout=assets.uv_layout,
                        progress=progress)

@@ -151,3 +151,18 @@ def test_estimate_intrinsics_from_a_file(tmp_path):
         IntrinsicsConfig(file=tmp_path / "missing.json").check()
     with pytest.raises(InputError, match="focal-px"):
         IntrinsicsConfig(file=folder, focal_px=500.0).check()
+
+
+def test_scan_rig_calibration_reads_back(tmp_path):
+    """The benchmark's calibrated-capture file (scan_rigs.write_calibration) is the rig's own intrinsics."""
+    from flame_prior.scan_rigs import make_rig, write_calibration
+
+    rig = make_rig("small_faces", small=True)
+    folder = write_calibration(rig, tmp_path / "calib")
+    images = [InputImage(Path(f"/renders/{v.name}.png"), v.name, np.zeros((v.height, v.width, 3), np.uint8), "0")
+              for v in rig.views]
+    known = intrinsics_for_views(folder, images)
+    for i, v in enumerate(rig.views):
+        assert (known.fx[i], known.fy[i], known.cx[i], known.cy[i]) == (v.fx, v.fy, v.cx, v.cy)
+        np.testing.assert_array_equal(known.distortion[i], [*v.distortion, 0.0])
+    assert len(set(known.fx)) == len(rig.views)  # a focal per camera

@@ -420,3 +420,41 @@ def test_real_flame_face_parser(real_dataset):
 @pytest.mark.slow
 def test_real_ns_train_nerfacto(real_dataset, tmp_path):
     run_ns_train(real_dataset, tmp_path, ["flame-face", "--eval-mode", "all"])
+
+
+def test_per_frame_intrinsics_and_lens_reach_nerfstudio(tmp_path):
+    """transforms.json of views with different sizes, focal lengths and lenses: nerfstudio's own
+    dataparser gives every frame its fx, cx, size and (k1, k2, k3, k4, p1, p2), OpenCV-type cameras."""
+    import dataclasses
+
+    from nerfstudio.cameras.cameras import CameraType
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from export_fixtures import make_fit
+    from flame_prior.export.nerfstudio import write_transforms
+
+    views, result, _, _ = make_fit()
+    n = len(result.cameras)
+    lens = np.zeros((n, 5))
+    lens[:, 0] = np.linspace(-0.25, -0.05, n)  # k1
+    lens[:, 1] = 0.02  # k2
+    lens[:, 2:4] = [0.001, -0.002]  # p1, p2
+    lens[-1, 4] = 0.01  # k3
+    result.cameras = dataclasses.replace(result.cameras, distortion=torch.as_tensor(lens))
+    write_transforms(tmp_path, views, result)
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    assert meta["camera_model"] == "OPENCV" and "k1" not in meta and "fl_x" not in meta
+
+    out = _parse(NerfstudioDataParserConfig(data=tmp_path, orientation_method="none", center_method="none",
+                                            auto_scale_poses=False, eval_mode="all"))
+    cam = result.cameras.to_numpy()
+    row = {vf.name: i for i, vf in enumerate(result.views)}
+    assert out.cameras.camera_type.unique().tolist() == [CameraType.PERSPECTIVE.value]
+    for j, fname in enumerate(out.image_filenames):
+        i = row[Path(fname).stem]
+        c = out.cameras[j]
+        assert (int(c.width), int(c.height)) == (cam["width"][i], cam["height"][i])
+        np.testing.assert_allclose([float(c.fx), float(c.fy), float(c.cx), float(c.cy)],
+                                   [cam["fx"][i], cam["fy"][i], cam["cx"][i], cam["cy"][i]], rtol=1e-6)
+        k1, k2, p1, p2, k3 = lens[i]
+        np.testing.assert_allclose(c.distortion_params.numpy(), [k1, k2, k3, 0.0, p1, p2], atol=1e-7)
