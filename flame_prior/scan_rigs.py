@@ -469,8 +469,8 @@ def write_calibration(rig: Rig, folder: Path | str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cams, imgs = ["# flame-prior scan rig calibration (intrinsics only)"], []
     for i, v in enumerate(rig.views, 1):
-        k1, k2, p1, p2 = (float(d) for d in v.distortion)
-        cams.append(f"{i} OPENCV {v.width} {v.height} {v.fx!r} {v.fy!r} {v.cx!r} {v.cy!r} {k1!r} {k2!r} {p1!r} {p2!r}")
+        params = [float(x) for x in (v.fx, v.fy, v.cx, v.cy, *v.distortion)]  # repr of a float: exact
+        cams.append(f"{i} OPENCV {v.width} {v.height} " + " ".join(repr(x) for x in params))
         imgs += [f"{i} 1 0 0 0 0 0 0 {i} {v.name}.png", ""]
     (folder / "cameras.txt").write_text("\n".join(cams) + "\n")
     (folder / "images.txt").write_text("\n".join(imgs) + "\n")
