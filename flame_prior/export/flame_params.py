@@ -17,6 +17,7 @@ R                      (N, 3, 3)       world-to-camera rotation, OpenCV camera a
 t                      (N, 3)          world-to-camera translation, metres: x_cam = R x_world + t
 fx, fy, cx, cy         (N,)            pixels; principal point in corner-origin pixel coordinates
 width, height          (N,) int64      image size in pixels (the upright original image)
+distortion             (N, 5)          lens, OpenCV (k1, k2, p1, p2, k3); zeros: none (flame_prior.distortion)
 view_names             (N,) unicode    view names (the stems used for every output file)
 =====================  ==============  ==========================================================
 
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_prior.distortion import DISTORTION_KEYS
 from flame_prior.export._common import CONVENTION, camera_arrays, flame_prior_version, write_json
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
@@ -105,6 +107,7 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model: ModelInfo,
             "R": cam["R"][i], "t": cam["t"][i],
             "fx": cam["fx"][i], "fy": cam["fy"][i], "cx": cam["cx"][i], "cy": cam["cy"][i],
             "width": cam["width"][i], "height": cam["height"][i],
+            **({"distortion": dict(zip(DISTORTION_KEYS, cam["distortion"][i]))} if cam["distortion"][i].any() else {}),
             "landmark_error_px": float(vf.landmark_error_px),
             "eye_distance_px": eye,
             "landmark_error_rel_eye": vf.landmark_error_rel_eye,
