@@ -11,7 +11,8 @@ applies wins, and every source that is skipped leaves a note saying why:
    multi-view head capture often come from one fixed camera while the person turns the head, so
    torso and background are static and contradict the head's motion: SIFT features outside
    ``view.detection.mask`` are discarded. One SIMPLE_PINHOLE camera per image size (one shared camera when
-   every view has the same size; views of 998 and 1000 px width each get their own),
+   every view has the same size; views of 998 and 1000 px width each get their own), or one per
+   view (``colmap_cameras="per_view"``: a rig of different cameras),
    a low SIFT peak threshold (skin has weak texture), exhaustive matching, incremental mapping;
    the largest reconstruction is taken when it registers at least half of the views.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
@@ -103,6 +104,9 @@ class IntrinsicsConfig:
     """Let the fitter refine one shared focal scale: auto = only when no focal was measured and there are 2+ views."""
     use_colmap: bool = True
     """Try COLMAP structure from motion on the head masks (needs 2+ views that register; one camera per image size)."""
+    colmap_cameras: Literal["per_size", "per_view"] = "per_size"
+    """COLMAP's cameras: one per image size (views of one camera body share it), or one per view (a rig of
+    different cameras or zooms: a focal and principal point each)."""
     colmap_min_views: int = 3
     """Fewest views for which COLMAP is tried; fewer views go straight to EXIF or the prior."""
     colmap_min_registered: float = 0.5
@@ -275,7 +279,9 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
             notes.append(f"COLMAP skipped: {n} views, fewer than colmap_min_views={config.colmap_min_views}")
         return None
     sizes = {(v.image.width, v.image.height) for v in views}
-    if len(sizes) > 1:
+    if config.colmap_cameras == "per_view":
+        notes.append("COLMAP: one camera per view")
+    elif len(sizes) > 1:
         notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
     try:
         rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes)
@@ -301,6 +307,8 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig) -
         h.update(hashlib.sha256(np.ascontiguousarray((v.detection.mask >= 0.5).astype(np.uint8))).digest())
     settings = {k: getattr(config, k) for k in ("colmap_peak_threshold", "colmap_max_features",
                                                 "colmap_mask_erode_px", "colmap_seed")}
+    if config.colmap_cameras != "per_size":  # the default keeps the cache keys of earlier runs
+        settings["colmap_cameras"] = config.colmap_cameras
     import pycolmap
 
     h.update(json.dumps([settings, pycolmap.__version__, _COLMAP_CACHE_VERSION], sort_keys=True).encode())
@@ -437,7 +445,8 @@ def run_colmap(
         extraction.use_gpu = False
         pycolmap.set_random_seed(config.colmap_seed)
         # AUTO: COLMAP starts a new camera whenever the image size changes (one per size).
-        mode = pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.AUTO
+        mode = (pycolmap.CameraMode.PER_IMAGE if config.colmap_cameras == "per_view" else
+                pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.AUTO)
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=mode,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
         t_extract = time.perf_counter()

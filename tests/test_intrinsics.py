@@ -217,3 +217,25 @@ def test_colmap_runs_on_views_of_two_sizes(tmp_path):
     f_a, f_b = np.median(intr.fx[widths == 1040]), np.median(intr.fx[widths == 1038])
     assert abs(f_a - f_b) / f_a < 0.03, (f_a, f_b)
     assert np.all(np.abs(intr.cx - widths / 2) < 0.1 * widths)
+
+
+def test_colmap_one_camera_per_view(tmp_path):
+    """colmap_cameras="per_view" (a rig of different cameras): every registered view gets its own
+    COLMAP camera, so its own focal and principal point; here all are one lens, so they agree."""
+    from conftest import shared_path
+
+    src = shared_path("data/multiview/2-346/images")
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in (1, 4, 8, 12, 16, 20, 24, 28):
+        Image.open(src / f"{i}.jpg").save(data / f"{i:02d}.png")
+    images, _ = load_images(data)
+    views, _ = observe(images, DetectConfig(cache_dir=tmp_path / "det"), progress=False)
+    intr = estimate_intrinsics(views, IntrinsicsConfig(cache_dir=tmp_path / "colmap", colmap_cameras="per_view"))
+    assert intr.source == "colmap", intr.notes
+    assert any("one camera per view" in n for n in intr.notes), intr.notes
+    assert intr.colmap["cameras"] == len(views) and intr.colmap["registered"] >= 6, intr.colmap
+    assert len(set(np.round(intr.fx, 3))) >= intr.colmap["registered"]  # a focal per view, not one shared
+    # Measured 5340-6278 px (17 %): one view's focal is weakly determined at this 14 deg field of view,
+    # which is why one camera per size stays the default.
+    assert (intr.fx.max() - intr.fx.min()) / np.median(intr.fx) < 0.25, intr.fx
