@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from flame_prior.config import FitConfig
@@ -126,6 +127,14 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
     with stage(progress, "focal length"):
         intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress)
     timings["intrinsics"] = time.perf_counter() - t0
+    if intrinsics.distortion is not None:  # a known lens: missed faces get a second look, lens undone
+        t0 = time.perf_counter()
+        with stage(progress, "face detection on the undistorted images"):
+            more = detect_through_lens(config, assets.embedding, prepared, progress)
+        if more is not prepared:
+            prepared = more
+            intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress)
+        timings["detection through the lens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with stage(progress, "fit"):
         result = fit_flame(assets.model, assets.embedding, prepared.views, intrinsics, config.fitter,
@@ -134,6 +143,40 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
     for s in result.stages:
         timings[f"fit.{s.name}"] = s.seconds
     return SceneFit(prepared, intrinsics, result)
+
+
+def detect_through_lens(config: FitConfig, embedding: LandmarkEmbedding, prepared: PreparedViews,
+                        progress) -> PreparedViews:
+    """The photos where no face was found, detected again on their ideal pinhole image when the
+    calibration (``--intrinsics.file``) gives them a lens (:mod:`flame_prior.lens_detection`); the
+    faces found join the views (input order kept). Returns ``prepared`` itself when none is found."""
+    from flame_prior.camera_file import intrinsics_for_views
+    from flame_prior.lens_detection import observe_through_lens
+
+    missed = {s.path for s in prepared.skipped if s.reason == "no face found"}
+    images, known = [], []
+    for im in prepared.intake.images:
+        if im.path not in missed:
+            continue
+        try:
+            k = intrinsics_for_views(config.intrinsics.file, [im])
+        except InputError:  # not in the calibration: it stays left out, for the reason it had
+            continue
+        if k.distortion.any():
+            images.append(im)
+            known.append(k)
+    if not images:
+        return prepared
+    cat = lambda key: np.concatenate([getattr(k, key) for k in known])  # noqa: E731
+    found = observe_through_lens(images, cat("fx"), cat("fy"), cat("cx"), cat("cy"), cat("distortion"),
+                                 config.detect, progress=progress)
+    found = [v for v in found if check_observation(v, embedding, min_face_px=config.detect.min_face_px) is None]
+    if not found:
+        return prepared
+    order = {im.name: j for j, im in enumerate(prepared.intake.images)}
+    views = sorted(prepared.views + found, key=lambda v: order.get(v.image.name, len(order)))
+    paths = {v.image.path for v in found}
+    return dataclasses.replace(prepared, views=views, skipped=[s for s in prepared.skipped if s.path not in paths])
 
 
 def write_scene(out: Path, config: FitConfig, assets: Assets, fit: SceneFit,

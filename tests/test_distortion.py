@@ -94,3 +94,34 @@ def test_ideal_pinhole_view():
     assert ideal_pinhole_view(view, fx, fy, cx, cy, np.zeros(5)) is view and not has_distortion(np.zeros((3, 5)))
     with pytest.raises(InputError, match="cannot be undone"):
         ideal_pinhole_view(view, fx, fy, cx, cy, np.array([-0.9, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_second_detection_pass_maps_back_to_the_photo(tmp_path):
+    """observe_through_lens (real MediaPipe): a real face seen through a strong lens, detected on the
+    ideal image, lands on the photo where the lens puts the face the first pass finds on the ideal photo."""
+    from conftest import shared_path
+    from PIL import Image
+
+    from flame_prior.detectors import DetectConfig
+    from flame_prior.lens_detection import ideal_to_photo_image, observe_through_lens
+    from flame_prior.observe import observe
+
+    ideal = np.asarray(Image.open(shared_path("data/multiview/2-346/images/1.jpg")).convert("RGB"))
+    h, w = ideal.shape[:2]
+    f, cx, cy = 0.9 * w, w / 2 + 0.25 * w, h / 2 - 0.2 * h  # principal point far from the face
+    dist = np.array([-0.25, 0.08, 0.0, 0.0, 0.0])
+    photo = ideal_to_photo_image(ideal, f, f, cx, cy, dist)
+    cfg = DetectConfig(cache_dir=tmp_path / "det")
+    im = lambda px, name: InputImage(Path(f"{name}.png"), name, px, name)  # noqa: E731
+    (on_ideal,), _ = observe([im(ideal, "ideal")], cfg, progress=False)
+    (second,) = observe_through_lens([im(photo, "photo")], np.array([f]), np.array([f]), np.array([cx]),
+                                     np.array([cy]), dist[None], cfg)
+    assert second.image.pixels is photo and second.detection.mask.shape == (h, w)
+    expected = distort_pixels(on_ideal.detection.landmarks, f, f, cx, cy, dist)
+    err = np.linalg.norm(second.detection.landmarks - expected, axis=1)
+    assert np.median(err) < 2.0, np.median(err)
+    assert "second detection pass" in second.notes[-1]
+    # The mask came back to the photo's grid: it covers the photo's landmarks.
+    lm = np.round(second.detection.landmarks - 0.5).astype(int)
+    inside = (lm[:, 0] >= 0) & (lm[:, 0] < w) & (lm[:, 1] >= 0) & (lm[:, 1] < h)
+    assert second.detection.mask[lm[inside, 1], lm[inside, 0]].mean() > 0.9
