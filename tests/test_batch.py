@@ -378,3 +378,125 @@ def test_interrupt_and_kill_mid_run_then_resume_processes_each_scene_once(faces,
     assert sorted(os.listdir(out / "scenes")) == sorted(final)
     labels = json.loads((out / "eg3d" / "dataset.json").read_text())["labels"]
     assert sorted(x[0] for x in labels) == sorted(f.name for f in faces)
+
+
+def _kill_first_worker(out: Path, stop: list) -> dict:
+    """In a thread: when the first record appears, SIGKILL the worker process that wrote it (it is then
+    in the middle of its next scene). Returns {"pid": ...} once done."""
+    import threading
+
+    killed: dict = {}
+
+    def watch():
+        while not stop:
+            recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")] if (out / "records").is_dir() else []
+            done = [r for r in recs if r.get("status") == "done"]
+            if done:
+                pid = done[0]["pid"]
+                assert pid != os.getpid()
+                killed["pid"], killed["time"] = pid, time.time()
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["pool", "ray"])
+def test_a_killed_worker_s_scene_is_retried_on_another_worker(scheduler, faces, detections, tmp_path):
+    """SIGKILL of one worker process in the middle of a run (the process pool and real local Ray): its
+    scene runs again on another worker (attempt 2), every scene finishes with a complete output, and
+    nothing half-written is left."""
+    if scheduler == "ray":
+        import ray  # noqa: F401 — the [ray] extra; `make test` installs it (no skip: CI must run this)
+    root = tmp_path / "faces"
+    root.mkdir()
+    for f in faces[:5]:
+        shutil.copy(f, root / f.name)
+    out, stop = tmp_path / "out", []
+    killed = _kill_first_worker(out, stop)
+    try:
+        outcome = run_batch(_config(root, out, detections, single_images=True, workers=2, ray=scheduler == "ray"))
+    finally:
+        stop.append(True)
+    assert "pid" in killed, "no worker was killed"
+    recs = _records(out)
+    assert sorted(outcome.done) == sorted(recs) == sorted(f.stem for f in faces[:5])
+    assert all(r["status"] == "done" for r in recs.values())
+    retried = [r for r in recs.values() if r["attempt"] > 1]
+    assert retried, {k: (r["pid"], r["attempt"]) for k, r in recs.items()}
+    for r in retried:  # on a live worker, after the kill
+        assert r["pid"] != killed["pid"] and r["started"] > killed["time"] - 1.0
+    for name in recs:
+        for f in SCENE_FILES:
+            assert (out / "scenes" / name / f).is_file(), (name, f)
+    _no_temporaries(out)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_address_runs_on_a_real_ray_cluster(faces, detections, tmp_path, monkeypatch):
+    """--ray-address: a real single-node Ray cluster (`ray start --head`, 1 CPU) started by this test,
+    joined by the batch; the scenes run in the cluster's worker processes (with the thread environment
+    from the job's runtime_env), and the cluster is left running, then torn down here."""
+    import tempfile
+
+    import ray
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    assert ray_bin.is_file(), ray_bin
+    temp_dir = tempfile.mkdtemp(prefix="fpray", dir="/tmp")  # Ray's socket paths must stay short
+    port = _free_port()
+    log = tmp_path / "ray_head.log"
+    # One authentication mode for the head and this driver (Ray's default depends on ~/.ray/auth_token and
+    # on earlier ray.init calls of this process); the cluster listens on 127.0.0.1 only and lives for this test.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+         "--include-dashboard=false",
+         f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        address = f"127.0.0.1:{port}"
+        t0 = time.monotonic()
+        while "Ray runtime started" not in log.read_text(errors="replace"):  # `ray start` says when the head is up
+            assert head.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() - t0 < 90, log.read_text(errors="replace")
+            time.sleep(0.5)
+        root = tmp_path / "faces"
+        root.mkdir()
+        for f in faces[:2]:
+            shutil.copy(f, root / f.name)
+        out = tmp_path / "out"
+        outcome = run_batch(_config(root, out, detections, single_images=True, scene_outputs="record",
+                                    ray_address=address))
+        assert sorted(outcome.done) == sorted(f.stem for f in faces[:2])
+        recs = _records(out)
+        assert len({r["pid"] for r in recs.values()}) == 1  # the cluster's one CPU: one worker
+        for r in recs.values():
+            assert r["pid"] != os.getpid()
+            assert r["worker"] == {"torch_threads": 1, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        assert not ray.is_initialized()
+        assert head.poll() is None  # the cluster outlives the batch (it is the user's)
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of the cluster is left: all started by this test
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

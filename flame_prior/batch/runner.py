@@ -65,11 +65,15 @@ def available_cores() -> int:
 
 
 def worker_counts(config: BatchConfig, n_jobs: int) -> tuple[int, int]:
-    """``(workers, threads per worker)``: --workers (0: the cores) and --threads-per-worker (0: cores / workers)."""
+    """``(workers, threads per worker)``: --workers (0: the cores) and --threads-per-worker (0: cores / workers).
+
+    On a Ray cluster (--ray-address) the local cores say nothing: --workers 0 stays 0 (as many workers
+    as the cluster's CPUs hold, counted once connected) and --threads-per-worker 0 is 1."""
+    if config.ray_address is not None:
+        return max(0, config.workers), max(1, config.threads_per_worker)
     cores = available_cores()
     workers = config.workers if config.workers > 0 else cores
-    if not config.uses_ray or config.ray_address is None:
-        workers = max(1, min(workers, max(n_jobs, 1)))
+    workers = max(1, min(workers, max(n_jobs, 1)))
     threads = config.threads_per_worker if config.threads_per_worker > 0 else max(1, cores // workers)
     return workers, threads
 
@@ -149,11 +153,11 @@ def run_batch(config: BatchConfig, console: Console | None = None) -> BatchOutco
     workers, threads = worker_counts(config, len(jobs))
     for job in jobs:
         job.threads = threads
-    how = (f"Ray ({config.ray_address or 'local'})" if config.uses_ray else "local processes")
+    how = (f"Ray workers ({config.ray_address or 'local'})" if config.uses_ray else "local worker processes")
     console.print(f"batch: {len(scenes)} scenes — {len(outcome.skipped_done)} finished earlier, "
                   f"{len(outcome.skipped_failed)} failed earlier"
                   + ("" if config.retry_failed else " (not retried: --retry-failed)" if outcome.skipped_failed else "")
-                  + f", {len(jobs)} to run on {workers} {how} x {threads} threads", highlight=False)
+                  + f", {len(jobs)} to run on {workers or 'as many'} {how} x {threads} threads", highlight=False)
     pending = {job.name for job in jobs}
     progress = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                          TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"),

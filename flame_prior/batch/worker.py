@@ -42,9 +42,10 @@ def worker_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def init_worker(threads: int) -> None:
+def init_worker(threads: int, warm_config=None) -> None:
     """Run first in each worker process: thread counts, and Ctrl-C left to the parent (which stops the
-    run and terminates the workers; a scene cut off leaves only a temporary folder, removed later)."""
+    run and terminates the workers; a scene cut off leaves only a temporary folder, removed later).
+    With ``warm_config`` (a scene's FitConfig) also :func:`warm_worker`."""
     for k, v in worker_environment(threads).items():
         os.environ.setdefault(k, v)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -54,6 +55,25 @@ def init_worker(threads: int) -> None:
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (a reused Ray worker)
+        pass
+    _THREADS_SET.append(threads)
+    if warm_config is not None:
+        warm_worker(warm_config)
+
+
+def warm_worker(config) -> None:
+    """Pay a worker's one-time costs before its first scene: the models (FLAME, embedding, texture),
+    the detector (importing MediaPipe, building its graph) and torch's forward-mode AD set-up that the
+    first fit would otherwise pay. Started as soon as the worker is, this runs while the parent is still
+    checking scenes (and the workers warm up in parallel). An error here is left for the scene to
+    report: :func:`process_scene` meets it again and records it against the scene."""
+    try:
+        _assets(config)
+        _detector(config)
+        from flame_prior.fit.landmarks import prepare_forward_ad
+
+        prepare_forward_ad()
+    except Exception:  # noqa: BLE001 — the first scene records it, with its file and hint
         pass
 
 
@@ -70,6 +90,7 @@ class SceneJob:
     record_path: str
     thumb_path: str
     threads: int = 1
+    attempt: int = 1  # 2, 3: the scene is run again because the worker running it died
 
 
 # Per worker process: loaded assets and open detectors, reused across scenes.
@@ -109,7 +130,7 @@ def process_scene(job: SceneJob) -> dict:
     import torch
 
     base = {"scene": job.name, "data": job.relative, "key": job.key, "run_id": job.run_id,
-            "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+            "host": socket.gethostname(), "pid": os.getpid(), "attempt": job.attempt, "started": time.time(),
             "worker": {"torch_threads": torch.get_num_threads(),
                        **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}}}
     try:
@@ -155,7 +176,6 @@ def init_threads_once(threads: int) -> None:
     """:func:`init_worker` once per process (Ray starts its workers itself, without an initializer)."""
     if not _THREADS_SET:
         init_worker(threads)
-        _THREADS_SET.append(threads)
 
 
 def write_thumbnail(path: Path, fit, side: int = 192) -> str | None:
