@@ -60,9 +60,10 @@ What one run measures (every case in its own spawned subprocess, so its peak res
 * **batch** (``--batch-only`` runs only this section): ``flame-prior batch --single-images --preset fast
   --scene-outputs record`` on a data set of ``--batch-images`` variants (flips, small rotations and
   zooms: distinct files) of the five shared FFHQ images, detection included (a fresh cache per run):
-  images/s with 1 and 2 worker processes and with Ray (local, 2 workers), as wall time of the whole
-  run and as the steady rate between the first and the last scene finished (worker start-up and
-  model loading excluded); and the accuracy of the fast schedule: NME51/NME68 of the fitted model's
+  images/s with 1 and 2 worker processes and with Ray (local, 2 workers, actors), as wall time of the
+  whole run (``run_batch`` in a process that has imported flame_prior: start-up — Ray's start, worker
+  spawn, imports, models, detector, warm-up — and the end included, each also reported alone) and as
+  the steady rate between the first and the last scene finished; and the accuracy of the fast schedule: NME51/NME68 of the fitted model's
   projected landmarks against FAN's on the five images, fast vs the full single-image schedule.
 * **targets** (2 CPU cores, detection and COLMAP excluded): 30-view fit <= 60 s, single image
   <= 5 s, rigid stage <= 1 s, >= 10x faster than the baseline at equal or lower landmark error.
@@ -633,15 +634,21 @@ def run_batch_timed(data: Path, workers: int, ray: bool = False) -> dict:
         cfg = BatchConfig(data=data, output_dir=Path(tmp) / "out", single_images=True, preset="fast",
                           scene_outputs="record", workers=workers, ray=ray)
         cfg.detect.cache_dir = Path(tmp) / "detections"  # cold: detection is part of the rate
-        t0 = time.perf_counter()
+        t0, t0_clock = time.perf_counter(), time.time()
         outcome = run_batch(cfg, console=Console(stderr=True, quiet=True))
         wall = time.perf_counter() - t0
+        t1_clock = time.time()
         recs = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "records").glob("*.json")]
     finished = sorted(r["finished"] for r in recs)
     n = len(outcome.done)
     steady = (len(finished) - 1) / (finished[-1] - finished[0]) if len(finished) > 2 and finished[-1] > finished[0] else None
     return {"workers": workers, "scheduler": "ray-local" if ray else "process-pool", "images": n, "wall_s": wall,
             "images_per_s_wall": n / wall, "images_per_s_steady": steady,
+            # whole run = start-up (Ray's start, worker spawn, imports, models, detector, warm-up) + the scenes
+            # + the end (workers stopped, index and labels written); run_batch is called in a process that
+            # has imported flame_prior already (the CLI's own imports are not in wall_s)
+            "startup_s": finished[0] - t0_clock if finished else None,
+            "end_s": t1_clock - finished[-1] if finished else None,
             "failed": len(outcome.failed),
             "scene_seconds_median": float(np.median([r["seconds"]["total"] for r in recs])) if recs else None,
             # CPU seconds per scene do not grow when other programs share the cores: workers / CPU s is the
@@ -680,6 +687,7 @@ def batch_section(shared: Path, n_images: int, log) -> dict:
         "ray2_over_pool2_wall": ratio("ray_2", "pool_2", "images_per_s_wall"),
         "ray2_over_pool2_steady": ratio("ray_2", "pool_2", "images_per_s_steady"),
     }
+    out["machine_load_1min"] = os.getloadavg()[0]  # other programs on the 2 cores while this section ran
     return out
 
 
@@ -739,7 +747,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only-scan", action="store_true", help="only the scan-rig accuracy section")
     ap.add_argument("--batch-only", action="store_true", help="run only the batch section")
     ap.add_argument("--skip-batch", action="store_true", help="leave the batch section out")
-    ap.add_argument("--batch-images", type=int, default=None, help="images of the batch data set (default 60; quick 24)")
+    ap.add_argument("--batch-images", type=int, default=None, help="images of the batch data set (default 100; quick 24)")
     ap.add_argument("--only-video", action="store_true", help="only the video section (intake, tracking, real sequence)")
     ap.add_argument("--video-seconds", type=float, default=None, help="length of the 1080p clip (default 60; quick 10)")
     ap.add_argument("--track-timesteps", type=int, default=None, help="timesteps of the dynamic sequence (300; quick 30)")
@@ -789,7 +797,7 @@ def main(argv=None) -> int:
 
     # ---- batch
     if not a.skip_batch and not a.only_scan and not a.only_video and not a.skip_real:  # fits real photos
-        report["batch"] = batch_section(shared, a.batch_images or (24 if quick else 60), log)
+        report["batch"] = batch_section(shared, a.batch_images or (24 if quick else 100), log)
         save()
     if a.batch_only:
         _targets(report)
@@ -1013,10 +1021,17 @@ def _targets(report: dict) -> None:
     if rt.get("ray2_over_pool2_steady") is not None:
         add("batch: Ray local / process pool, images/s (steady)", ">= 0.85", rt["ray2_over_pool2_steady"],
             rt["ray2_over_pool2_steady"] >= 0.85)
+    if rt.get("ray2_over_pool2_wall") is not None:
+        add("batch: Ray local / process pool, images/s (whole run)", ">= 0.85", rt["ray2_over_pool2_wall"],
+            rt["ray2_over_pool2_wall"] >= 0.85, f"{b.get('images')} images; Ray's own start-up is in it")
+    wall2 = (runs.get("pool_2") or {}).get("images_per_s_wall")
+    if wall2:
+        add("batch: fast single-image path, images/s, whole run (2 workers, detection incl.)", ">= 5", wall2,
+            wall2 >= 5, f"{b.get('images')} images, start-up and end included; load {b.get('machine_load_1min', 0):.1f}")
     best = max((r.get("images_per_s_steady") or 0 for k, r in runs.items() if k.startswith("pool") and "error" not in r),
                default=None)
     if best:
-        add("batch: fast single-image path, images/s (2 cores, detection incl.)", ">= 5", best, best >= 5,
+        add("batch: fast single-image path, images/s, steady (2 cores, detection incl.)", ">= 5", best, best >= 5,
             "steady rate measured; shared cores make it low")
     cpu = (runs.get("pool_2") or {}).get("images_per_s_cpu_bound")
     if cpu:
@@ -1093,14 +1108,16 @@ def _print_batch(console, b: dict) -> None:
         console.print(f"batch: {b.get('error', 'not run')}")
         return
     tb = Table(title=f"batch: {b['images']} single images, --preset fast --scene-outputs record, detection included")
-    for col in ("run", "images", "wall s", "images/s (wall)", "images/s (steady)", "median s/scene",
+    for col in ("run", "images", "wall s", "start-up s", "end s", "images/s (whole run)", "images/s (steady)",
+                "median s/scene",
                 "median CPU s/scene", "images/s (CPU-bound)", "failed"):
         tb.add_column(col, justify="right")
     for key, r in b["runs"].items():
         if "error" in r:
             tb.add_row(key, f"[red]{r['error'][:80]}[/red]")
             continue
-        tb.add_row(key, str(r["images"]), f"{r['wall_s']:.1f}", f"{r['images_per_s_wall']:.2f}",
+        tb.add_row(key, str(r["images"]), f"{r['wall_s']:.1f}", f"{r.get('startup_s') or float('nan'):.1f}",
+                   f"{r.get('end_s') or float('nan'):.1f}", f"{r['images_per_s_wall']:.2f}",
                    f"{r['images_per_s_steady'] or float('nan'):.2f}", f"{r['scene_seconds_median'] or float('nan'):.2f}",
                    f"{r.get('scene_cpu_seconds_median') or float('nan'):.3f}",
                    f"{r.get('images_per_s_cpu_bound') or float('nan'):.2f}", str(r["failed"]))
