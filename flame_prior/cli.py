@@ -18,10 +18,11 @@ from rich.markup import escape
 
 from flame_prior.batch.config import BatchConfig
 from flame_prior.config import FitConfig
-from flame_prior.demo import DemoConfig
+from flame_prior.demo_config import DemoConfig
 from flame_prior.errors import FlamePriorError, Interrupted, install_signal_handlers
 from flame_prior.lpips_weights import WeightsConfig
 from flame_prior.progress import make_console
+from flame_prior.threads import set_wait_policy
 
 Command = Union[
     Annotated[FitConfig, tyro.conf.subcommand("fit", description="Fit FLAME and one camera per view to photos.")],
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 
 
 def entrypoint() -> None:
+    set_wait_policy()  # before torch is imported (by a command handler): see flame_prior.threads
     install_signal_handlers()
     sys.exit(main())
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from flame_prior.detectors import DetectConfig
 from flame_prior.fit.config import FitterConfig
 from flame_prior.intrinsics import IntrinsicsConfig
-from flame_prior.track import TrackerConfig
+from flame_prior.tracker_config import TrackerConfig
 from flame_prior.video import VideoConfig
 
 #: Environment variables that stand in for the model-file flags.

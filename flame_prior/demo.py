@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,9 @@ from rich.table import Table
 
 from flame_prior import render
 from flame_prior.detectors import Detection
-from flame_prior.errors import check_option
+from flame_prior.demo_config import DemoConfig
 from flame_prior.export.output_dir import check_output_dir
-from flame_prior.fit import FitterConfig, FitResult, fit_flame, resolve_device
+from flame_prior.fit import FitResult, fit_flame, resolve_device
 from flame_prior.flame.assets import ModelInfo, default_embedding_path, default_model_path
 from flame_prior.geometry import PinholeCameras, look_at_w2c, rotation_angle_deg
 from flame_prior.images import InputImage
@@ -32,35 +32,6 @@ from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
 from flame_prior.progress import make_console, make_progress, stage
 from flame_prior.render_head import render_head
-
-
-@dataclass
-class DemoConfig:
-    """Synthetic round trip: render a FLAME head from known cameras, fit it, compare."""
-
-    output_dir: Path = Path("outputs/demo")
-    """Where the demo writes the same outputs as a real run, plus camera_errors.json."""
-    views: int = 8
-    """Number of views around the head (yaw spread over ±60°)."""
-    image_size: int = 256
-    """Side of the square synthetic images, pixels."""
-    noise_px: float = 0.5
-    """Standard deviation of the Gaussian noise added to the landmarks, pixels."""
-    unknown_focal: bool = False
-    """Start from a wrong focal length (20° field of view) and optimise it."""
-    seed: int = 0
-    """Seed of the scene and of the fit."""
-    overwrite: bool = True
-    """Replace an existing demo output directory."""
-    fitter: FitterConfig = field(default_factory=FitterConfig)
-    """Fitting schedule and device (the real fitter's defaults; --fitter.device picks CPU or CUDA)."""
-
-    def check(self) -> None:
-        """Refuse impossible values before any work: one line naming the option, exit 2."""
-        check_option(self.views >= 1, "views", self.views, "at least 1")
-        check_option(self.image_size >= 32, "image_size", self.image_size, "at least 32 pixels")
-        check_option(self.noise_px >= 0, "noise_px", self.noise_px, "0 or more pixels")
-        self.fitter.check()
 
 
 @dataclass

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flame_prior.shapes import check_shape
+
 __all__ = [
     "check_shape",
     "axis_angle_to_rotation_matrix",
@@ -35,27 +37,6 @@ __all__ = [
     "rotation_angle_deg",
     "look_at_w2c",
 ]
-
-
-def check_shape(x: Tensor | np.ndarray, shape: list[str | int], name: str = "tensor") -> None:
-    """Raise ``ValueError`` unless ``x.shape`` matches ``shape``.
-
-    ``shape`` holds ints (exact sizes) or strings (any size; ``"*"`` as the first entry admits
-    any number of leading dimensions). Unlike ``assert``, this survives ``python -O``.
-    """
-    dims = list(x.shape)
-    want = list(shape)
-    if want and want[0] == "*":
-        want = want[1:]
-        dims = dims[len(dims) - len(want):] if len(dims) >= len(want) else None  # type: ignore[assignment]
-    ok = dims is not None and len(dims) == len(want)
-    if ok:
-        for d, w in zip(dims, want):
-            if isinstance(w, int) and d != w:
-                ok = False
-                break
-    if not ok:
-        raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
 
 
 def axis_angle_to_rotation_matrix(axis_angle: Tensor, eps: float = 1e-8) -> Tensor:

@@ -44,7 +44,7 @@ import numpy as np
 
 from flame_prior.cache import colmap_cache_dir, save_npz_atomic
 from flame_prior.errors import check_option
-from flame_prior.geometry import check_shape
+from flame_prior.shapes import check_shape  # not geometry: this module must not load torch (CLI start-up)
 
 if TYPE_CHECKING:
     from rich.progress import Progress

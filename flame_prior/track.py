@@ -41,6 +41,7 @@ from flame_prior.errors import FitError
 from flame_prior.fit.landmarks import marquardt_step
 from flame_prior.flame import FlameModel, FlameParams, LandmarkEmbedding, head_yaw_deg
 from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+from flame_prior.tracker_config import TrackerConfig
 
 __all__ = ["TrackerConfig", "SequenceFit", "track_sequence", "run_dynamic", "NO_EXPRESSION_NOTE"]
 
@@ -49,30 +50,6 @@ NO_EXPRESSION_NOTE = ("this FLAME model has no expression space: the dynamic fit
 
 #: Per-timestep parameter groups in the order of the tracked vector, with their sizes (E: n_expr).
 GROUPS = ("rotation", "translation", "neck_pose", "jaw_pose", "eye_pose", "expression")
-
-
-@dataclass
-class TrackerConfig:
-    """Dynamic sequences: keyframes, tracking steps, temporal smoothness."""
-
-    keyframes: int = 8
-    """Timesteps (covering the poses) that the static fit uses for identity, intrinsics and cameras (single camera)."""
-    steps: int = 3
-    """Levenberg-Marquardt steps per timestep (each started from the previous timestep's result)."""
-    refresh_jacobian: bool = False
-    """Re-linearise at every step (slower); by default a timestep's steps share the Jacobian of its start."""
-    refine_identity: bool = True
-    """Adjust the shape together with the parameters of spread timesteps (a bundle), then track again."""
-    identity_timesteps: int = 24
-    """Timesteps (evenly spread, keyframes included) in the identity bundle."""
-    smooth_rotation: float = 0.05
-    """Weight of |rotation_t - rotation_{t-1}|^2 (radians) — the head's rigid motion."""
-    smooth_translation: float = 5.0
-    """Weight of |translation_t - translation_{t-1}|^2 (metres)."""
-    smooth_pose: float = 0.05
-    """Weight of the jaw/neck/eye rotations' change between timesteps (radians)."""
-    smooth_expression: float = 1e-4
-    """Weight of the expression coefficients' change between timesteps."""
 
 
 @dataclass

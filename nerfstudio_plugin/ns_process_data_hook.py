@@ -27,6 +27,9 @@ The same finder also wraps nerfstudio's two checkpoint loaders after their modul
 (``nerfstudio.utils.eval_utils``, ``nerfstudio.engine.trainer``) so that checkpoints load under
 torch's weights-only default: :mod:`nerfstudio_plugin.checkpoints`.
 
+Before nerfstudio's module body imports torch, the finder also sets flame-prior's OpenMP wait policy
+(``OMP_WAIT_POLICY=PASSIVE`` unless set: :mod:`flame_prior.threads`), which libgomp reads only when it loads.
+
 Limits: only the console script (and anything that imports ``nerfstudio.scripts.process_data``)
 sees the subcommand; ``python -m nerfstudio.scripts.process_data`` runs the module as ``__main__``
 before any hook can extend it. Editable installs (``pip install -e``) do not install ``.pth`` data
@@ -87,6 +90,17 @@ def _after_import() -> dict:
     }
 
 
+def _set_wait_policy() -> None:
+    """flame-prior's OpenMP wait policy (:func:`flame_prior.threads.set_wait_policy`), set while torch
+    is not loaded yet; a failure only warns."""
+    try:
+        from flame_prior.threads import set_wait_policy
+
+        set_wait_policy()
+    except Exception as e:  # noqa: BLE001 — never break nerfstudio's own subcommands
+        print(f"flame-prior: could not set OMP_WAIT_POLICY ({type(e).__name__}: {e})", file=sys.stderr)
+
+
 class _ExtendingLoader:
     """Runs the real loader, then the module's after-import action. Everything else is delegated."""
 
@@ -113,6 +127,8 @@ class _ExtendProcessDataFinder:
         action = _after_import().get(fullname) if fullname.startswith("nerfstudio.") else None
         if action is None:
             return None
+        if fullname == TARGET_MODULE:  # ns-process-data: before its body imports torch (flame_prior.threads)
+            _set_wait_policy()
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue

@@ -72,6 +72,9 @@ def extend_commands(commands):
 
 def entrypoint() -> None:
     """nerfstudio's ``ns-process-data`` with ``flame-face`` added (``python -m nerfstudio_plugin.process_data``)."""
+    from flame_prior.threads import set_wait_policy
+
+    set_wait_policy()  # before nerfstudio imports torch: see flame_prior.threads
     import nerfstudio.scripts.process_data as ns_process_data
 
     ns_process_data.Commands = extend_commands(ns_process_data.Commands)

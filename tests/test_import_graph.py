@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flame_prior"
 #: for packages, everything under it.
 LAYERS = [
     ["flame_prior.errors", "flame_prior.files", "flame_prior.geometry", "flame_prior.progress", "flame_prior.quiet",
-     "flame_prior.camera_trust"],
+     "flame_prior.camera_trust", "flame_prior.threads", "flame_prior.shapes", "flame_prior.tracker_config"],
     ["flame_prior.images", "flame_prior.flame", "flame_prior.render", "flame_prior.render_head",
      "flame_prior.embedding_builder", "flame_prior.lpips_weights"],
     ["flame_prior.detectors", "flame_prior.cache"],
@@ -24,7 +24,7 @@ LAYERS = [
     ["flame_prior.fit"],
     ["flame_prior.export"],
     ["flame_prior.track"],  # a dynamic sequence: fits, tracks and writes its own outputs
-    ["flame_prior.config"],
+    ["flame_prior.config", "flame_prior.demo_config"],
     ["flame_prior.pipeline", "flame_prior.summary"],
     ["flame_prior.demo", "flame_prior.scan_rigs", "flame_prior.batch"],
     ["flame_prior.cli", "flame_prior.__main__"],

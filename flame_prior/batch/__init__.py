@@ -7,6 +7,14 @@ Modules: :mod:`.config` (the command's config), :mod:`.scenes` (finding scenes, 
 """
 
 from flame_prior.batch.config import BatchConfig
-from flame_prior.batch.runner import BatchOutcome, run_batch
 
 __all__ = ["BatchConfig", "BatchOutcome", "run_batch"]
+
+
+def __getattr__(name: str):
+    """The runner, imported on first use (PEP 562): the CLI imports :class:`BatchConfig` without it."""
+    if name in ("BatchOutcome", "run_batch"):
+        from flame_prior.batch import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

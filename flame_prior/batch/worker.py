@@ -29,17 +29,12 @@ from pathlib import Path
 
 from flame_prior.batch.records import (RECORD_IN_SCENE, read_record, record_json, scene_record, write_bytes_atomic,
                                        write_record)
-
-#: Variables that cap the thread pools of OpenMP / BLAS libraries in a worker.
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS")
-
+from flame_prior.threads import thread_environment
 
 def worker_environment(threads: int) -> dict[str, str]:
-    """Environment of a worker process with ``threads`` threads: thread caps and a passive OpenMP wait."""
-    env = {k: str(threads) for k in _THREAD_VARS}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"  # idle OpenMP threads sleep instead of spinning on a shared core
-    return env
+    """Environment of a worker process with ``threads`` threads: thread caps and a passive OpenMP wait
+    (the thread policy: :mod:`flame_prior.threads`)."""
+    return thread_environment(threads)
 
 
 def init_worker(threads: int, warm_config=None) -> None:

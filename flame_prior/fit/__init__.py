@@ -14,8 +14,19 @@ Each stage is a function from a state to ``(new state, log)``; modules import on
 """
 
 from flame_prior.fit.config import FitterConfig, resolve_device
-from flame_prior.fit.fitter import check_observation, fit_flame
-from flame_prior.fit.result import FitResult, ViewFit
-from flame_prior.fit.state import StageLog
 
 __all__ = ["FitterConfig", "resolve_device", "fit_flame", "check_observation", "FitResult", "ViewFit", "StageLog"]
+
+
+def __getattr__(name: str):
+    """The fitter's functions and types, imported on first use (PEP 562): importing this package for
+    :class:`FitterConfig` alone (the CLI building its config, ``--help``) must not load torch."""
+    if name in ("fit_flame", "check_observation"):
+        from flame_prior.fit import fitter as module
+    elif name in ("FitResult", "ViewFit"):
+        from flame_prior.fit import result as module
+    elif name == "StageLog":
+        from flame_prior.fit import state as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from flame_prior.errors import InputError, check_option
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FitterConfig", "resolve_device"]
 
@@ -87,6 +88,8 @@ class FitterConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch  # here, not at the top: the CLI builds this config without loading torch (start-up time)
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

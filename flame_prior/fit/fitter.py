@@ -43,6 +43,7 @@ from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
+from flame_prior.threads import stage_threads
 
 __all__ = ["fit_flame", "check_observation"]
 
@@ -140,7 +141,8 @@ def fit_flame(
     for name, total, stage in stages:
         task = progress.add_task(f"fit: {name}", total=total) if progress is not None else None
         try:
-            st, log = stage(st, (lambda: progress.advance(task)) if task is not None else (lambda: None))
+            with stage_threads(name):  # the thread policy: flame_prior.threads
+                st, log = stage(st, (lambda: progress.advance(task)) if task is not None else (lambda: None))
         except ViewsNotInitialised as e:  # a per-view failure leaves that view out, never the run
             keep = [i for i in range(n) if i not in e.failed]
             if not keep:
