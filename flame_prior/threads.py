@@ -25,7 +25,11 @@ The policy, in one place:
    batch's ``--threads-per-worker``) fixes the count of the parallel stages and turns the
    measurement off.
 
-This module imports nothing heavy (torch is imported inside :func:`stage_threads` only).
+4. **Exports** (:func:`parallel_map`): images, masks and report pictures are encoded on a pool of
+   Python threads, one per core, with torch at one thread inside (PIL, cv2 and torch release
+   the GIL while they work).
+
+This module imports nothing heavy (torch is imported inside :func:`torch_threads` only).
 """
 
 from __future__ import annotations
@@ -33,10 +37,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 __all__ = ["ENV_THREADS", "set_wait_policy", "thread_environment", "available_cores", "busy_cores_of_others",
-           "compute_threads", "stage_threads", "SINGLE_THREAD_STAGES"]
+           "compute_threads", "torch_threads", "stage_threads", "parallel_map", "parallel_imap", "SINGLE_THREAD_STAGES"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Fixes the thread count of the parallel stages (no measuring of other processes' load).
 ENV_THREADS = "FLAME_PRIOR_THREADS"
@@ -149,17 +158,45 @@ def compute_threads() -> int:
 
 
 @contextlib.contextmanager
-def stage_threads(stage: str) -> Iterator[int]:
-    """torch's intra-op thread count for one fitting stage (restored afterwards); yields the count.
-
-    ``rigid`` (:data:`SINGLE_THREAD_STAGES`) runs on 1 thread, the other stages on
-    :func:`compute_threads`."""
+def torch_threads(threads: int) -> Iterator[int]:
+    """torch's intra-op thread count set to ``threads`` inside the block (restored afterwards)."""
     import torch
 
     before = torch.get_num_threads()
-    threads = 1 if stage in SINGLE_THREAD_STAGES else compute_threads()
     torch.set_num_threads(threads)
     try:
         yield threads
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def stage_threads(stage: str) -> Iterator[int]:
+    """torch's intra-op thread count for one fitting stage (restored afterwards); yields the count.
+
+    ``rigid`` (:data:`SINGLE_THREAD_STAGES`) runs on 1 thread, the other stages on
+    :func:`compute_threads`."""
+    with torch_threads(1 if stage in SINGLE_THREAD_STAGES else compute_threads()) as n:
+        yield n
+
+
+def parallel_imap(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
+    """``fn(x)`` for each item on a pool of Python threads, yielded in the items' order as they
+    finish (a result is held only until the caller takes it; the first error is raised).
+
+    For work that releases the GIL: image encoding (PIL, cv2), file writes, torch ops. ``workers``:
+    default one per available core (these threads block, they never spin, so a busy core only
+    time-slices them). Each torch op inside runs on one thread (:func:`torch_threads`), so the pool
+    is the only parallelism."""
+    items = list(items)
+    workers = min(len(items), workers or available_cores())
+    if workers <= 1:
+        yield from (fn(x) for x in items)
+        return
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flame-prior") as pool:
+        yield from pool.map(fn, items)
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on a pool of threads: :func:`parallel_imap`, collected."""
+    return list(parallel_imap(fn, items, workers))

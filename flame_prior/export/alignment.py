@@ -72,9 +72,11 @@ def feature_lines(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float) -> Image.Image:
+def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
+                      base: Image.Image | None = None) -> Image.Image:
     """View ``i``'s photo (``(H, W, 3)`` uint8, original grid) at display scale ``s`` with the
-    shaded model at 50 %, its silhouette and feature lines (see the module docstring)."""
+    shaded model at 50 %, its silhouette and feature lines (see the module docstring). ``base``:
+    the photo already resized to display scale, when the caller has it (resized here otherwise)."""
     H, W = photo.shape[:2]
     w, h = max(1, round(W * s)), max(1, round(H * s))
     r = min(1.0, RENDER_SIDE / max(w, h))  # render scale relative to the display
@@ -94,7 +96,9 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float) ->
     covered = (rast[0, ..., 3] > 0).numpy().astype(np.float32)
     depth = render.interpolate(pos[..., 3:4], rast, faces)[0, ..., 0].numpy()  # camera depth (clip w)
 
-    base = np.asarray(Image.fromarray(np.asarray(photo, np.uint8)).resize((w, h), Image.LANCZOS), np.float64)
+    if base is None or base.size != (w, h):
+        base = Image.fromarray(np.asarray(photo, np.uint8)).resize((w, h), Image.LANCZOS)
+    base = np.asarray(base.convert("RGB"), np.float32)
     up = lambda a: np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
     cover, lum = up(covered), up(shade * covered)
     grey = MODEL_GREY[None, None] * (lum / np.maximum(cover, 1e-6))[..., None]

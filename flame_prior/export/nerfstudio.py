@@ -57,6 +57,7 @@ from flame_prior.export._common import (
 from flame_prior.fit import FitResult
 from flame_prior.geometry import opencv_w2c_to_opengl_c2w
 from flame_prior.observe import ViewObservation
+from flame_prior.threads import parallel_map
 
 __all__ = ["write_transforms", "write_images_and_masks", "write_point_ply", "INTRINSIC_KEYS"]
 
@@ -77,17 +78,18 @@ def write_images_and_masks(out_dir: str | Path, views: list[ViewObservation], re
     Returns the relative ``(image_path, mask_path)`` of each fitted view, in ``result.views`` order.
     """
     out_dir = Path(out_dir)
-    rel = []
-    for obs in match_views(views, result):
+
+    def write(obs: ViewObservation) -> tuple[str, str]:
         img_rel, mask_rel = f"images/{obs.image.name}.png", f"masks/{obs.image.name}.png"
         pixels = np.asarray(obs.image.pixels)
         if pixels.shape[:2] != np.asarray(obs.detection.mask).shape:
             raise ValueError(f"export: view {obs.image.name}: mask {np.asarray(obs.detection.mask).shape} "
                              f"does not match image {pixels.shape[:2]}")
-        save_png(out_dir / img_rel, pixels.astype(np.uint8))
+        save_png(out_dir / img_rel, pixels.astype(np.uint8, copy=False))
         save_png(out_dir / mask_rel, mask_to_u8(obs.detection.mask))
-        rel.append((img_rel, mask_rel))
-    return rel
+        return img_rel, mask_rel
+
+    return parallel_map(write, match_views(views, result))  # PNG encoding releases the GIL
 
 
 def write_point_ply(path: str | Path, points: np.ndarray, colours: np.ndarray) -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -42,10 +43,15 @@ from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
 from flame_prior.render import vertex_normals
 from flame_prior.render_head import render_head
+from flame_prior.threads import parallel_map
 
-__all__ = ["write_report", "render_previews", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
+__all__ = ["write_report", "render_preview", "render_previews", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
 
 MAX_SIDE = 1024
+#: JPEG quality of the report's pictures (previews: q 90 is visually lossless at a quarter of PNG's size).
+JPEG_QUALITY = 90
+#: Side of a contact-sheet cell, pixels.
+SHEET_CELL = 240
 MIN_SIDE = 512
 GREEN = (40, 220, 80)
 RED = (240, 50, 50)
@@ -83,10 +89,13 @@ def _mask_outline(mask: np.ndarray, size: tuple[int, int], thickness: int) -> np
     return edge
 
 
-def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None) -> Image.Image:
-    """The photo with the mask outline (yellow), detected (green) and projected (red) landmarks."""
+def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
+                          photo: Image.Image | None = None) -> Image.Image:
+    """The photo with the mask outline (yellow), detected (green) and projected (red) landmarks.
+
+    ``photo``: the photo already at display scale ``s`` (RGB), when the caller has it."""
     s = _scale_for(obs.image.width, obs.image.height) if s is None else s
-    im = _resized(obs.image.pixels, s).convert("RGB")
+    im = photo.copy() if photo is not None else _resized(obs.image.pixels, s).convert("RGB")
     r = max(2.0, max(im.size) / 300)
     edge = _mask_outline(obs.detection.mask, im.size, max(1, round(r / 2)))
     arr = np.asarray(im).copy()
@@ -107,45 +116,51 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None) ->
 
 
 @torch.no_grad()
-def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
-    """The fitted, textured, lit head over each view: ``(H, W, 4)`` uint8 RGBA in the original grid."""
+def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640) -> np.ndarray:
+    """The fitted, textured, lit head over view ``i``: ``(h, w, 4)`` uint8 RGBA for ``size = (w, h)``
+    (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up."""
     verts = torch.as_tensor(result.vertices, dtype=torch.float32)[None]
     faces = torch.as_tensor(result.faces)
     uvs, uv_faces = torch.as_tensor(result.uvs), torch.as_tensor(result.uv_faces)
     tex = torch.as_tensor(result.texture, dtype=torch.float32)
-    normals_v = vertex_normals(verts, faces)
     cams = result.cameras.to(dtype=torch.float32)
-    out = []
-    for i in range(len(cams)):
-        W, H = cams.width[i], cams.height[i]
-        s = min(1.0, max_side / max(W, H))
-        w, h = max(1, round(W * s)), max(1, round(H * s))
-        sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
-        color, rast, _ = render_head(verts, faces, cams.subset([i]).scaled(w / W, h / H), uvs, uv_faces, tex, sh,
-                                     size=(h, w), vertex_normals=normals_v)
-        alpha = (rast[..., 3:] > 0).float()
-        rgba = (torch.cat([color.clamp(0, 1), alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
-        out.append(cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba)
-    return out
+    W, H = size
+    s = min(1.0, max_side / max(W, H))
+    w, h = max(1, round(W * s)), max(1, round(H * s))
+    sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
+    color, rast, _ = render_head(verts, faces, cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i])),
+                                 uvs, uv_faces, tex, sh, size=(h, w), vertex_normals=vertex_normals(verts, faces))
+    alpha = (rast[..., 3:] > 0).float()
+    rgba = (torch.cat([color.clamp(0, 1), alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
+    return cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
 
 
-def draw_model_overlay(obs: ViewObservation, render: np.ndarray, s: float | None = None) -> Image.Image:
-    """The model over the photo: ``render`` ((H, W, 3) or (H, W, 4) uint8, original grid)."""
+def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
+    """:func:`render_preview` of every view in its original pixel grid: ``(H, W, 4)`` uint8 RGBA."""
+    return [render_preview(result, i, (int(result.cameras.width[i]), int(result.cameras.height[i])), max_side)
+            for i in range(len(result.cameras))]
+
+
+def draw_model_overlay(obs: ViewObservation, render: np.ndarray, s: float | None = None,
+                       photo: Image.Image | None = None) -> Image.Image:
+    """The model over the photo: ``render`` ((H, W, 3) or (H, W, 4) uint8, in the original grid or
+    already at display scale ``s``); ``photo``: the photo at display scale (RGB), when the caller has it."""
     s = _scale_for(obs.image.width, obs.image.height) if s is None else s
-    photo = _resized(obs.image.pixels, s).convert("RGB")
-    base = np.asarray(photo, dtype=np.float64)
+    photo = photo if photo is not None else _resized(obs.image.pixels, s).convert("RGB")
+    base = np.asarray(photo, dtype=np.float32)
     r = np.asarray(render)
-    if r.shape[:2] != (obs.image.height, obs.image.width) or r.ndim != 3 or r.shape[2] not in (3, 4):
+    display = (photo.height, photo.width)
+    if r.shape[:2] not in ((obs.image.height, obs.image.width), display) or r.ndim != 3 or r.shape[2] not in (3, 4):
         raise ValueError(f"report: render of {obs.image.name} is {r.shape}, expected "
                          f"({obs.image.height}, {obs.image.width}, 3 or 4)")
-    rs = np.asarray(_resized(r.astype(np.uint8), s), dtype=np.float64)
+    rs = np.asarray(r if r.shape[:2] == display else _resized(r.astype(np.uint8), s), dtype=np.float32)
     colour = rs[..., :3]
-    alpha = (rs[..., 3] / 255.0 if r.shape[2] == 4 else np.ones(base.shape[:2])) * MESH_OPACITY
+    alpha = (rs[..., 3] / 255.0 if r.shape[2] == 4 else np.ones(base.shape[:2], np.float32)) * MESH_OPACITY
     out = base * (1 - alpha[..., None]) + colour * alpha[..., None]
     return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
 
 
-def _contact_sheet(images: list[Image.Image], labels: list[str], path: Path, cell: int = 240) -> Path:
+def _contact_sheet(images: list[Image.Image], labels: list[str], path: Path, cell: int = SHEET_CELL) -> Path:
     cols = max(1, min(6, len(images)))
     rows = max(1, -(-len(images) // cols))
     pad, label_h = 6, 18
@@ -166,13 +181,11 @@ def _loss_plot(result: FitResult, path: Path) -> Path | None:
     stages = [s for s in result.stages if len(s.loss_history) > 0]
     if not stages:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global state, so it may run beside the pictures' threads
 
     n = len(stages)
-    fig, axes = plt.subplots(1, n, figsize=(min(4.0 * n, 16), 3.0), squeeze=False)
+    fig = Figure(figsize=(min(4.0 * n, 16), 3.0))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, st in zip(axes[0], stages):
         y = np.asarray(st.loss_history, dtype=np.float64)
         ax.plot(np.arange(1, len(y) + 1), y, color="#2563eb", lw=1.5)
@@ -185,7 +198,6 @@ def _loss_plot(result: FitResult, path: Path) -> Path | None:
     axes[0][0].set_ylabel("loss", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -257,23 +269,32 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     rep = out_dir / "report"
     rep.mkdir(parents=True, exist_ok=True)
     obs = ideal_views(views, result)  # the pixel grid the cameras and landmarks refer to
-    if renders is None:
-        renders = render_previews(result)
-    if len(renders) != len(obs):
+    if renders is not None and len(renders) != len(obs):
         raise ValueError(f"report: {len(renders)} renders for {len(obs)} fitted views")
 
-    model_imgs, rows, blocks = [], [], []
+    def pictures(i: int) -> Image.Image:
+        """View ``i``'s three pictures, written; returns its contact-sheet thumbnail. The photo is
+        resized once and the model rendered once, at display size (runs on a pool of threads)."""
+        o, vf = obs[i], result.views[i]
+        s = _scale_for(o.image.width, o.image.height)
+        photo = _resized(o.image.pixels, s).convert("RGB")
+        render = renders[i] if renders is not None else render_preview(result, i, photo.size)
+        draw_landmark_overlay(o, vf, s, photo=photo).save(rep / f"{vf.name}_landmarks.jpg", quality=JPEG_QUALITY)
+        draw_model_overlay(o, render, s, photo=photo).save(rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
+        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo)
+        aim.save(rep / f"{vf.name}_alignment.jpg", quality=JPEG_QUALITY)
+        aim.thumbnail((SHEET_CELL, SHEET_CELL), Image.LANCZOS)
+        return aim
+
+    with ThreadPoolExecutor(max_workers=1) as plotter:  # matplotlib beside the pictures
+        plot_job = plotter.submit(_loss_plot, result, rep / "loss_curves.png")
+        model_imgs = parallel_map(pictures, range(len(obs)))
+        plot = plot_job.result()
+
+    rows, blocks = [], []
     model_caption = "rendered model over the photo"
     for i, (o, vf) in enumerate(zip(obs, result.views)):
-        s = _scale_for(o.image.width, o.image.height)
-        lm_name, md_name = f"{vf.name}_landmarks.jpg", f"{vf.name}_model.jpg"
-        draw_landmark_overlay(o, vf, s).save(rep / lm_name, quality=90)
-        mim = draw_model_overlay(o, renders[i], s)
-        mim.save(rep / md_name, quality=90)
-        al_name = f"{vf.name}_alignment.jpg"
-        aim = alignment_overlay(o.image.pixels, result, i, s)
-        aim.save(rep / al_name, quality=90)
-        model_imgs.append(aim)
+        lm_name, md_name, al_name = f"{vf.name}_landmarks.jpg", f"{vf.name}_model.jpg", f"{vf.name}_alignment.jpg"
         eye = float(vf.eye_distance_px)
         rel = vf.landmark_error_rel_eye
         cls, word = _status(rel)
@@ -306,7 +327,6 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
             f"alt='alignment {_esc(vf.name)}'></a><figcaption>{ALIGNMENT_CAPTION}</figcaption></figure></div></div>")
 
     sheet = _contact_sheet(model_imgs, [vf.name for vf in result.views], rep / "contact_sheet.jpg") if model_imgs else None
-    plot = _loss_plot(result, rep / "loss_curves.png")
 
     # ---- summary cards
     n_fit = len(result.views)

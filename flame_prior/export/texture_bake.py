@@ -26,6 +26,7 @@ import torch
 
 from flame_prior import render
 from flame_prior.flame import shade_sh
+from flame_prior.threads import parallel_imap
 
 __all__ = ["bake_texture", "texture_side"]
 
@@ -70,11 +71,12 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
     texel_n = torch.nn.functional.normalize(render.interpolate(per_uv(normals_v)[None], rast, uv_faces)[0][covered],
                                             dim=-1)
 
-    acc = np.zeros((len(texel_pos), 3))
-    wsum = np.zeros(len(texel_pos))
     cams = result.cameras.to(dtype=torch.float64)
     lighting = torch.as_tensor(np.asarray(result.lighting), dtype=torch.float32)
-    for i, obs in enumerate(views):
+
+    def contribution(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """View ``i``'s texels seen (indices), their weighted de-shaded colours and weights."""
+        obs = views[i]
         W, H = int(cams.width[i]), int(cams.height[i])
         pc = texel_pos @ cams.R[i].T + cams.t[i]
         z = pc[:, 2]
@@ -98,13 +100,22 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
         ok &= ~hit[py, px] | (z.numpy() <= depth[py, px] + DEPTH_TOLERANCE)
         ok &= _sample(np.asarray(obs.detection.mask, np.float32), x, y) >= 0.5
         if not ok.any():
-            continue
+            return None
         colour = _sample(obs.image.pixels, x[ok], y[ok]).astype(np.float64) / 255.0
         sh = lighting[min(i, len(lighting) - 1)][None]
         shading = shade_sh(torch.ones(1, int(ok.sum()), 3), texel_n[torch.as_tensor(ok)][None], sh)[0].double().numpy()
         w = cos[ok].astype(np.float64) ** 2
-        acc[ok] += w[:, None] * colour / np.maximum(shading, 0.05)
-        wsum[ok] += w
+        return np.flatnonzero(ok), w[:, None] * colour / np.maximum(shading, 0.05), w
+
+    # Views on a pool of threads (torch, cv2 and numpy release the GIL); summed in view order, so the
+    # texture does not depend on which thread finished first.
+    acc = np.zeros((len(texel_pos), 3))
+    wsum = np.zeros(len(texel_pos))
+    for part in parallel_imap(contribution, range(len(views))):
+        if part is not None:
+            idx, colour_w, w = part
+            acc[idx] += colour_w
+            wsum[idx] += w
 
     image = np.zeros((side, side, 3))
     weight = np.zeros((side, side))
