@@ -135,6 +135,8 @@ def run_ray(jobs: Sequence[SceneJob], workers: int, threads: int, on_record: Cal
 #: ray.init settings of a batch: no dashboard, worker logs stay in Ray's log folder (a scene's
 #: errors are in its record), Ray's usage statistics are not collected.
 _RAY_INIT = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="warning")
+#: Scenes an actor holds: the one it runs and the next (as the local pool holds one more than its workers).
+_RAY_SCENES_PER_ACTOR = 2
 #: Records and jobs are a few kB: a small object store (Ray's minimum is 75 MB) keeps local start-up light.
 _RAY_OBJECT_STORE_BYTES = 100 * 1024**2
 
@@ -162,7 +164,9 @@ class _SceneActor:
 
 
 class _RayPool:
-    """The driver's side of :func:`run_ray`: hands each free actor the next scene, replaces dead actors."""
+    """The driver's side of :func:`run_ray`: keeps each live actor :data:`_RAY_SCENES_PER_ACTOR` scenes
+    ahead (it runs them in order, so it never waits for the driver between two scenes), replaces
+    dead actors and gives their scenes to the others."""
 
     def __init__(self, ray, threads: int, warm_config) -> None:
         self.ray = ray
@@ -179,6 +183,14 @@ class _RayPool:
         queue.reverse()  # pop() from the end: first scene first
         # Actors that die before they run a scene (at start-up) are replaced too, but not for ever.
         deaths_left = MAX_ATTEMPTS * workers
+        dead: list = []  # handles of the actors found dead (kept: identity, not id(), which may be reused)
+
+        def give(actor) -> None:
+            held = sum(1 for a, j in self.calls.values() if a is actor and j is not None)
+            for _ in range(min(len(queue), _RAY_SCENES_PER_ACTOR - held)):
+                job = queue.pop()
+                self.calls[actor.process.remote(job)] = (actor, job)
+
         try:
             for _ in range(workers):
                 self._start_actor()
@@ -188,21 +200,21 @@ class _RayPool:
                 try:
                     record = ray.get(done[0])
                 except ray.exceptions.RayActorError as err:  # the actor's process or node died
-                    ray.kill(actor, no_restart=True)
                     if job is not None and job.attempt >= MAX_ATTEMPTS:
                         on_record(_worker_died(job, f"{type(err).__name__}, {MAX_ATTEMPTS} times"))
                     elif job is not None:
                         queue.append(dataclasses.replace(job, attempt=job.attempt + 1))
-                    else:
-                        deaths_left -= 1
-                    if deaths_left > 0 and queue:
-                        self._start_actor()
+                    if not any(actor is d for d in dead):  # its other calls fail too: one replacement per actor
+                        dead.append(actor)
+                        ray.kill(actor, no_restart=True)
+                        if job is None:
+                            deaths_left -= 1
+                        if deaths_left > 0:
+                            self._start_actor()
                     continue
                 if job is not None:
                     on_record(record)
-                if queue:
-                    next_job = queue.pop()
-                    self.calls[actor.process.remote(next_job)] = (actor, next_job)
+                give(actor)
             for job in reversed(queue):  # no actor could be kept alive
                 on_record(_worker_died(job, f"no Ray worker stayed alive: {MAX_ATTEMPTS * workers} died at start-up"))
         finally:  # also on Ctrl-C: scenes in flight are dropped (only their temporary folders remain)

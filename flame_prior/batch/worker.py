@@ -10,9 +10,10 @@ Threads: N workers on N cores must not fight, and torch's OpenMP threads spin wh
 Each worker is started with :func:`worker_environment` in its environment (``OMP_NUM_THREADS``,
 ``MKL_NUM_THREADS``, ``OMP_WAIT_POLICY=PASSIVE``, ...), which OpenMP reads when torch is first
 imported — so the environment is given at process creation, before any import — and
-:func:`init_worker` then sets torch's own thread counts. Models (FLAME, embedding, texture) and
-the detector load once per worker process and stay for its later scenes; detections and COLMAP
-results are cached on disk, shared by all workers.
+:func:`init_worker` then sets torch's own thread counts and warms the worker up
+(:func:`warm_worker`): models (FLAME, embedding, texture) and the detector load once per worker
+process, as it starts, and stay for its later scenes; detections and COLMAP results are cached on
+disk, shared by all workers.
 
 This module imports neither torch nor the pipeline at import time.
 """
@@ -88,9 +89,10 @@ class SceneJob:
     attempt: int = 1  # 2, 3: the scene is run again because the worker running it died
 
 
-# Per worker process: loaded assets and open detectors, reused across scenes.
+# Per worker process: loaded assets and open detectors, reused across scenes; the threads set.
 _ASSETS: dict = {}
 _DETECTORS: dict = {}
+_THREADS_SET: list[int] = []
 
 
 def _assets(config):
@@ -163,8 +165,6 @@ def process_scene(job: SceneJob) -> dict:
     write_record(Path(job.record_path), record)
     return record
 
-
-_THREADS_SET: list[int] = []
 
 
 def init_threads_once(threads: int) -> None:
