@@ -183,6 +183,7 @@ class _RayPool:
         queue.reverse()  # pop() from the end: first scene first
         # Actors that die before they run a scene (at start-up) are replaced too, but not for ever.
         deaths_left = MAX_ATTEMPTS * workers
+        last_death = ""
         dead: list = []  # handles of the actors found dead (kept: identity, not id(), which may be reused)
 
         def give(actor) -> None:
@@ -209,6 +210,7 @@ class _RayPool:
                         ray.kill(actor, no_restart=True)
                         if job is None:
                             deaths_left -= 1
+                            last_death = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
                         if deaths_left > 0:
                             self._start_actor()
                     continue
@@ -216,7 +218,8 @@ class _RayPool:
                     on_record(record)
                 give(actor)
             for job in reversed(queue):  # no actor could be kept alive
-                on_record(_worker_died(job, f"no Ray worker stayed alive: {MAX_ATTEMPTS * workers} died at start-up"))
+                on_record(_worker_died(job, f"no Ray worker stayed alive: {MAX_ATTEMPTS * workers} died at start-up; "
+                                            f"the last: {last_death}"))
         finally:  # also on Ctrl-C: scenes in flight are dropped (only their temporary folders remain)
             for actor, _ in list(self.calls.values()):
                 ray.kill(actor, no_restart=True)
