@@ -21,9 +21,10 @@ The policy, in one place:
    less the cores other processes keep busy, measured from ``/proc/stat`` over 0.1 s when the
    stage starts (at least 1). So a quiet machine gets every core, and a busy one never has more
    threads than free cores, which is what makes a neighbour cost only its own share.
-3. **The user decides** when they say so: ``FLAME_PRIOR_THREADS=N`` (or ``OMP_NUM_THREADS``, or a
-   batch's ``--threads-per-worker``) fixes the count of the parallel stages and turns the
-   measurement off.
+3. **The user decides** when they say so: ``FLAME_PRIOR_THREADS=N`` (a batch worker gets its
+   ``--threads-per-worker`` this way) fixes the count of the parallel stages and turns the
+   measurement off; ``OMP_NUM_THREADS`` or a caller's ``torch.set_num_threads`` caps it (so
+   ``OMP_NUM_THREADS=1`` still gives the bit-for-bit repeatable one-thread fit).
 
 4. **Exports** (:func:`parallel_map`): images, masks and report pictures are encoded on a pool of
    Python threads, one per core, with torch at one thread inside (PIL, cv2 and torch release
@@ -136,25 +137,21 @@ def busy_cores_of_others(window_s: float = 0.1) -> float | None:
 
 
 def _user_threads() -> int | None:
-    for name in (ENV_THREADS, "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
+    value = os.environ.get(ENV_THREADS, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def compute_threads() -> int:
-    """Threads of a parallel stage: the user's count when given (:data:`ENV_THREADS`,
-    ``OMP_NUM_THREADS``), else the available cores less those other processes keep busy (rounded to
-    the nearest core, at least 1)."""
+def compute_threads(cap: int | None = None) -> int:
+    """Threads of a parallel stage: ``FLAME_PRIOR_THREADS`` when set, else the available cores less
+    those other processes keep busy (rounded to the nearest core), at most ``cap``, at least 1."""
     fixed = _user_threads()
     if fixed is not None:
         return fixed
-    cores = available_cores()
+    cores = min(available_cores(), cap or available_cores())
     others = busy_cores_of_others()
     if others is None:
         return cores
-    return max(1, min(cores, round(cores - others)))
+    return max(1, min(cores, round(available_cores() - others)))
 
 
 @contextlib.contextmanager
@@ -175,8 +172,12 @@ def stage_threads(stage: str) -> Iterator[int]:
     """torch's intra-op thread count for one fitting stage (restored afterwards); yields the count.
 
     ``rigid`` (:data:`SINGLE_THREAD_STAGES`) runs on 1 thread, the other stages on
-    :func:`compute_threads`."""
-    with torch_threads(1 if stage in SINGLE_THREAD_STAGES else compute_threads()) as n:
+    :func:`compute_threads`, capped by torch's count on entry (``OMP_NUM_THREADS``, or the caller's
+    ``torch.set_num_threads``: a caller that asked for 1 thread, for repeatable runs, keeps 1)."""
+    import torch
+
+    cap = torch.get_num_threads()
+    with torch_threads(1 if stage in SINGLE_THREAD_STAGES else compute_threads(cap)) as n:
         yield n
 
 

@@ -65,6 +65,12 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   spawn, imports, models, detector, warm-up — and the end included, each also reported alone) and as
   the steady rate between the first and the last scene finished; and the accuracy of the fast schedule: NME51/NME68 of the fitted model's
   projected landmarks against FAN's on the five images, fast vs the full single-image schedule.
+* **speed** (``--only-speed`` runs only this section; ``--skip-speed`` none; ``scripts/benchmark_speed.py``):
+  ``flame-prior --help`` and ``fit --help`` wall time, whether the CLI's import loads torch, the time to
+  a fit's first progress line; the 8-view demo fit (``--speed-steps`` photometric steps, 30) alone and
+  beside a CPU-bound neighbour on one core, interleaved, and the slowdown ratio (``--speed-contrast``
+  adds the old settings: 2 spinning threads); the 30-view scene with detection and COLMAP cached: fit,
+  export (wall and CPU seconds) and peak resident memory.
 * **targets** (2 CPU cores, detection and COLMAP excluded): 30-view fit <= 60 s, single image
   <= 5 s, rigid stage <= 1 s, >= 10x faster than the baseline at equal or lower landmark error.
   Camera accuracy per scan rig (issue 12), over the views within ±60° of frontal: eye distance >= 60 px:
@@ -104,6 +110,11 @@ if str(HERE) not in sys.path:
 
 
 def _child_setup(device_name: str, threads: int | None):
+    from flame_prior.threads import ENV_THREADS, set_wait_policy
+
+    set_wait_policy()  # inherited from the parent too; a child started elsewhere gets it here
+    if threads:
+        os.environ[ENV_THREADS] = str(threads)  # the fitter's per-stage thread policy keeps this count
     import torch
 
     if threads:
@@ -121,6 +132,12 @@ def _memory(torch, dev) -> dict:
     if dev.type == "cuda":
         m["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return m
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all its threads (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _sync(torch, dev):
@@ -301,10 +318,10 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
                        uv_layout=assets.uv_layout)
     t_fit = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
-        t0 = time.perf_counter()
+        t0, cpu0, load = time.perf_counter(), _cpu_s(), os.getloadavg()[0]
         write_all(Path(tmp) / "out", views, intr, result, skipped, {}, model=assets.info,
                   overwrite=True, avatar_format=False)
-        t_export = time.perf_counter() - t0
+        t_export, export_cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     total = time.perf_counter() - t_all
     out = {
         "data": data, "views": len(views), "skipped": [f"{s.path.name}: {s.reason}" for s in skipped],
@@ -320,6 +337,7 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
         "stages": _stage_dict(result),
         "accuracy": _landmark_accuracy(result, assets.embedding),
         "rss_after_import_mb": rss0,
+        "export_cpu_s": export_cpu, "load_1min": load,
         "notes": result.notes,
     }
     if nme_ref and Path(nme_ref).exists():
@@ -751,8 +769,17 @@ def main(argv=None) -> int:
     ap.add_argument("--only-video", action="store_true", help="only the video section (intake, tracking, real sequence)")
     ap.add_argument("--video-seconds", type=float, default=None, help="length of the 1080p clip (default 60; quick 10)")
     ap.add_argument("--track-timesteps", type=int, default=None, help="timesteps of the dynamic sequence (300; quick 30)")
+    ap.add_argument("--only-speed", action="store_true",
+                    help="only the speed section: start-up, busy neighbour, 30-view export and peak memory")
+    ap.add_argument("--skip-speed", action="store_true", help="leave the speed section out")
+    ap.add_argument("--speed-steps", type=int, default=None, help="photometric steps of the busy-neighbour fit (30)")
+    ap.add_argument("--speed-contrast", action="store_true",
+                    help="also run the busy-neighbour fit with the old settings (2 spinning threads; slow)")
     a = ap.parse_args(argv)
 
+    from flame_prior.threads import set_wait_policy
+
+    set_wait_policy()  # before torch loads, here and (inherited) in every case's process
     import torch
     from flame_prior.fit import FitterConfig, resolve_device
     from rich.console import Console
@@ -794,6 +821,33 @@ def main(argv=None) -> int:
 
     def log(msg):
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
+
+    # ---- speed (issue 16): start-up, a busy neighbour, the 30-view export and peak memory
+    if not a.skip_speed and not a.only_scan and not a.only_video and not a.batch_only:
+        from benchmark_speed import busy_section, case_startup
+
+        speed = report["speed"] = {}
+        log("speed: start-up (--help, first progress line of a fit)")
+        speed["startup"] = case_startup(shared, Path(_scratch()), repeats=3 if quick else 5)
+        save()
+        speed["busy"] = busy_section(run_case, case_synthetic, views=8,
+                                     steps=a.speed_steps or (10 if quick else 30), repeats=1 if quick else 2,
+                                     contrast=a.speed_contrast, log=log)
+        save()
+        multiview = shared / "data" / "multiview" / "2-346" / "images"
+        if not a.skip_real and multiview.exists():
+            from flame_prior.cache import default_cache_dir
+
+            log("speed: 30-view scene (detection and COLMAP cached): fit, export, peak memory")
+            speed["real_30"] = run_case(case_real, **common, data=str(multiview), fitter={},
+                                        cache_dir=str(default_cache_dir()), floor=False)
+            save()
+    if a.only_speed:
+        _targets(report)
+        save()
+        console.print_json(data={k: v for k, v in report["speed"].items()}, default=str)
+        console.print(f"wrote {out_path}")
+        return 0
 
     # ---- batch
     if not a.skip_batch and not a.only_scan and not a.only_video and not a.skip_real:  # fits real photos
@@ -1013,6 +1067,10 @@ def _targets(report: dict) -> None:
     def add(name, target, measured, met, note=""):
         t.append({"target": name, "goal": target, "measured": measured, "met": met, "note": note})
 
+    if report.get("speed"):
+        from benchmark_speed import speed_targets
+
+        speed_targets(report["speed"], add)
     b = report.get("batch") or {}
     rt, runs, acc = b.get("ratios") or {}, b.get("runs") or {}, b.get("fast_accuracy") or {}
     if rt.get("pool2_over_pool1_steady") is not None:

@@ -101,7 +101,6 @@ def test_threads_follow_the_free_cores(monkeypatch):
     from flame_prior import threads
 
     monkeypatch.delenv(threads.ENV_THREADS, raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = threads.available_cores()
     if cores < 2:
         pytest.fail("this check needs at least 2 cores")  # never a silent skip
@@ -129,6 +128,21 @@ def test_user_thread_count_wins(monkeypatch):
     with threads.stage_threads("photometric") as n:
         assert n == 3 and torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
+
+
+def test_a_callers_one_thread_is_kept(monkeypatch):
+    """torch.set_num_threads(1) before a fit (the repeatable setting) caps every stage at 1."""
+    from flame_prior import threads
+    import torch
+
+    monkeypatch.delenv(threads.ENV_THREADS, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threads.stage_threads("photometric") as n:
+            assert n == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_batch_workers_use_the_same_policy():
