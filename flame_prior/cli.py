@@ -63,8 +63,8 @@ def execute(config, console: Console | None = None) -> int:
 
             run_batch(config, console=console)
         else:
-            # The first sign of life, before the seconds that importing torch and the pipeline take.
-            console.print("flame-prior fit: loading torch and the pipeline ...", style="dim", highlight=False)
+            if "flame_prior.pipeline" not in sys.modules:  # a first sign of life before seconds of imports
+                console.print("flame-prior fit: loading torch and the pipeline ...", style="dim", highlight=False)
             from flame_prior.pipeline import run
 
             run(config, console=console)
