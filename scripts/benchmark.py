@@ -308,6 +308,7 @@ def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_d
     t_assets = time.perf_counter() - t0
     cold_cache = not any(Path(cache_dir).glob("*"))
     views, skipped, tm_cold = prepare_views(cfg, assets.embedding, False)
+    del views, skipped  # not two sets of full-size images alive at once: the peak memory is the run's
     views, skipped, tm_cached = prepare_views(cfg, assets.embedding, False)
     with tempfile.TemporaryDirectory(dir=_scratch()) as work:
         t0 = time.perf_counter()

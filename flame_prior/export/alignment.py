@@ -73,10 +73,12 @@ def feature_lines(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 
 @torch.no_grad()
 def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
-                      base: Image.Image | None = None) -> Image.Image:
+                      base: Image.Image | None = None, rast: torch.Tensor | None = None) -> Image.Image:
     """View ``i``'s photo (``(H, W, 3)`` uint8, original grid) at display scale ``s`` with the
     shaded model at 50 %, its silhouette and feature lines (see the module docstring). ``base``:
-    the photo already resized to display scale, when the caller has it (resized here otherwise)."""
+    the photo already resized to display scale, when the caller has it (resized here otherwise);
+    ``rast``: the rasterization of this view at the render size used here, when the caller has it
+    (:func:`flame_prior.export.report.render_preview` makes the same one: the mesh is rasterized once)."""
     H, W = photo.shape[:2]
     w, h = max(1, round(W * s)), max(1, round(H * s))
     r = min(1.0, RENDER_SIDE / max(w, h))  # render scale relative to the display
@@ -87,7 +89,8 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
     faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
     pc = verts @ cams.R.transpose(1, 2) + cams.t[:, None]
     pos = render.pinhole_to_clip(pc, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, rw, rh)
-    rast = render.rasterize(pos, faces, (rh, rw))
+    if rast is None or tuple(rast.shape[1:3]) != (rh, rw):
+        rast = render.rasterize(pos, faces, (rh, rw))
     normals = torch.nn.functional.normalize(
         render.interpolate(render.vertex_normals(pc, faces), rast, faces), dim=-1)[0]
     points = torch.nn.functional.normalize(render.interpolate(pc, rast, faces)[0], dim=-1)

@@ -116,9 +116,11 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
 
 
 @torch.no_grad()
-def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640) -> np.ndarray:
+def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640,
+                   return_rast: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
     """The fitted, textured, lit head over view ``i``: ``(h, w, 4)`` uint8 RGBA for ``size = (w, h)``
-    (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up."""
+    (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up; with
+    ``return_rast`` also the rasterization (for the alignment picture of the same view)."""
     verts = torch.as_tensor(result.vertices, dtype=torch.float32)[None]
     faces = torch.as_tensor(result.faces)
     uvs, uv_faces = torch.as_tensor(result.uvs), torch.as_tensor(result.uv_faces)
@@ -132,7 +134,8 @@ def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: i
                                  uvs, uv_faces, tex, sh, size=(h, w), vertex_normals=vertex_normals(verts, faces))
     alpha = (rast[..., 3:] > 0).float()
     rgba = (torch.cat([color.clamp(0, 1), alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
-    return cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
+    rgba = cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
+    return (rgba, rast) if return_rast else rgba
 
 
 def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
@@ -278,10 +281,11 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         o, vf = obs[i], result.views[i]
         s = _scale_for(o.image.width, o.image.height)
         photo = _resized(o.image.pixels, s).convert("RGB")
-        render = renders[i] if renders is not None else render_preview(result, i, photo.size)
+        render, rast = (renders[i], None) if renders is not None else render_preview(result, i, photo.size,
+                                                                                      return_rast=True)
         draw_landmark_overlay(o, vf, s, photo=photo).save(rep / f"{vf.name}_landmarks.jpg", quality=JPEG_QUALITY)
         draw_model_overlay(o, render, s, photo=photo).save(rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
-        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo)
+        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, rast=rast)
         aim.save(rep / f"{vf.name}_alignment.jpg", quality=JPEG_QUALITY)
         aim.thumbnail((SHEET_CELL, SHEET_CELL), Image.LANCZOS)
         return aim

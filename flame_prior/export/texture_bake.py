@@ -84,7 +84,10 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
         y = (cams.fy[i] * pc[:, 1] / z + cams.cy[i]).numpy()
         ray = torch.nn.functional.normalize(pc, dim=-1).float()
         cos = -(texel_n @ cams.R[i].float().T * ray).sum(-1).numpy()
-        ok = (z.numpy() > 0) & (cos > 0.05) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+        idx = np.flatnonzero((z.numpy() > 0) & (cos > 0.05) & (x >= 0) & (x < W) & (y >= 0) & (y < H))
+        if not len(idx):
+            return None
+        x, y, cos, zi = x[idx], y[idx], cos[idx], z.numpy()[idx]  # the tests below only on these candidates
         # Visibility: the nearest surface along the texel's pixel (a depth map at most DEPTH_SIDE px).
         s = min(1.0, DEPTH_SIDE / max(W, H))
         dw, dh = max(1, round(W * s)), max(1, round(H * s))
@@ -97,15 +100,16 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
         hit = vr[0, ..., 3].numpy() > 0
         px = np.clip((x * dw / W).astype(int), 0, dw - 1)
         py = np.clip((y * dh / H).astype(int), 0, dh - 1)
-        ok &= ~hit[py, px] | (z.numpy() <= depth[py, px] + DEPTH_TOLERANCE)
+        ok = ~hit[py, px] | (zi <= depth[py, px] + DEPTH_TOLERANCE)
         ok &= _sample(np.asarray(obs.detection.mask, np.float32), x, y) >= 0.5
         if not ok.any():
             return None
+        idx = idx[ok]
         colour = _sample(obs.image.pixels, x[ok], y[ok]).astype(np.float64) / 255.0
         sh = lighting[min(i, len(lighting) - 1)][None]
-        shading = shade_sh(torch.ones(1, int(ok.sum()), 3), texel_n[torch.as_tensor(ok)][None], sh)[0].double().numpy()
+        shading = shade_sh(torch.ones(1, len(idx), 3), texel_n[torch.as_tensor(idx)][None], sh)[0].double().numpy()
         w = cos[ok].astype(np.float64) ** 2
-        return np.flatnonzero(ok), w[:, None] * colour / np.maximum(shading, 0.05), w
+        return idx, w[:, None] * colour / np.maximum(shading, 0.05), w
 
     # Views on a pool of threads (torch, cv2 and numpy release the GIL); summed in view order, so the
     # texture does not depend on which thread finished first.
