@@ -123,6 +123,8 @@ def test_file_fit_exports(capture, tmp_path):
     written = cv2.imread(str(out / meta["frames"][0]["file_path"]))[..., ::-1]
     np.testing.assert_array_equal(written, photos[0].image.pixels)
 
+    assert "lens (undone for the fit)</dt><dd>k1 -0.2<" in (out / "report.html").read_text()
+
     # The COLMAP export reads back through --intrinsics.file as the calibration it came from.
     back = read_camera_file(out / "colmap_text")
     assert {c.model for c in back.cameras} == {"OPENCV"}

@@ -356,6 +356,8 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
                  f"{' (focal refined)' if intrinsics.optimise_focal else ' (focal held fixed)'}</dd>"
                  f"<dt>initial focal</dt><dd>{_range(np.asarray(intrinsics.fx, dtype=float))} px</dd>"
                  f"<dt>fitted focal</dt><dd>{_range(fxs)} px</dd>"
+                 + (f"<dt>lens (undone for the fit)</dt><dd>k1 {_lens_range(result.cameras.distortion)}</dd>"
+                    if result.cameras.distortion is not None else "")
                  + (colmap_rows or "<dt>COLMAP</dt><dd>not used / did not register</dd>")
                  + "</dl>" + (f"<ul>{intr_notes}</ul>" if intr_notes else "") + "</div>")
 
@@ -430,6 +432,12 @@ def _short(v) -> str:
     if isinstance(v, (list, tuple, np.ndarray)) and len(v) > 6:
         return f"[{len(v)} values]"
     return str(v)
+
+
+def _lens_range(distortion) -> str:
+    """The k1 values of the cameras' lenses ``(N, 5)``, e.g. ``-0.25`` or ``-0.3 to -0.1``."""
+    k1 = np.asarray(distortion[:, 0].detach().cpu().double().numpy())
+    return f"{k1.min():.3g}" if np.ptp(k1) < 1e-9 else f"{k1.min():.3g} to {k1.max():.3g}"
 
 
 def _range(a: np.ndarray) -> str:
