@@ -33,12 +33,13 @@ from flame_prior.batch.worker import SceneJob, init_worker, process_scene, worke
 MAX_ATTEMPTS = 3
 
 
-def _worker_died(job: SceneJob, why: str) -> dict:
+def _worker_died(job: SceneJob, why: str, error: str | None = None) -> dict:
+    """Record ``job`` as failed because its worker died (``why``), or with ``error`` as its error."""
     from pathlib import Path
 
     record = {"scene": job.name, "data": job.relative, "key": job.key, "run_id": job.run_id, "status": "failed",
-              "error": f"the worker process running this scene died ({why})", "attempt": job.attempt,
-              "error_kind": "worker", "seconds": {}}
+              "error": error or f"the worker process running this scene died ({why})", "attempt": job.attempt,
+              "error_kind": "internal" if error else "worker", "seconds": {}}
     write_record(Path(job.record_path), record)
     return record
 
@@ -133,7 +134,7 @@ def run_ray(jobs: Sequence[SceneJob], workers: int, threads: int, on_record: Cal
 
 
 #: ray.init settings of a batch: no dashboard, worker logs stay in Ray's log folder (a scene's
-#: errors are in its record), Ray's usage statistics are not collected.
+#: errors are in its record), Ray's own messages only from warnings up.
 _RAY_INIT = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="warning")
 #: Scenes an actor holds: the one it runs and the next (as the local pool holds one more than its workers).
 _RAY_SCENES_PER_ACTOR = 2
@@ -214,6 +215,11 @@ class _RayPool:
                         if deaths_left > 0:
                             self._start_actor()
                     continue
+                except ray.exceptions.RayTaskError as err:  # raised past process_scene (which records errors)
+                    if job is None:
+                        raise
+                    cause = getattr(err, "cause", None) or err
+                    record = _worker_died(job, "", error=f"{type(cause).__name__}: {str(cause)[:300]}")
                 if job is not None:
                     on_record(record)
                 give(actor)
