@@ -55,6 +55,7 @@ __all__ = [
     "Intrinsics",
     "IntrinsicsConfig",
     "ColmapResult",
+    "ColmapPoses",
     "estimate_intrinsics",
     "run_colmap",
     "focal_from_fov",
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given", "file"]
+SceneKind = Literal["turning-head", "rigid-scene"]
 _COLMAP_CACHE_VERSION = 2  # 2: per-view cameras (one COLMAP camera per image size)
 
 
@@ -89,6 +91,29 @@ class Intrinsics:
     colmap: dict | None = None
     notes: list[str] = field(default_factory=list)
     distortion: np.ndarray | None = None
+    poses: ColmapPoses | None = None
+    """COLMAP's registered cameras, for the fit's multi-view stage (:mod:`flame_prior.fit.multiview`)."""
+
+
+@dataclass
+class ColmapPoses:
+    """COLMAP's cameras of the views it registered, handed to the fit, indexed like the views.
+
+    Attributes:
+        w2c: ``(N, 4, 4)`` world-to-camera, OpenCV axes, in COLMAP's arbitrary frame and scale;
+            NaN where ``registered`` is False.
+        registered: ``(N,)`` bool.
+        scene_kind: ``"turning-head"`` (only the head is rigid: features on the head mask) or
+            ``"rigid-scene"`` (camera moving around a still head, or a synchronised rig: the whole
+            image is rigid).
+    """
+
+    w2c: np.ndarray
+    registered: np.ndarray
+    scene_kind: SceneKind = "turning-head"
+
+    def subset(self, keep: list[int]) -> "ColmapPoses":
+        return ColmapPoses(self.w2c[keep], self.registered[keep], self.scene_kind)
 
 
 @dataclass
@@ -252,7 +277,7 @@ def estimate_intrinsics(
     colmap = _try_colmap(views, config, workdir, progress, notes)
     if colmap is not None:
         return result(colmap.view_focal_px, "colmap", cx=colmap.view_cx, cy=colmap.view_cy,
-                      colmap=colmap.figures)
+                      colmap=colmap.figures, poses=ColmapPoses(colmap.w2c, colmap.registered))
 
     if config.use_exif:
         exif = [v.image.exif_focal_px for v in views]

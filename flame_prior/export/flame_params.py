@@ -131,7 +131,7 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model: ModelInfo,
         "stages": [
             {"name": s.name, "iterations": int(s.iterations), "seconds": float(s.seconds),
              "loss_history": [float(x) for x in s.loss_history],
-             "landmark_px": np.asarray(s.landmark_px, dtype=np.float64)}
+             "landmark_px": np.asarray(s.landmark_px, dtype=np.float64), **s.details}
             for s in result.stages
         ],
         "notes": list(result.notes),

@@ -70,6 +70,17 @@ class FitterConfig:
     several threads add run-to-run differences in the last digits: README, Determinism)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to fit: auto uses CUDA when present."""
+    multiview: bool = True
+    """Cameras of the views COLMAP registered follow COLMAP's relative poses, brought into FLAME's frame by
+    one similarity fitted with FLAME on the landmarks (flame_prior.fit.multiview); off: landmark cameras only."""
+    multiview_max_rotation_deg: float = 30.0
+    """A COLMAP camera further than this from its landmark camera (after the alignment) is rejected: the landmark
+    cameras are a few degrees off at most up to 60 deg of yaw, a wrong registration is off by far more."""
+    multiview_max_landmark_error: float = 0.05
+    """A COLMAP camera whose landmark error exceeds this fraction of the face size (and 4x the median view's) is
+    rejected after the joint refinement."""
+    multiview_steps: int = 40
+    """L-BFGS iterations of the multi-view refinement (per yaw round)."""
 
     def check(self, prefix: str = "fitter.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
@@ -80,6 +91,11 @@ class FitterConfig:
         check_option(self.photometric_views >= 1, prefix + "photometric_views", self.photometric_views, "at least 1")
         check_option(0 <= self.appearance_warmup <= 1, prefix + "appearance_warmup", self.appearance_warmup,
                      "a fraction in [0, 1]")
+        check_option(0 < self.multiview_max_rotation_deg <= 180, prefix + "multiview_max_rotation_deg",
+                     self.multiview_max_rotation_deg, "in (0, 180] degrees")
+        check_option(self.multiview_max_landmark_error > 0, prefix + "multiview_max_landmark_error",
+                     self.multiview_max_landmark_error, "positive")
+        check_option(self.multiview_steps >= 1, prefix + "multiview_steps", self.multiview_steps, "at least 1")
         check_option(self.robust_scale > 0, prefix + "robust_scale", self.robust_scale, "positive")
         for name in ("geometry_lr_scale", "appearance_lr_scale", "shape_prior", "expression_prior", "pose_prior",
                      "w_landmark", "w_photometric", "w_mask", "early_stop"):

@@ -11,12 +11,15 @@ zero) and every view gets its own camera, so the cameras come out directly in FL
 2. **landmarks** — shape, expression, jaw/neck/eye pose, cameras and focal together on the
    landmarks, with Gaussian priors, by Levenberg-Marquardt (a handful of steps). Only the vertices
    the landmarks sit on are evaluated (:class:`FlameModel` ``vertex_index``), so this costs O(L).
+2b. **multiview** — when COLMAP registered views (``Intrinsics.poses``): their cameras follow
+   COLMAP's relative poses, brought into FLAME's frame by one similarity refined with FLAME on the
+   landmarks (:mod:`flame_prior.fit.multiview`); the photometric stage leaves those cameras fixed.
 3. **photometric** — the renderer (``flame_prior.render``) on a square crop around each face:
    albedo (texture space, or a free UV map), per-view SH lighting, geometry and cameras, with a
    photometric L1 term inside the head mask, a two-sided mask term (model outside the head mask;
    face region left uncovered) and the landmark term; Adam with early stopping.
 
-Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, stage 3 in :mod:`flame_prior.fit.photometric`;
+Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, 2b in :mod:`flame_prior.fit.multiview`, stage 3 in :mod:`flame_prior.fit.photometric`;
 each is a function from a :class:`~flame_prior.fit.state.FitState` to a new state and its
 :class:`~flame_prior.fit.state.StageLog`. Every stage rejects non-finite steps and restores the
 last good state (and says so in ``FitResult.notes``).
@@ -36,6 +39,7 @@ from flame_prior.distortion import has_distortion, ideal_pinhole_view
 from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
 from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, prepare_forward_ad, rigid_stage
+from flame_prior.fit.multiview import multiview_stage
 from flame_prior.fit.photometric import Appearance, initial_albedo_color, photometric_stage
 from flame_prior.fit.result import FitResult, ViewFit
 from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, landmark_targets, per_view_error_px
@@ -134,6 +138,10 @@ def fit_flame(
         ("rigid", 2 * config.rigid_steps, lambda st, tick: rigid_stage(st, tg, optimise_focal, config, tick)),
         ("landmarks", config.landmark_steps, lambda st, tick: landmark_stage(st, tg, optimise_focal, config, tick)),
     ]
+    if config.multiview and intrinsics.poses is not None:
+        names = [v.image.name for v in views]
+        stages.append(("multiview", 2 * config.multiview_steps,
+                       lambda st, tick: multiview_stage(st, tg, intrinsics.poses, names, config, tick)))
     if config.photometric_steps > 0:
         stages.append(("photometric", config.photometric_steps,
                        lambda st, tick: photometric_stage(st, tg, views, optimise_focal, config, appearance, tick)))
@@ -161,7 +169,8 @@ def fit_flame(
 def _subset_intrinsics(intr: Intrinsics, keep: list[int]) -> Intrinsics:
     return dataclasses.replace(intr, fx=np.asarray(intr.fx)[keep], fy=np.asarray(intr.fy)[keep],
                                cx=np.asarray(intr.cx)[keep], cy=np.asarray(intr.cy)[keep],
-                               distortion=None if intr.distortion is None else np.asarray(intr.distortion)[keep])
+                               distortion=None if intr.distortion is None else np.asarray(intr.distortion)[keep],
+                               poses=None if intr.poses is None else intr.poses.subset(keep))
 
 
 def _fit_through_lens(model, embedding, views: list[ViewObservation], intrinsics: Intrinsics, config: FitterConfig,

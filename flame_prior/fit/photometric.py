@@ -107,6 +107,11 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObserva
     crops = make_crops(views, tg, cfg.render_size, device, tg.points.dtype)
     names = free_parameters(cfg, st.model, optimise_focal)
     geo = [getattr(st, k).detach().requires_grad_(True) for k in names]
+    if st.camera_fixed is not None:  # cameras the multi-view stage tied to COLMAP: zero gradient, so Adam never moves them
+        free = (~st.camera_fixed).to(geo[0].dtype)[:, None]
+        for k, p in zip(names, geo):
+            if k in ("cam_rot", "cam_t"):
+                p.register_hook(lambda g, free=free: g * free)
     st = st.replace(**dict(zip(names, geo)))
     app_params = appearance.parameters()
     lrs = {"cam_rot": 2e-3, "cam_t": 1e-3, "log_focal": 2e-3, "shape": 2e-2, "expression": 2e-2, "jaw": 5e-3,

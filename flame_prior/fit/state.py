@@ -83,6 +83,8 @@ class FitState:
         log_focal: ``(1,)`` log of the one focal scale shared by all views.
         shape, expression: ``(1, n_shape)``, ``(1, n_expr)``; jaw, eyes, neck: ``(1, 3)``, ``(1, 6)``,
             ``(1, 3)`` axis-angle.
+        camera_fixed: ``(N,)`` bool, cameras later stages must not move (set by the multi-view
+            stage: they follow COLMAP's relative geometry), or None.
     """
 
     model: FlameModel
@@ -103,6 +105,7 @@ class FitState:
     jaw: Tensor
     eyes: Tensor
     neck: Tensor
+    camera_fixed: Tensor | None = None
 
     @classmethod
     def initial(cls, model: FlameModel, emb: LandmarkEmbedding, intr: Intrinsics, sizes: list[tuple[int, int]],
@@ -175,6 +178,7 @@ class StageLog:
     loss_history: list[float]
     landmark_px: np.ndarray  # (N,) median landmark error per view after the stage, pixels
     notes: list[str] = field(default_factory=list)  # e.g. "a step produced NaN/Inf; restored ..."
+    details: dict = field(default_factory=dict)  # stage-specific figures for fit_summary.json (JSON types)
 
 
 def stage_log(name: str, st: FitState, tg: LandmarkTargets, started: float, iterations: int,

@@ -1,0 +1,249 @@
+"""Fit stage 2b — multi-view geometry: COLMAP's registered cameras brought into FLAME's frame.
+
+Public entry: :func:`multiview_stage`, run by :func:`flame_prior.fit.fitter.fit_flame` after the
+landmark stage when the intrinsics step handed over COLMAP's poses (:class:`ColmapPoses`).
+
+COLMAP's relative poses are precise (sub-pixel feature tracks) but live in an arbitrary frame and
+scale; the landmark cameras are in FLAME's frame and metric but carry the detector's bias (a few
+degrees, growing with yaw). A similarity ``x_colmap = s A x_flame + b`` joins the two. For a view
+with COLMAP pose ``(R_c, t_c)`` the camera in FLAME's frame is then
+
+    R = R_c A,    t = R_c d + k t_c,    with  d = b / s,  k = 1 / s.
+
+1. **Start** (closed form, robust): ``A`` by RANSAC over the views (each view's ``R_c^T R`` is a
+   hypothesis; inliers within :attr:`FitterConfig.multiview_max_rotation_deg`) then the chordal L2
+   mean of the inliers; ``s, b`` by iteratively reweighted (Cauchy) least squares on the camera
+   centres ``C_colmap = s A C_flame + b``. A view whose COLMAP camera disagrees with its landmark
+   camera beyond the threshold keeps its landmark camera and is reported.
+2. **Joint refinement**: the 7 similarity parameters, the FLAME parameters and the cameras of the
+   views without a COLMAP pose together on the robust landmark energy (L-BFGS), so that the tracks
+   give the relative geometry and FLAME gives the frame, the scale and the head. Then a view whose
+   landmarks the COLMAP camera cannot explain (landmark error far above the others') is released
+   to its landmark camera and the refinement repeats.
+
+The cameras that follow COLMAP are marked in :attr:`FitState.camera_fixed`: the photometric stage
+leaves them where they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flame_prior.fit.config import FitterConfig
+from flame_prior.fit.state import (FitState, LandmarkTargets, StageLog, free_parameters, landmark_energy,
+                                   per_view_error_px, prior_energy, stage_log)
+from flame_prior.flame import head_yaw_deg
+from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+from flame_prior.intrinsics import ColmapPoses
+
+__all__ = ["multiview_stage", "similarity_from_cameras"]
+
+_FLAME_NAMES = ("shape", "expression", "jaw", "eyes", "neck")
+
+
+def _project_rotation(M: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(M)
+    return U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+
+
+def _angles_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
+    cos = (np.einsum("nij,nij->n", Ra, Rb) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def similarity_from_cameras(R: np.ndarray, t: np.ndarray, colmap_w2c: np.ndarray, max_rotation_deg: float,
+                            ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+    """Robust similarity from COLMAP's frame to the frame of the cameras ``R, t``.
+
+    Args:
+        R, t: ``(N, 3, 3)``, ``(N, 3)`` world-to-camera poses in the target frame (FLAME's).
+        colmap_w2c: ``(N, 4, 4)`` COLMAP's world-to-camera poses; rows with NaN are not used.
+        max_rotation_deg: a view whose COLMAP rotation, after the alignment, is further than this
+            from ``R`` is an outlier.
+
+    Returns:
+        ``A (3, 3)``, ``d (3,)``, ``k``: the cameras ``R_c A`` and ``R_c d + k t_c`` (module
+        docstring); ``inlier (N,)`` bool; ``rotation_error_deg (N,)`` (NaN where no COLMAP pose).
+    """
+    n = len(R)
+    ok = np.isfinite(colmap_w2c).all(axis=(1, 2))
+    Rc, tc = colmap_w2c[:, :3, :3], colmap_w2c[:, :3, 3]
+    idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        raise ValueError("similarity_from_cameras: no COLMAP pose")
+    # RANSAC: every view proposes A = Rc^T R; keep the one most views agree with.
+    best, best_key = None, None
+    for j in idx:
+        A = Rc[j].T @ R[j]
+        err = _angles_deg(Rc[idx] @ A, R[idx])
+        key = (int((err < max_rotation_deg).sum()), -float(np.minimum(err, max_rotation_deg).sum()))
+        if best_key is None or key > best_key:
+            best, best_key = A, key
+    A = best
+    for _ in range(5):  # chordal L2 mean of the inliers, inliers re-chosen
+        err = np.full(n, np.nan)
+        err[idx] = _angles_deg(Rc[idx] @ A, R[idx])
+        inlier = ok & (np.nan_to_num(err, nan=np.inf) < max_rotation_deg)
+        A = _project_rotation(np.einsum("nji,njk->ik", Rc[inlier], R[inlier]))
+    err = np.full(n, np.nan)
+    err[idx] = _angles_deg(Rc[idx] @ A, R[idx])
+    inlier = ok & (np.nan_to_num(err, nan=np.inf) < max_rotation_deg)
+
+    # Centres: C_colmap = s A C + b, by Cauchy IRLS (the landmark cameras' depth is their weak axis).
+    C = -np.einsum("nji,nj->ni", R, t)
+    Cc = -np.einsum("nji,nj->ni", Rc, tc)
+    P, Q = C[inlier] @ A.T, Cc[inlier]
+    w = np.ones(len(P))
+    for _ in range(10):
+        pm, qm = (w[:, None] * P).sum(0) / w.sum(), (w[:, None] * Q).sum(0) / w.sum()
+        s = float((w * ((P - pm) * (Q - qm)).sum(1)).sum() / max((w * ((P - pm) ** 2).sum(1)).sum(), 1e-30))
+        if len(P) < 2 or not s > 0:  # one view, or degenerate centres: the scale of that view's distance
+            s = float(np.linalg.norm(Q[0]) / max(np.linalg.norm(P[0]), 1e-30)) if not s > 0 else s
+        b = qm - s * pm
+        r = np.linalg.norm(s * P + b - Q, axis=1)
+        scale = max(float(np.median(r)), 1e-12)
+        w = 1.0 / (1.0 + (r / (2.0 * scale)) ** 2)
+    return A, b / s, 1.0 / s, inlier, err
+
+
+def _colmap_cameras(Rc: Tensor, tc: Tensor, omega: Tensor, A0: Tensor, d: Tensor, log_k: Tensor):
+    """``(M, 3, 3)``, ``(M, 3)`` FLAME-frame cameras of COLMAP poses ``Rc, tc`` under the similarity
+    ``A = exp([omega]x) A0``, ``d``, ``k = exp(log_k)``."""
+    A = axis_angle_to_rotation_matrix(omega) @ A0
+    return Rc @ A, (Rc @ d[:, None])[..., 0] + torch.exp(log_k) * tc
+
+
+def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[str], use: np.ndarray,
+            Rc: Tensor, tc: Tensor, A0: Tensor, d0: Tensor, log_k0: Tensor, steps: int, tick):
+    """L-BFGS on the similarity, the FLAME parameters ``names`` and the cameras of views not in ``use``.
+
+    Returns the state with every camera written (``use`` views from the similarity), the refined
+    ``(A, d, log_k)`` and the energy history."""
+    dtype, device = st.cam_t.dtype, st.cam_t.device
+    use_t = torch.as_tensor(use, device=device)
+    free_views = torch.as_tensor(~use, device=device)
+    omega = torch.zeros(3, dtype=dtype, device=device, requires_grad=True)
+    d = d0.clone().requires_grad_(True)
+    log_k = log_k0.clone().requires_grad_(True)
+    flame = {k: getattr(st, k).detach().clone().requires_grad_(True) for k in names}
+    cam_rot = st.cam_rot.detach().clone().requires_grad_(True)
+    cam_t = st.cam_t.detach().clone().requires_grad_(True)
+    params = [omega, d, log_k, *flame.values()] + ([cam_rot, cam_t] if bool(free_views.any()) else [])
+
+    def assemble(omega, d, log_k, cam_rot, cam_t) -> FitState:
+        R_use, t_use = _colmap_cameras(Rc[use_t], tc[use_t], omega, A0, d, log_k)
+        R = axis_angle_to_rotation_matrix(cam_rot).clone()
+        t = cam_t.clone()
+        R[use_t], t[use_t] = R_use, t_use
+        return st.replace(cam_rot=rotation_matrix_to_axis_angle(R), cam_t=t, **flame), R
+
+    history: list[float] = []
+    for _ in range(2):  # the jaw-contour landmarks follow each view's yaw: re-chosen once
+        with torch.no_grad():
+            _, R = assemble(omega, d, log_k, cam_rot, cam_t)
+            yaw = head_yaw_deg(R)
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-10, tolerance_change=1e-12)
+
+        def closure():
+            opt.zero_grad()
+            s, _ = assemble(omega, d, log_k, cam_rot, cam_t)
+            pred = s.project(s.landmarks3d(yaw))
+            loss = landmark_energy(pred, tg, cfg.robust_scale) + prior_energy(s, cfg)
+            loss.backward()
+            history.append(float(loss.detach()))
+            tick()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        new, _ = assemble(omega, d, log_k, cam_rot, cam_t)
+        A = axis_angle_to_rotation_matrix(omega) @ A0
+    new = new.replace(**{k: getattr(new, k).detach() for k in ("cam_rot", "cam_t", *names)})
+    return new, (A.detach(), d.detach(), log_k.detach()), history
+
+
+def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names: list[str], cfg: FitterConfig,
+                    tick: Callable[[], None]) -> tuple[FitState, StageLog]:
+    """COLMAP's cameras in FLAME's frame, refined with FLAME on the landmarks (module docstring).
+
+    Args:
+        st: the landmark stage's state.
+        tg: the landmark targets.
+        poses: COLMAP's poses, indexed like the views.
+        names: the views' names, for the notes.
+        cfg: :attr:`FitterConfig.multiview_max_rotation_deg`, ``multiview_steps``, priors.
+        tick: progress callback (one per energy evaluation).
+
+    Returns:
+        The new state (``camera_fixed`` marks the cameras that follow COLMAP) and the stage's log,
+        whose ``details`` hold the similarity, the views used and the views rejected with the reason.
+    """
+    started = time.perf_counter()
+    n = len(names)
+    notes: list[str] = []
+    with torch.no_grad():
+        R0 = axis_angle_to_rotation_matrix(st.cam_rot).double().cpu().numpy()
+        t0 = st.cam_t.double().cpu().numpy()
+    w2c = np.asarray(poses.w2c, dtype=np.float64)
+    registered = np.asarray(poses.registered, dtype=bool) & np.isfinite(w2c).all(axis=(1, 2))
+    details: dict = {"scene_kind": poses.scene_kind, "registered": int(registered.sum()), "views": n}
+    if registered.sum() < 2:
+        notes.append(f"multi-view: COLMAP posed {int(registered.sum())} of {n} views; landmark cameras kept")
+        return st, stage_log("multiview", st, tg, started, 0, [], notes)
+
+    A, d, k, inlier, rot_err = similarity_from_cameras(R0, t0, w2c, cfg.multiview_max_rotation_deg)
+    rejected: dict[int, str] = {int(i): f"COLMAP rotation {rot_err[i]:.1f} deg from the landmark camera "
+                                f"(limit {cfg.multiview_max_rotation_deg:g})" for i in np.flatnonzero(registered & ~inlier)}
+    dtype, device = st.cam_t.dtype, st.cam_t.device
+    T = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)  # noqa: E731
+    Rc, tc = T(np.nan_to_num(w2c[:, :3, :3])), T(np.nan_to_num(w2c[:, :3, 3]))
+    flame_names = [k for k in free_parameters(cfg, st.model, False) if k in _FLAME_NAMES]
+    history: list[float] = []
+    sim = (T(A), T(d), T([np.log(k)]))
+    new = st
+    for attempt in range(3):
+        use = inlier.copy()
+        if use.sum() < 1:
+            notes.append("multi-view: no COLMAP camera agrees with the landmark cameras; landmark cameras kept")
+            return st, stage_log("multiview", st, tg, started, 0, [], notes)
+        new, sim, h = _refine(st, tg, cfg, flame_names, use, Rc, tc, *sim, steps=cfg.multiview_steps, tick=tick)
+        history += h
+        # A COLMAP camera the landmarks cannot follow at all is a wrong registration: release it.
+        with torch.no_grad():
+            err = per_view_error_px(new.project(new.landmarks3d(new.yaw())), tg) / tg.scale.cpu().numpy()
+        typical = float(np.median(err[use]))
+        bad = use & (err > max(4.0 * typical, cfg.multiview_max_landmark_error))
+        if not bad.any() or attempt == 2:
+            break
+        for i in np.flatnonzero(bad):
+            rejected[int(i)] = (f"landmark error {100 * err[i]:.1f} % of the face size with the COLMAP camera "
+                                f"(others {100 * typical:.1f} %)")
+        inlier &= ~bad
+    if not new.finite():
+        notes.append("multi-view: the refinement produced NaN/Inf; landmark cameras kept")
+        return st, stage_log("multiview", st, tg, started, 0, history, notes)
+    new = dataclasses.replace(new, camera_fixed=torch.as_tensor(use, device=device))
+    A_t, d_t, log_k = sim
+    with torch.no_grad():
+        moved = _angles_deg(axis_angle_to_rotation_matrix(new.cam_rot).double().cpu().numpy(), R0)
+    details.update({
+        "used": int(use.sum()),
+        "rejected": [{"name": names[i], "reason": r} for i, r in sorted(rejected.items())],
+        "similarity": {"A": A_t.double().cpu().numpy().tolist(), "d": d_t.double().cpu().numpy().tolist(),
+                       "scale_colmap_per_metre": float(torch.exp(-log_k).item())},
+        "rotation_change_deg": {"median": float(np.median(moved)), "max": float(np.max(moved))},
+    })
+    notes.append(f"multi-view: {int(use.sum())} of {n} cameras follow COLMAP's relative poses ({poses.scene_kind}), "
+                 f"moved from the landmark cameras by {np.median(moved):.2f} deg median, {np.max(moved):.2f} max"
+                 + (f"; {len(rejected)} COLMAP poses rejected: "
+                    + "; ".join(f"{names[i]}: {r}" for i, r in sorted(rejected.items())) if rejected else ""))
+    log = stage_log("multiview", new, tg, started, len(history), history, notes)
+    log.details = details
+    return new, log
