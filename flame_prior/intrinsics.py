@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ __all__ = [
     "ColmapPoses",
     "estimate_intrinsics",
     "run_colmap",
+    "detect_scene_kind",
     "focal_from_fov",
     "fov_from_focal",
     "rotation_residuals_deg",
@@ -65,7 +67,7 @@ __all__ = [
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given", "file"]
 SceneKind = Literal["turning-head", "rigid-scene"]
-_COLMAP_CACHE_VERSION = 2  # 2: per-view cameras (one COLMAP camera per image size)
+_COLMAP_CACHE_VERSION = 3  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind
 
 
 @dataclass
@@ -144,6 +146,14 @@ class IntrinsicsConfig:
     """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
     colmap_seed: int = 0
     """Random seed of COLMAP's RANSAC and mapper, for repeatable runs."""
+    colmap_max_image_side: int = 1024
+    """COLMAP sees every image downscaled so that its long side is at most this many pixels (and, for a turning
+    head, cropped to the box the head masks cover): the cold run's cost falls with the area."""
+    scene_kind: Literal["auto", "turning-head", "rigid-scene"] = "auto"
+    """turning-head: a fixed camera and a turning head, only head pixels are rigid with the head (COLMAP on the
+    head masks); rigid-scene: a camera moving around a still head or a synchronised rig, the whole image is rigid
+    (COLMAP on the whole image, background included); auto: rigid-scene when the background changes between
+    views (a moving camera), else turning-head."""
     use_exif: bool = True
     """Use the EXIF focal length when every view has one."""
     cache_dir: Path | None = None
@@ -173,6 +183,10 @@ class IntrinsicsConfig:
                      "at least 1")
         check_option(self.colmap_mask_erode_px >= 0, prefix + "colmap_mask_erode_px", self.colmap_mask_erode_px,
                      "0 or more")
+        check_option(self.colmap_max_image_side >= 64, prefix + "colmap_max_image_side", self.colmap_max_image_side,
+                     "at least 64 pixels")
+        check_option(self.scene_kind in ("auto", "turning-head", "rigid-scene"), prefix + "scene_kind",
+                     self.scene_kind, "auto, turning-head or rigid-scene")
         check_option(0 < self.prior_fov_deg < 180, prefix + "prior_fov_deg", self.prior_fov_deg,
                      "between 0 and 180 degrees")
 
@@ -272,12 +286,16 @@ def estimate_intrinsics(
 
     if config.focal_px is not None:
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
-        return result(np.full(n, float(config.focal_px)), "given")
+        colmap = _try_colmap(views, config, workdir, progress, notes)
+        return result(np.full(n, float(config.focal_px)), "given",
+                      poses=None if colmap is None else ColmapPoses(colmap.w2c, colmap.registered,
+                                                                    colmap.figures["scene_kind"]))
 
     colmap = _try_colmap(views, config, workdir, progress, notes)
     if colmap is not None:
         return result(colmap.view_focal_px, "colmap", cx=colmap.view_cx, cy=colmap.view_cy,
-                      colmap=colmap.figures, poses=ColmapPoses(colmap.w2c, colmap.registered))
+                      colmap=colmap.figures,
+                      poses=ColmapPoses(colmap.w2c, colmap.registered, colmap.figures["scene_kind"]))
 
     if config.use_exif:
         exif = [v.image.exif_focal_px for v in views]
@@ -308,13 +326,14 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
         notes.append("COLMAP: one camera per view")
     elif len(sizes) > 1:
         notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
+    kind = config.scene_kind if config.scene_kind != "auto" else detect_scene_kind(views, notes)
     try:
-        rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes)
+        rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes, scene_kind=kind)
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
         notes.append(f"COLMAP not used ({type(exc).__name__}: {exc})")
         return None
     fig = rec.figures
-    summary = (f"COLMAP registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
+    summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
                f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
                f"({fig['vertical_fov_deg']:.1f} deg vertical FOV)")
     if fig["registered"] < config.colmap_min_registered * n or fig["registered"] < 2:
@@ -324,15 +343,72 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
     return rec
 
 
-def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig) -> Path:
+def detect_scene_kind(views: list[ViewObservation], notes: list[str] | None = None) -> SceneKind:
+    """A fixed camera (a turning head) or a rigid scene (moving camera, synchronised rig), from the background.
+
+    A fixed camera sees the background where it was in every view; a moving camera (or the other
+    cameras of a rig) sees it move. So, on pairs of views of one image size (the first against up to
+    8 others spread over the capture, downscaled to 256 px), the textured background pixels (outside
+    both head masks, dilated) are compared: when most of them are unchanged the camera is fixed
+    ("turning-head"). Too little textured background decides "turning-head" too: then the background
+    would give COLMAP no features anyway, and the head alone is rigid in both kinds of scene.
+
+    Returns:
+        ``"turning-head"`` or ``"rigid-scene"``; a note says what was seen.
+    """
+    import cv2
+
+    notes = notes if notes is not None else []
+    sizes = [(v.image.width, v.image.height) for v in views]
+    main = max(set(sizes), key=sizes.count)
+    group = [v for v, size in zip(views, sizes) if size == main]
+    if len(group) < 2:
+        notes.append("scene kind: turning-head (one view per image size, nothing to compare)")
+        return "turning-head"
+    W, H = main
+    scale = 256.0 / max(W, H)
+    size = (max(8, round(W * scale)), max(8, round(H * scale)))
+    k = 2 * max(1, round(0.06 * max(size))) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+    def small(v):
+        gray = cv2.resize(cv2.cvtColor(v.image.pixels, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+        head = cv2.dilate(cv2.resize((v.detection.mask >= 0.5).astype(np.uint8), size,
+                                     interpolation=cv2.INTER_NEAREST), kernel)
+        return gray.astype(np.float32), head > 0
+
+    first, first_head = small(group[0])
+    gx, gy = cv2.Sobel(first, cv2.CV_32F, 1, 0) / 8, cv2.Sobel(first, cv2.CV_32F, 0, 1) / 8
+    textured = np.hypot(gx, gy) > 4.0  # grey levels per pixel: an edge or texture, not a flat wall
+    unchanged = []
+    for j in np.unique(np.linspace(1, len(group) - 1, min(8, len(group) - 1)).round().astype(int)):
+        other, other_head = small(group[j])
+        region = textured & ~first_head & ~other_head
+        if region.sum() < 0.01 * region.size:
+            continue
+        unchanged.append(float((np.abs(other - first)[region] < 12.0).mean()))
+    if not unchanged:
+        notes.append("scene kind: turning-head (too little textured background to tell; COLMAP on the head)")
+        return "turning-head"
+    fraction = float(np.median(unchanged))
+    kind: SceneKind = "turning-head" if fraction >= 0.5 else "rigid-scene"
+    notes.append(f"scene kind: {kind} ({100 * fraction:.0f} % of the textured background unchanged between views: "
+                 + ("a fixed camera, COLMAP on the head only)" if kind == "turning-head" else
+                    "the camera moves, COLMAP on the whole image)"))
+    return kind
+
+
+def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, scene_kind: str) -> Path:
     """Cache file named by the images' content, their head masks, the COLMAP settings and version."""
     h = hashlib.sha256()
     for v in views:
         h.update(v.image.sha256.encode())
         h.update(hashlib.sha256(np.ascontiguousarray((v.detection.mask >= 0.5).astype(np.uint8))).digest())
     settings = {k: getattr(config, k) for k in ("colmap_peak_threshold", "colmap_max_features",
-                                                "colmap_mask_erode_px", "colmap_seed")}
-    if config.colmap_cameras != "per_size":  # the default keeps the cache keys of earlier runs
+                                                "colmap_mask_erode_px", "colmap_seed", "colmap_max_image_side",
+                                                "focal_px")}
+    settings["scene_kind"] = scene_kind
+    if config.colmap_cameras != "per_size":
         settings["colmap_cameras"] = config.colmap_cameras
     import pycolmap
 
@@ -342,13 +418,13 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig) -
 
 
 def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=None,
-                      notes: list[str] | None = None) -> ColmapResult:
+                      notes: list[str] | None = None, scene_kind: SceneKind = "turning-head") -> ColmapResult:
     """:func:`run_colmap`, reusing an earlier result for the same images, masks and settings.
 
     The cache is an ``.npz`` read with ``allow_pickle=False`` (written atomically); a damaged
     file is ignored and COLMAP runs again.
     """
-    path = _colmap_cache_file(views, config)
+    path = _colmap_cache_file(views, config, scene_kind)
     if config.use_cache and path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -362,7 +438,7 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
         except Exception as exc:  # damaged cache: recompute
             if notes is not None:
                 notes.append(f"ignored a damaged COLMAP cache file {path} ({type(exc).__name__})")
-    rec = run_colmap(views, config, workdir=workdir, progress=progress)
+    rec = run_colmap(views, config, workdir=workdir, progress=progress, scene_kind=scene_kind)
     if config.use_cache:
         save_npz_atomic(path, w2c=rec.w2c, registered=rec.registered, focal_px=np.float64(rec.focal_px),
                         cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)),
@@ -399,26 +475,82 @@ def _phases(progress: Progress | None, total: int) -> Iterator:
         yield lambda desc, advance=0: status.update(f"COLMAP: {desc}")
 
 
+@dataclass
+class _Window:
+    """The part of a view COLMAP sees: the crop ``[x0, x0 + w) x [y0, y0 + h)`` of the upright image,
+    resized to ``out_w x out_h``; COLMAP pixel ``u = (x - x0) * sx`` (corner origin)."""
+
+    group: int  # one COLMAP camera per group (views of one image size)
+    x0: int
+    y0: int
+    w: int
+    h: int
+    out_w: int
+    out_h: int
+
+    @property
+    def sx(self) -> float:
+        return self.out_w / self.w
+
+    @property
+    def sy(self) -> float:
+        return self.out_h / self.h
+
+
+def _colmap_windows(views: list[ViewObservation], config: IntrinsicsConfig, scene_kind: SceneKind) -> list[_Window]:
+    """Per view, what COLMAP sees: the whole image (rigid scene) or the box every head mask of that
+    image size falls in, with a margin (turning head: nothing outside the head gives features), downscaled
+    so that the FULL image's long side would be ``colmap_max_image_side``; one window per image size."""
+    sizes = [(v.image.width, v.image.height) for v in views]
+    groups = {size: g for g, size in enumerate(dict.fromkeys(sizes))}
+    windows = {}
+    for (W, H), g in groups.items():
+        x0, y0, x1, y1 = 0, 0, W, H
+        if scene_kind == "turning-head":
+            boxes = []
+            for v, size in zip(views, sizes):
+                if size == (W, H):
+                    ys, xs = np.nonzero(v.detection.mask >= 0.5)
+                    if len(xs):
+                        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+            if boxes:
+                bx = np.array(boxes)
+                x0, y0, x1, y1 = bx[:, 0].min(), bx[:, 1].min(), bx[:, 2].max(), bx[:, 3].max()
+                margin = int(0.05 * max(x1 - x0, y1 - y0)) + 8
+                x0, y0, x1, y1 = max(0, x0 - margin), max(0, y0 - margin), min(W, x1 + margin), min(H, y1 + margin)
+        scale = min(1.0, config.colmap_max_image_side / max(W, H))
+        w, h = int(x1 - x0), int(y1 - y0)
+        windows[(W, H)] = _Window(g, int(x0), int(y0), w, h, max(8, round(w * scale)), max(8, round(h * scale)))
+    return [windows[size] for size in sizes]
+
+
 def run_colmap(
     views: list[ViewObservation],
     config: IntrinsicsConfig | None = None,
     workdir: Path | None = None,
     progress: Progress | None = None,
+    scene_kind: SceneKind = "turning-head",
 ) -> ColmapResult:
-    """Structure from motion on the head: SIFT inside ``view.detection.mask``, one SIMPLE_PINHOLE camera
-    per image size (one for all views when they share a size). The upright pixels are written as PNG with a mask PNG per
-    image (``<name>.png.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``) so that
-    torso and background, static while the head turns, give no features. Exhaustive matching and
-    incremental mapping follow; the reconstruction with the most registered views is returned.
+    """Structure from motion, one SIMPLE_PINHOLE camera per image size, principal point at the image
+    centre (held), focal estimated (or held at ``config.focal_px``).
+
+    ``scene_kind="turning-head"``: SIFT inside ``view.detection.mask`` only (a mask PNG per image,
+    ``<name>.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``), since torso and
+    background, static while the head turns, contradict the head's motion; COLMAP sees only the box the
+    head masks cover. ``"rigid-scene"``: the whole image. Either way the images are downscaled
+    (``colmap_max_image_side``) and the results are given back in the original pixel grids. Exhaustive
+    matching up to 40 views (sequential beyond), incremental mapping; the reconstruction with the most
+    registered views is returned.
 
     Args:
         views: ``N >= 2`` views.
         config: COLMAP settings (defaults when None).
         workdir: kept working folder; a temporary one when None.
         progress: see :func:`estimate_intrinsics`.
+        scene_kind: see :attr:`IntrinsicsConfig.scene_kind` (not "auto").
 
     Returns:
-        :class:`ColmapResult`, indexed like ``views``.
+        :class:`ColmapResult`, indexed like ``views``, in the original pixel grids.
 
     Raises:
         ValueError: fewer than 2 views.
@@ -431,75 +563,141 @@ def run_colmap(
     n = len(views)
     if n < 2:
         raise ValueError(f"run_colmap: need at least 2 views, got {n}")
-    sizes = {(v.image.width, v.image.height) for v in views}
+    windows = _colmap_windows(views, config, scene_kind)
     t0 = time.perf_counter()
 
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         image_dir, mask_dir, out_dir = root / "images", root / "masks", root / "sparse"
         for d in (image_dir, mask_dir, out_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
         database = root / "database.db"
         database.unlink(missing_ok=True)
         step = stack.enter_context(_phases(progress, total=n + 3))
         stack.enter_context(_quiet_colmap())
 
-        # Image names by index: view names may hold anything the filesystem allows.
-        names = [f"{i:05d}.png" for i in range(n)]
+        # Image names by index, one folder per camera (image size): view names may hold anything.
+        names = [f"size{win.group}/{i:05d}.png" for i, win in enumerate(windows)]
         kernel = None
         if config.colmap_mask_erode_px > 0:
             k = 2 * config.colmap_mask_erode_px + 1
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-        step("writing images and head masks")
-        for name, view in zip(names, views):
+        step("writing images" + (" and head masks" if scene_kind == "turning-head" else ""))
+        for name, view, win in zip(names, views, windows):
             check_shape(view.detection.mask, [view.image.height, view.image.width], f"{view.image.name}: mask")
-            cv2.imwrite(str(image_dir / name), cv2.cvtColor(view.image.pixels, cv2.COLOR_RGB2BGR),
+            crop = (slice(win.y0, win.y0 + win.h), slice(win.x0, win.x0 + win.w))
+            pixels = cv2.resize(view.image.pixels[crop], (win.out_w, win.out_h), interpolation=cv2.INTER_AREA)
+            (image_dir / name).parent.mkdir(exist_ok=True)
+            cv2.imwrite(str(image_dir / name), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_PNG_COMPRESSION, 1])
-            mask = (view.detection.mask >= 0.5).astype(np.uint8) * 255
-            if kernel is not None:
-                mask = cv2.erode(mask, kernel)
-            cv2.imwrite(str(mask_dir / f"{name}.png"), mask)
-        step("extracting SIFT features on the head", advance=1)
+            if scene_kind == "turning-head":
+                mask = (view.detection.mask >= 0.5).astype(np.uint8) * 255
+                if kernel is not None:
+                    mask = cv2.erode(mask, kernel)
+                mask = cv2.resize(mask[crop], (win.out_w, win.out_h), interpolation=cv2.INTER_NEAREST)
+                (mask_dir / name).parent.mkdir(exist_ok=True)
+                cv2.imwrite(str(mask_dir / f"{name}.png"), mask)
+        step("extracting SIFT features", advance=1)
 
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = "SIMPLE_PINHOLE"
-        reader.mask_path = str(mask_dir)
+        if scene_kind == "turning-head":
+            reader.mask_path = str(mask_dir)
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.sift.peak_threshold = config.colmap_peak_threshold
         extraction.sift.max_num_features = config.colmap_max_features
         extraction.use_gpu = False
         pycolmap.set_random_seed(config.colmap_seed)
-        # AUTO: COLMAP starts a new camera whenever the image size changes (one per size).
-        mode = (pycolmap.CameraMode.PER_IMAGE if config.colmap_cameras == "per_view" else
-                pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.AUTO)
+        # One camera per folder (image size), or per image on request.
+        mode = pycolmap.CameraMode.PER_IMAGE if config.colmap_cameras == "per_view" else pycolmap.CameraMode.PER_FOLDER
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=mode,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+        _set_principal_points(database, names, views, windows, config.focal_px)
         t_extract = time.perf_counter()
-        step("matching all pairs", advance=1)
+        step("matching", advance=1)
 
         matching = pycolmap.FeatureMatchingOptions()
         matching.use_gpu = False
         verification = pycolmap.TwoViewGeometryOptions()
         verification.ransac.random_seed = config.colmap_seed
-        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
-                                  device=pycolmap.Device.cpu)
+        if n <= 40:
+            pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                                      device=pycolmap.Device.cpu)
+        else:  # views in capture order: each with its 15 neighbours
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = 15
+            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                      verification_options=verification, device=pycolmap.Device.cpu)
         t_match = time.perf_counter()
         step("registering views", advance=1)
 
         mapping = pycolmap.IncrementalPipelineOptions()
         mapping.random_seed = config.colmap_seed
         mapping.extract_colors = False
+        if config.focal_px is not None:
+            mapping.ba_refine_focal_length = False
         reconstructions = pycolmap.incremental_mapping(
             database, image_dir, out_dir, options=mapping,
             next_image_callback=lambda: step("registering views", advance=1))
         if not reconstructions:
-            raise RuntimeError("COLMAP reconstructed nothing (too few matches on the head)")
+            raise RuntimeError("COLMAP reconstructed nothing (too few matches)")
         rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-        result = _read_reconstruction(rec, names, [(v.image.width, v.image.height) for v in views])
+        result = _read_reconstruction(rec, names, [(w.out_w, w.out_h) for w in windows])
+    _to_original_pixels(result, views, windows)
     t_end = time.perf_counter()
     result.figures.update(seconds=round(t_end - t0, 1), seconds_extract=round(t_extract - t0, 1),
-                          seconds_match=round(t_match - t_extract, 1), seconds_map=round(t_end - t_match, 1))
+                          seconds_match=round(t_match - t_extract, 1), seconds_map=round(t_end - t_match, 1),
+                          scene_kind=scene_kind, image_scale=round(float(np.mean([w.sx for w in windows])), 4))
     return result
+
+
+def _set_principal_points(database: Path, names: list[str], views, windows: list[_Window],
+                          focal_px: float | None) -> None:
+    """Each COLMAP camera's principal point at its views' image centre (a crop moves it; COLMAP holds
+    it), its focal at ``focal_px`` (held by the mapper) or COLMAP's default guess for the full image."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        by_name = {image.name: image for image in db.read_all_images()}
+        done = set()
+        for name, view, win in zip(names, views, windows):
+            camera_id = by_name[name].camera_id
+            if camera_id in done:
+                continue
+            done.add(camera_id)
+            camera = db.read_camera(camera_id)
+            W, H = view.image.width, view.image.height
+            scale = 0.5 * (win.sx + win.sy)
+            f = focal_px * scale if focal_px is not None else 1.2 * max(W, H) * scale  # COLMAP's default factor
+            camera.params = [f, (W / 2 - win.x0) * win.sx, (H / 2 - win.y0) * win.sy]
+            camera.has_prior_focal_length = focal_px is not None
+            db.update_camera(camera)
+    finally:
+        db.close()
+
+
+def _to_original_pixels(result: "ColmapResult", views, windows: list[_Window]) -> None:
+    """Map a :class:`ColmapResult` read in COLMAP's (cropped, downscaled) pixels back to each view's own grid."""
+    main = int(result.figures.pop("main_view"))
+    missing = ~np.asarray(result.figures.pop("camera_found"), dtype=bool)
+    for i, win in enumerate(windows):
+        result.view_focal_px[i] /= 0.5 * (win.sx + win.sy)
+        result.view_cx[i] = result.view_cx[i] / win.sx + win.x0
+        result.view_cy[i] = result.view_cy[i] / win.sy + win.y0
+    H_main = views[main].image.height
+    result.focal_px, result.cx, result.cy = (float(result.view_focal_px[main]), float(result.view_cx[main]),
+                                             float(result.view_cy[main]))
+    for i in np.flatnonzero(missing):  # a size without a registered camera: the main one's FOV, centred
+        result.view_focal_px[i] = result.focal_px * views[i].image.height / H_main
+        result.view_cx[i], result.view_cy[i] = views[i].image.width / 2, views[i].image.height / 2
+    to_px = 1.0 / (0.5 * (windows[main].sx + windows[main].sy))
+    fig = result.figures
+    fig["mean_reprojection_error_px"] *= to_px
+    fig["reprojection_check_px"] *= to_px
+    fig["focal_px"] = result.focal_px
+    fig["vertical_fov_deg"] = fov_from_focal(result.focal_px, H_main)
 
 
 def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) -> ColmapResult:
@@ -526,7 +724,10 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     main = max(set(ids), key=ids.count)
     f, cx, cy = (float(p) for p in rec.cameras[main].params)
     height = rec.cameras[main].height
-    for i in np.flatnonzero(~np.isfinite(params[:, 0])):  # a size without a camera: the main one's FOV
+    camera_found = np.isfinite(params[:, 0])
+    main_view = int(next(i for i in range(n) if registered[i] and rec.images[
+        next(k for k in rec.images if rec.images[k].name == names[i])].camera_id == main))
+    for i in np.flatnonzero(~camera_found):  # a size without a camera: the main one's FOV
         w, h = sizes[i]
         params[i] = [f * h / height, w / 2, h / 2]
 
@@ -554,6 +755,8 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
         "focal_px": f,
         "vertical_fov_deg": fov_from_focal(f, height),
         "cameras": len(rec.cameras),
+        "main_view": main_view,
+        "camera_found": camera_found.tolist(),
     }
     return ColmapResult(w2c=w2c, registered=registered, focal_px=f, cx=cx, cy=cy, figures=figures,
                         view_focal_px=params[:, 0].copy(), view_cx=params[:, 1].copy(), view_cy=params[:, 2].copy())

@@ -1,0 +1,122 @@
+"""The multi-view stage's geometry (flame_prior.fit.multiview) and the scene-kind evidence
+(flame_prior.intrinsics.detect_scene_kind), on cases whose answer is known by construction.
+The shared scene and the scan rigs, end to end, are in test_real_photos.py and test_scan_rigs.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from flame_prior.detectors import Detection
+from flame_prior.fit.multiview import similarity_from_cameras
+from flame_prior.images import InputImage
+from flame_prior.intrinsics import IntrinsicsConfig, detect_scene_kind
+from flame_prior.observe import ViewObservation
+
+
+def _ring(n: int, seed: int = 0):
+    """``n`` cameras 1 m from the origin looking at it, yaw -60..60 deg and some pitch (FLAME-like frame)."""
+    rng = np.random.default_rng(seed)
+    R = np.empty((n, 3, 3))
+    t = np.empty((n, 3))
+    for i, yaw in enumerate(np.linspace(-60, 60, n)):
+        head = Rotation.from_euler("yx", [yaw, rng.uniform(-15, 15)], degrees=True).as_matrix()
+        R[i] = np.diag([1.0, -1.0, -1.0]) @ head  # OpenCV camera facing the head's front (+Z)
+        t[i] = [0.0, 0.0, 1.0]
+    return R, t
+
+
+def _to_colmap(R, t, A, s, b):
+    """COLMAP's poses of the same cameras in a frame with ``x_colmap = s A x + b``."""
+    w2c = np.tile(np.eye(4), (len(R), 1, 1))
+    w2c[:, :3, :3] = R @ A.T
+    w2c[:, :3, 3] = s * t - np.einsum("nij,j->ni", w2c[:, :3, :3], b)
+    return w2c
+
+
+class TestSimilarity:
+    A = Rotation.from_rotvec([0.3, -1.2, 2.0]).as_matrix()
+    s, b = 7.5, np.array([0.4, -2.0, 3.0])
+
+    def test_exact_cameras_give_the_similarity(self):
+        R, t = _ring(12)
+        w2c = _to_colmap(R, t, self.A, self.s, self.b)
+        A, d, k, inlier, err = similarity_from_cameras(R, t, w2c, 30.0)
+        assert inlier.all() and np.nanmax(err) < 1e-4  # degrees (arccos near 1)
+        # The cameras of the module docstring's formula are the originals.
+        np.testing.assert_allclose(w2c[:, :3, :3] @ A, R, atol=1e-9)
+        np.testing.assert_allclose(np.einsum("nij,j->ni", w2c[:, :3, :3], d) + k * w2c[:, :3, 3], t, atol=1e-9)
+        assert k == pytest.approx(1 / self.s)
+
+    def test_noisy_prior_and_a_wrong_registration(self):
+        """Landmark cameras 2 deg and 3 cm off at random, one COLMAP pose turned by 70 deg: the
+        wrong pose is the only outlier and the others come back within a fraction of the noise."""
+        rng = np.random.default_rng(1)
+        R, t = _ring(15)
+        w2c = _to_colmap(R, t, self.A, self.s, self.b)
+        w2c[4, :3, :3] = Rotation.from_rotvec([0.0, np.radians(70), 0.0]).as_matrix() @ w2c[4, :3, :3]
+        w2c[9] = np.nan  # not registered
+        noisy = np.stack([Rotation.from_rotvec(rng.normal(0, np.radians(2.0) / np.sqrt(3), 3)).as_matrix() @ r
+                          for r in R])
+        t_noisy = t + rng.normal(0, 0.03 / np.sqrt(3), t.shape)
+        A, d, k, inlier, err = similarity_from_cameras(noisy, t_noisy, w2c, 30.0)
+        assert not inlier[4] and not inlier[9] and inlier.sum() == 13
+        assert err[4] > 50 and np.isnan(err[9])
+        good = inlier
+        angles = np.degrees(Rotation.from_matrix(np.transpose(w2c[good, :3, :3] @ A, (0, 2, 1)) @ R[good]).magnitude())
+        assert np.median(angles) < 1.0, angles  # each noisy view alone is ~2 deg off; the average is better
+        assert abs(k * self.s - 1) < 0.05
+
+
+def _view(i: int, pixels: np.ndarray, mask: np.ndarray) -> ViewObservation:
+    h, w = mask.shape
+    image = InputImage(path=Path(f"v{i}.png"), name=f"v{i}", pixels=pixels, sha256=f"{i}")
+    return ViewObservation(image=image, detection=Detection(
+        landmarks=np.zeros((0, 2), np.float32), confidence=np.zeros(0, np.float32), landmark_format="mediapipe478",
+        mask=mask.astype(np.float32), face_box=(0.0, 0.0, float(w), float(h))))
+
+
+def _scene(moving_camera: bool, n: int = 6, textured: bool = True) -> list[ViewObservation]:
+    """A textured wall and a grey 'head' disk that moves; the wall stays put (fixed camera) or slides
+    by 15-40 px between views (moving camera)."""
+    rng = np.random.default_rng(0)
+    wall = rng.integers(0, 256, size=(420, 560, 3), dtype=np.uint8)
+    if not textured:
+        wall[:] = 90
+    wall = np.repeat(np.repeat(wall[::4, ::4], 4, 0), 4, 1)  # blobs of 4 px: texture that survives downscaling
+    views = []
+    yy, xx = np.mgrid[:300, :400]
+    for i in range(n):
+        shift = 8 * i if moving_camera else 0
+        pixels = wall[40:340, 40 + shift: 440 + shift].copy()
+        mask = (xx - 200 - 4 * i) ** 2 + (yy - 150) ** 2 < 70 ** 2
+        pixels[mask] = 128
+        views.append(_view(i, pixels, mask))
+    return views
+
+
+class TestSceneKind:
+    def test_fixed_camera_is_a_turning_head(self):
+        notes: list[str] = []
+        assert detect_scene_kind(_scene(moving_camera=False), notes) == "turning-head"
+        assert "unchanged" in notes[0]
+
+    def test_moving_camera_is_a_rigid_scene(self):
+        notes: list[str] = []
+        assert detect_scene_kind(_scene(moving_camera=True), notes) == "rigid-scene"
+        assert "moves" in notes[0]
+
+    def test_flat_background_tells_nothing(self):
+        notes: list[str] = []
+        assert detect_scene_kind(_scene(moving_camera=True, textured=False), notes) == "turning-head"
+        assert "too little" in notes[0]
+
+    def test_config_validates_scene_kind(self):
+        from flame_prior.errors import InputError
+
+        IntrinsicsConfig(scene_kind="rigid-scene").check()
+        with pytest.raises(InputError, match="--intrinsics.scene-kind"):
+            IntrinsicsConfig(scene_kind="tripod").check()
