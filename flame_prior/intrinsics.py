@@ -6,15 +6,20 @@ applies wins, and every source that is skipped leaves a note saying why:
 1. ``"file"``: :attr:`IntrinsicsConfig.file`, a calibration with every view's own ``fx, fy, cx, cy``
    and lens distortion: a COLMAP model or a nerfstudio ``transforms.json``
    (:mod:`flame_prior.camera_file` documents both), matched to the views by image file name.
-   ``"given"``: :attr:`IntrinsicsConfig.focal_px`, in every view's own pixel grid.
-2. ``"colmap"``: structure from motion on the HEAD only (:func:`run_colmap`). The photos of a
-   multi-view head capture often come from one fixed camera while the person turns the head, so
-   torso and background are static and contradict the head's motion: SIFT features outside
-   ``view.detection.mask`` are discarded. One SIMPLE_PINHOLE camera per image size (one shared camera when
-   every view has the same size; views of 998 and 1000 px width each get their own), or one per
-   view (``colmap_cameras="per_view"``: a rig of different cameras),
-   a low SIFT peak threshold (skin has weak texture), exhaustive matching, incremental mapping;
-   the largest reconstruction is taken when it registers at least half of the views.
+   ``"given"``: :attr:`IntrinsicsConfig.focal_px`, in every view's own pixel grid. COLMAP still
+   runs (focal held) for its poses.
+2. ``"colmap"``: structure from motion (:func:`run_colmap`) on what is rigid with the head. The
+   scene kind (:attr:`IntrinsicsConfig.scene_kind`, or :func:`detect_scene_kind` from the
+   background): a fixed camera and a turning head ("turning-head": torso and background are static
+   and contradict the head's motion, so SIFT features outside ``view.detection.mask`` are discarded
+   and COLMAP sees only the box the head masks cover) or a camera moving around a still head / a
+   synchronised rig ("rigid-scene": the whole image, background included). Images downscaled to
+   ``colmap_max_image_side``; one SIMPLE_PINHOLE camera per image size (views of 998 and 1000 px
+   width each get their own; or one per view, ``colmap_cameras="per_view"``: a rig of different
+   cameras), principal point held at the image centre, a low SIFT peak threshold
+   (skin has weak texture), exhaustive matching up to 40 views, incremental mapping; the largest
+   reconstruction is taken when it registers at least half of the views. Its poses go to the fit
+   (:attr:`Intrinsics.poses`, :mod:`flame_prior.fit.multiview`), not only its focal.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
 4. ``"optimised"`` (two views or more): the focal starts at :attr:`IntrinsicsConfig.prior_fov_deg`
    and the fitter refines one shared focal scale (``Intrinsics.optimise_focal``).
