@@ -145,8 +145,9 @@ class IntrinsicsConfig:
     """Fraction of the views COLMAP's largest reconstruction must register for its focal to be used."""
     colmap_peak_threshold: float = 0.002
     """SIFT peak threshold (COLMAP's default is 0.0067): low, because skin has weak texture."""
-    colmap_max_features: int = 4096
-    """Most SIFT features per image (before the head mask discards the rest)."""
+    colmap_max_features: int = 2048
+    """Most SIFT features per image (for a turning head: in the head box, before the head mask discards the rest);
+    matching costs grow with its square."""
     colmap_mask_erode_px: int = 4
     """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
     colmap_seed: int = 0
