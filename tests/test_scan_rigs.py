@@ -140,18 +140,24 @@ def test_distorted_render_matches_opencv(scan):
 
 @pytest.mark.slow
 def test_small_turning_head_rig_end_to_end(scan, tmp_path):
-    """The whole tool on 4 renders of the scan (fixed camera, turning head ±45°, 75 px eye distance;
-    too few views for COLMAP, so the focal is optimised): every view gets a camera and the cameras
-    match the rig after one similarity. Measured (2 contended cores, ~100 s): rotation errors 10.2,
-    6.7, 2.9, 3.2 deg (median 5.0), worst at the most turned views. This is the BASELINE issue 12
-    must improve (target: median 0.3 deg), so the bounds are regression guards: median 7, max 14."""
-    rig = S.make_rig("turning_head", small=True)
+    """The whole tool on 6 renders of the scan (the turning-head rig's views within ±38° of yaw: fixed
+    camera, static textured background, 768x1024, 110-165 px eye distance): COLMAP registers the
+    head, the fit brings its relative poses into FLAME's frame (fit/multiview.py), and the cameras
+    match the rig after one similarity. Landmark cameras alone gave 2.9-10.2 deg on such views
+    (median 5.0; issue 12's baseline); with COLMAP's geometry see the measured figures in the
+    assertion messages' history (README, Cameras from COLMAP and FLAME together). Bounds: issue 12's
+    targets for faces >= 60 px within ±60°, median 0.3 deg and max 1 deg."""
+    full = S.make_rig("turning_head")
+    rig = S.Rig("turning_head_small", full.description, full.views[3:9], full.background, full.light, 1)
     sc = S.evaluate_rig(scan, rig, tmp_path, fitter={"photometric_steps": 20})
     truth = json.loads((tmp_path / "rig" / "truth.json").read_text())
     assert truth["attribution"] == S.ATTRIBUTION and (tmp_path / "rig" / "ATTRIBUTION.txt").exists()
-    assert sc["fitted"] == 4, sc["left_out"]
-    assert sc["rotation_deg_median"] < 7.0, sc["rotation_deg"]
-    assert sc["rotation_deg_max"] < 14.0, sc["rotation_deg"]
+    assert sc["fitted"] == 6, sc["left_out"]
+    summary = json.loads((tmp_path / "out" / "fit_summary.json").read_text())
+    stage = next(s for s in summary["stages"] if s["name"] == "multiview")
+    assert stage["scene_kind"] == "turning-head" and stage["used"] == 6, stage
+    assert sc["rotation_deg_median"] < 0.3, sc["rotation_deg"]
+    assert sc["rotation_deg_max"] < 1.0, sc["rotation_deg"]
 
 
 @pytest.mark.slow
