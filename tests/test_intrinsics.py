@@ -236,6 +236,7 @@ def test_colmap_one_camera_per_view(tmp_path):
     assert any("one camera per view" in n for n in intr.notes), intr.notes
     assert intr.colmap["cameras"] == len(views) and intr.colmap["registered"] >= 6, intr.colmap
     assert len(set(np.round(intr.fx, 3))) >= intr.colmap["registered"]  # a focal per view, not one shared
-    # Measured 5340-6278 px (17 %): one view's focal is weakly determined at this 14 deg field of view,
-    # which is why one camera per size stays the default.
-    assert (intr.fx.max() - intr.fx.min()) / np.median(intr.fx) < 0.25, intr.fx
+    # Measured 5340-6278 px (17 %) at full resolution, 4476-6337 px (32 %) on COLMAP's images downscaled
+    # to 1024 px (the default): one view's focal is weakly determined at this 14 deg field of view, which
+    # is why one camera per size stays the default.
+    assert (intr.fx.max() - intr.fx.min()) / np.median(intr.fx) < 0.4, intr.fx
