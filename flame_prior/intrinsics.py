@@ -333,10 +333,21 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
     elif len(sizes) > 1:
         notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
     kind = config.scene_kind if config.scene_kind != "auto" else detect_scene_kind(views, notes)
+    rec = _colmap_attempt(views, config, workdir, progress, notes, kind)
+    if rec is None and config.scene_kind == "auto" and kind == "rigid-scene":
+        # The head is rigid in both kinds of scene: when the whole image gave no usable model, the head alone may.
+        notes.append("COLMAP on the whole image gave no usable model; trying the head masks alone")
+        rec = _colmap_attempt(views, config, workdir, progress, notes, "turning-head")
+    return rec
+
+
+def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
+                    kind: SceneKind) -> ColmapResult | None:
+    n = len(views)
     try:
         rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes, scene_kind=kind)
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
-        notes.append(f"COLMAP not used ({type(exc).__name__}: {exc})")
+        notes.append(f"COLMAP ({kind}) not used ({type(exc).__name__}: {exc})")
         return None
     fig = rec.figures
     summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
