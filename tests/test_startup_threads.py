@@ -150,3 +150,15 @@ def test_batch_workers_use_the_same_policy():
 
     env = worker_environment(2)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "2"
+
+
+def test_malloc_arenas_are_capped_unless_the_user_chose():
+    """The entry caps glibc's arenas (a user's MALLOC_ARENA_MAX is left to glibc)."""
+    code = "from flame_prior.threads import limit_malloc_arenas; print(limit_malloc_arenas())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert p.stdout.strip() == "True", (p.stdout, p.stderr)  # glibc (this project's Linux) accepts it
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": str(ROOT), "MALLOC_ARENA_MAX": "4"})
+    assert p.stdout.strip() == "False", (p.stdout, p.stderr)
