@@ -44,12 +44,14 @@ class BatchConfig(FitConfig):
     """Per scene: "full" writes the complete output of `fit` under scenes/<scene>/; "record" writes only the
     scene's record (camera, intrinsics, FLAME shape and pose, errors) under records/ (datasets: much faster)."""
     workers: int = 0
-    """Worker processes (scenes in parallel); 0 = one per CPU core available to this process."""
+    """Worker processes (scenes in parallel); 0 = one per CPU core available to this process (with --ray-address:
+    as many as the cluster's CPUs hold)."""
     threads_per_worker: int = 0
-    """Torch/OpenMP threads of each worker; 0 = the cores divided by the workers (at least 1)."""
+    """Torch/OpenMP threads of each worker; 0 = the cores divided by the workers (at least 1; 1 with --ray-address)."""
     ray: bool = False
-    """Schedule the scenes with Ray instead of the local process pool (needs the [ray] extra). Without
-    --ray-address a local Ray instance is started with --workers CPUs."""
+    """Schedule the scenes with Ray instead of the local process pool (needs the [ray] extra): long-lived Ray
+    actors, one per worker. Without --ray-address a local Ray instance is started with --workers x
+    --threads-per-worker CPUs."""
     ray_address: str | None = None
     """Address of a running Ray cluster (e.g. ray://head:10001 or "auto"); implies --ray. --output-dir and --data
     must then be paths every node sees (a shared filesystem)."""
