@@ -14,7 +14,7 @@ from flame_prior import render
 from flame_prior.flame.appearance import shade_sh
 from flame_prior.geometry import PinholeCameras
 
-__all__ = ["render_head"]
+__all__ = ["render_head", "head_surface"]
 
 
 def render_head(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Tensor, uv_faces: Tensor,
@@ -34,6 +34,17 @@ def render_head(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Tens
         colour ``(B, H, W, 3)`` (not antialiased, no background), ``rast`` and the clip-space
         positions ``pos`` for :func:`flame_prior.render.coverage` / ``antialias``.
     """
+    uv, normals, rast, pos = head_surface(verts, faces, cameras, uvs, uv_faces, size, vertex_normals)
+    albedo = render.texture(albedo_map, uv)
+    return shade_sh(albedo, normals, sh), rast, pos
+
+
+def head_surface(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Tensor, uv_faces: Tensor,
+                 size: tuple[int, int] | None = None,
+                 vertex_normals: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What :func:`render_head` shades, before texturing and lighting (the photometric stage's
+    closed-form appearance solve needs exactly these): texture coordinates ``(B, H, W, 2)``, unit
+    world-frame normals ``(B, H, W, 3)``, ``rast`` and ``pos``. Arguments as :func:`render_head`."""
     b = len(cameras)
     if size is None:
         sizes = set(zip(cameras.height, cameras.width))
@@ -44,8 +55,8 @@ def render_head(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Tens
     pc = verts.expand(b, -1, -1) @ cameras.R.transpose(1, 2) + cameras.t[:, None]
     pos = render.pinhole_to_clip(pc, cameras.fx, cameras.fy, cameras.cx, cameras.cy, W, H)
     rast = render.rasterize(pos, faces, (H, W))
-    albedo = render.texture(albedo_map, render.interpolate(uvs, rast, uv_faces))
+    uv = render.interpolate(uvs, rast, uv_faces)
     if vertex_normals is None:
         vertex_normals = render.vertex_normals(verts, faces)
     normals = torch.nn.functional.normalize(render.interpolate(vertex_normals.expand(b, -1, -1), rast, faces), dim=-1)
-    return shade_sh(albedo, normals, sh), rast, pos
+    return uv, normals, rast, pos

@@ -43,8 +43,10 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   ``<scratch>/scan_rigs`` and reused. ``--scan-rigs NAME...`` picks rigs, ``--skip-scan`` none,
   ``--only-scan`` runs this section alone.
 * **floor**: the cost of one FLAME forward + render + backward of a photometric mini-batch (the
-  work of one photometric step), times the iterations the stage ran; for the LM stages one FLAME
-  forward (landmark vertices only) + projection + backward. Measured time minus floor = overhead.
+  work of one photometric step, at the full and at the coarse render size), times the iterations
+  the stage ran at each size, plus its mid-way appearance solve; for the occlusion stage one
+  closed-form appearance solve (``solve_appearance``); for the LM stages one FLAME forward
+  (landmark vertices only) + projection + backward. All through the stages' own functions. Measured time minus floor = overhead.
 * **scaling**: synthetic fits against views (1, 4, 8, 16, 30) and ``render_size`` (128, 256, 512),
   a fixed number of photometric steps (no early stop) so points compare; per-stage seconds.
 * **baseline**: the original tool's schedule (``scripts/baseline_schedule.py``) on the synthetic 8-view
@@ -170,7 +172,8 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     """Seconds of one photometric step's work (FLAME fwd + render + backward of a mini-batch) and of
     one landmark evaluation (FLAME fwd on the landmark vertices + projection + backward)."""
     from flame_prior import render
-    from flame_prior.fit.photometric import Appearance, initial_albedo_color, make_crops, photometric_loss
+    from flame_prior.fit.photometric import (Appearance, initial_albedo_color, make_crops, photometric_loss,
+                                             solve_appearance)
     from flame_prior.fit.state import FitState, landmark_energy, landmark_targets
     from flame_prior.geometry import rotation_matrix_to_axis_angle
 
@@ -187,8 +190,8 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
                     expression=flame("expression"), jaw=leaf(flame("jaw_pose")))
     app = Appearance(n, cfg, texture_space, uv_layout if texture_space is None else None,
                      initial_albedo_color(views, tg), dev, dtype)
-    app.parameters()  # marks albedo and light as requiring gradients
     crops = make_crops(views, tg, cfg.render_size, dev, dtype)
+    coarse = crops.halved()
     topology = render.edge_topology(model.faces)
     b = min(n, cfg.photometric_views)
     idx = torch.arange(b, device=dev)
@@ -197,12 +200,19 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     def photo_step():  # the photometric stage's own loss on one mini-batch, and its backward
         photometric_loss(st, tg, crops, idx, app, cfg, yaw, topology).backward()
 
+    def photo_step_coarse():  # the same at half size (the stage's coarse steps)
+        photometric_loss(st, tg, coarse, idx, app, cfg, yaw, topology).backward()
+
+    def solve():  # the closed-form appearance: the occlusion stage's solve (the stage's mid-way one has 1 round)
+        solve_appearance(st, crops, app, cfg)
+
     def lmk_step():
         pred = st.project(st.landmarks3d(yaw))
         landmark_energy(pred, tg, cfg.robust_scale).backward()
 
     out = {}
-    for name, fn in (("photometric_step_s", photo_step), ("landmark_eval_s", lmk_step)):
+    for name, fn in (("photometric_step_s", photo_step), ("photometric_step_coarse_s", photo_step_coarse),
+                     ("appearance_solve_s", solve), ("landmark_eval_s", lmk_step)):
         fn()  # warm-up
         ts = []
         for _ in range(reps):
@@ -214,12 +224,21 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
         out[name] = float(np.median(ts))
     out["photometric_batch_views"] = b
     stages = {}
+    per_round = out["appearance_solve_s"] / max(cfg.appearance_rounds, 1)
     for s in result.stages:
-        unit = out["photometric_step_s"] if s.name == "photometric" else out["landmark_eval_s"]
-        fl = unit * s.iterations
+        if s.name == "photometric":  # steps at each render size, and the mid-way solve (1 round) when it ran
+            unit = "photometric step (coarse and full size) + 1 appearance solve round"
+            fl = (sum((out["photometric_step_s"] if size == cfg.render_size else out["photometric_step_coarse_s"]) * k
+                      for size, k in s.steps_by_size.items())
+                  + (per_round if s.iterations > cfg.photometric_steps // 2 >= 5 else 0.0))
+        elif s.name == "occlusion":
+            unit = "appearance solve + landmark eval"
+            fl = out["appearance_solve_s"] + out["landmark_eval_s"] * s.iterations
+        else:
+            unit = "landmark eval"
+            fl = out["landmark_eval_s"] * s.iterations
         stages[s.name] = {"measured_s": s.seconds, "floor_s": fl, "overhead_s": s.seconds - fl,
-                          "floor_fraction": fl / s.seconds if s.seconds > 0 else float("nan"),
-                          "unit": "photometric step" if s.name == "photometric" else "landmark eval"}
+                          "floor_fraction": fl / s.seconds if s.seconds > 0 else float("nan"), "unit": unit}
     out["stages"] = stages
     return out
 
@@ -752,7 +771,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", type=Path, default=None, help="the shared data folder (default ../shared)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--photometric-steps", type=int, default=None,
-                    help="photometric steps of the main cases (default: FitterConfig's 60; quick 15)")
+                    help="photometric steps of the main cases (default: FitterConfig's; quick 15)")
     ap.add_argument("--sweep-views", type=int, nargs="*", default=[1, 4, 8, 16, 30])
     ap.add_argument("--sweep-sizes", type=int, nargs="*", default=[128, 256, 512])
     ap.add_argument("--sweep-steps", type=int, default=None, help="fixed photometric steps per sweep point (20; quick 4)")

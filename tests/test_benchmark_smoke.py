@@ -44,7 +44,8 @@ def test_benchmark_quick_smoke(tmp_path):
         assert case["stages"]["photometric"]["iterations"] >= 1
     floor = rep["cases"]["synthetic_8"]["floor"]
     assert _finite(floor["photometric_step_s"]) and _finite(floor["landmark_eval_s"])
-    assert set(floor["stages"]) == {"rigid", "landmarks", "photometric"}
+    assert _finite(floor["appearance_solve_s"]) and _finite(floor["photometric_step_coarse_s"])
+    assert set(floor["stages"]) == {"rigid", "landmarks", "occlusion", "photometric"}
     for key in ("views", "render_size"):
         (pt,) = rep["scaling"][key]
         assert "error" not in pt, pt.get("error")

@@ -53,7 +53,7 @@ def test_round_trip_known_focal(scene):
     assert e["rotation_deg"].max() < 0.5, e["rotation_deg"]
     assert e["translation_scaled_pct"].max() < 1.0, e["translation_scaled_pct"]
     assert e["translation_pct"].max() < 2.0, e["translation_pct"]
-    assert [s.name for s in result.stages] == ["rigid", "landmarks", "photometric"]
+    assert [s.name for s in result.stages] == ["rigid", "landmarks", "occlusion", "photometric"]
     # Landmark residuals end at the noise level (0.5 px per axis: median norm ~0.59 px).
     assert np.median([v.landmark_error_px for v in result.views]) < 0.8
 

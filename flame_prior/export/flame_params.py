@@ -29,7 +29,9 @@ parameters produce depends on the model file: ``fit_summary.json`` names it (pat
 ``texture_coeffs``) plus: ``format``/``version``; ``convention`` (each frame written out); ``model``
 (:class:`~flame_prior.flame.assets.ModelInfo`: ``path``, ``sha256``, ``n_shape``, ``n_expr``, ``notes``, ...);
 ``intrinsics_source``; per-view ``landmark_error_px``, ``eye_distance_px`` and
-``landmark_error_rel_eye`` (error / outer-eye-corner distance); ``stages`` (name, iterations,
+``landmark_error_rel_eye`` (error / outer-eye-corner distance), ``landmark_weight`` (per landmark
+of the embedding, the weight the fit gave it) and ``landmarks_occluded`` (indices of those the
+occlusion stage judged hidden); ``stages`` (name, iterations,
 seconds, loss_history, per-view median landmark error after the stage); ``notes``; ``left_out``
 (the inputs not fitted, with the reason). Non-finite
 numbers are written as ``null``.
@@ -115,6 +117,9 @@ def write_flame_params(out_dir: str | Path, result: FitResult, model: ModelInfo,
             "yaw_deg": float(vf.yaw_deg),
             "trusted": not vf.flags,
             "flags": list(vf.flags),
+            "landmark_weight": np.asarray(vf.landmark_weight, dtype=np.float64).tolist(),
+            "landmarks_occluded": ([] if vf.landmark_occluded is None
+                                   else np.flatnonzero(np.asarray(vf.landmark_occluded)).tolist()),
         })
     summary = {
         "format": "flame-prior fit summary",

@@ -56,6 +56,7 @@ MIN_SIDE = 512
 GREEN = (40, 220, 80)
 RED = (240, 50, 50)
 YELLOW = (255, 220, 0)
+GREY = (170, 170, 170)  # landmarks judged occluded (hollow rings)
 MESH_OPACITY = 0.55
 ALIGNMENT_CAPTION = ("alignment check: untextured model at 50 %, its silhouette (white) and feature lines "
                      "(magenta: eyes, lips, nose, jaw); they should sit on the photo's")
@@ -91,7 +92,8 @@ def _mask_outline(mask: np.ndarray, size: tuple[int, int], thickness: int) -> np
 
 def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
                           photo: Image.Image | None = None) -> Image.Image:
-    """The photo with the mask outline (yellow), detected (green) and projected (red) landmarks.
+    """The photo with the mask outline (yellow), detected (green) and projected (red) landmarks;
+    detections the fit judged occluded (``view.landmark_occluded``) as hollow grey rings.
 
     ``photo``: the photo already at display scale ``s`` (RGB), when the caller has it."""
     s = _scale_for(obs.image.width, obs.image.height) if s is None else s
@@ -105,7 +107,12 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
     det = np.asarray(view.landmarks_detected, dtype=np.float64) * s
     prj = np.asarray(view.landmarks_projected, dtype=np.float64) * s
     wgt = np.asarray(view.landmark_weight, dtype=np.float64).reshape(-1)
-    use = np.isfinite(det).all(1) & np.isfinite(prj).all(1) & (wgt > 0)
+    occluded = getattr(view, "landmark_occluded", None)
+    occluded = np.zeros(len(det), bool) if occluded is None else np.asarray(occluded, bool).reshape(-1)
+    finite = np.isfinite(det).all(1) & np.isfinite(prj).all(1)
+    for x, y in det[finite & occluded]:
+        d.ellipse([x - r, y - r, x + r, y + r], outline=GREY, width=max(1, round(r / 2)))
+    use = finite & (wgt > 0) & ~occluded
     for a, b in zip(det[use], prj[use]):
         d.line([tuple(a), tuple(b)], fill=(255, 255, 255), width=1)
     for x, y in det[use]:
@@ -389,6 +396,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     notes_html = "".join(f"<div class='warn'>{_esc(n)}</div>" for n in result.notes)
     legend = ("<div class='legend'><span><i class='dot' style='background:rgb(40,220,80)'></i>detected landmarks</span>"
               "<span><i class='dot' style='background:rgb(240,50,50)'></i>model landmarks (projected)</span>"
+              "<span><i class='dot' style='border:2px solid rgb(170,170,170)'></i>detected, judged occluded (not fitted)</span>"
               "<span><i class='dot' style='background:rgb(255,220,0)'></i>head mask outline</span>"
               "<span><i class='dot' style='background:rgb(150,185,255)'></i>"
               "rendered model</span></div>")

@@ -2,7 +2,7 @@
 
 Public entry: :func:`fit_flame`. The head stays at FLAME's origin (global rotation and translation
 zero) and every view gets its own camera, so the cameras come out directly in FLAME's frame
-(metres, +Y up; see ``docs/conventions.md``). Three stages, each handing its state to the next:
+(metres, +Y up; see ``docs/conventions.md``). Four stages, each handing its state to the next:
 
 1. **rigid** — cameras (and one shared focal scale when the focal is unknown) on the landmarks of
    the mean head: a closed-form start per view (PnP, over a grid of focal lengths when unknown),
@@ -13,13 +13,19 @@ zero) and every view gets its own camera, so the cameras come out directly in FL
    the landmarks sit on are evaluated (:class:`FlameModel` ``vertex_index``), so this costs O(L).
 2b. **multiview** — when COLMAP registered views (``Intrinsics.poses``): their cameras follow
    COLMAP's relative poses, brought into FLAME's frame by one similarity refined with FLAME on the
-   landmarks (:mod:`flame_prior.fit.multiview`); the photometric stage leaves those cameras fixed.
-3. **photometric** — the renderer (``flame_prior.render``) on a square crop around each face:
-   albedo (texture space, or a free UV map), per-view SH lighting, geometry and cameras, with a
-   photometric L1 term inside the head mask, a two-sided mask term (model outside the head mask;
-   face region left uncovered) and the landmark term; Adam with early stopping.
+   landmarks (:mod:`flame_prior.fit.multiview`); the later stages leave those cameras fixed.
+3. **occlusion** — albedo and per-view SH lighting solved in closed form (linear least squares,
+   alternating) on the landmark stage's geometry; landmarks amid crop pixels the solved appearance
+   cannot explain are flagged occluded (``ViewFit.landmark_occluded``); with ``occlusion_refit``
+   those pixels also leave the photometric loss and the landmarks are refitted without them.
+4. **photometric** — the renderer (``flame_prior.render``) on a square crop around each face, the
+   appearance held (solved again half way): geometry and cameras by Adam on a photometric L1 term
+   inside the head mask, a two-sided mask term (model outside the head mask; face region left
+   uncovered) and the landmark term; early stopping. Cameras fixed by the multiview stage
+   (``FitState.camera_fixed``) or marked in ``frozen_cameras`` stay where they are.
 
-Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, 2b in :mod:`flame_prior.fit.multiview`, stage 3 in :mod:`flame_prior.fit.photometric`;
+Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, 2b in :mod:`flame_prior.fit.multiview`, stages 3-4 in
+:mod:`flame_prior.fit.photometric`;
 each is a function from a :class:`~flame_prior.fit.state.FitState` to a new state and its
 :class:`~flame_prior.fit.state.StageLog`. Every stage rejects non-finite steps and restores the
 last good state (and says so in ``FitResult.notes``).
@@ -40,7 +46,7 @@ from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
 from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, prepare_forward_ad, rigid_stage
 from flame_prior.fit.multiview import multiview_stage
-from flame_prior.fit.photometric import Appearance, initial_albedo_color, photometric_stage
+from flame_prior.fit.photometric import Appearance, initial_albedo_color, make_crops, occlusion_stage, photometric_stage
 from flame_prior.fit.result import FitResult, ViewFit
 from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, landmark_targets, per_view_error_px
 from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
@@ -94,6 +100,7 @@ def fit_flame(
     texture_space: TextureSpace | None = None,
     uv_layout: tuple[np.ndarray, np.ndarray] | None = None,
     progress=None,
+    frozen_cameras: np.ndarray | None = None,
 ) -> FitResult:
     """Fit one FLAME head and one camera per view to the observations.
 
@@ -106,6 +113,8 @@ def fit_flame(
         texture_space: fit albedo coefficients of this space; else a free UV map on ``uv_layout``.
         uv_layout: ``(uvs (T,2), uv_faces (F,3))``, needed when no texture space is given.
         progress: a ``rich.progress.Progress`` to report on, or None.
+        frozen_cameras: ``(N,)`` bool, views whose camera the photometric stage must keep (e.g.
+            cameras pinned to a reconstruction by an earlier stage); None: all cameras move.
 
     Returns:
         The :class:`FitResult`, cameras in each view's original pixel grid. With lens distortion
@@ -126,6 +135,8 @@ def fit_flame(
     if texture_space is None and uv_layout is None:
         raise FitError("no UV layout: pass a texture space or a UV layout for the free texture map.")
     prepare_forward_ad()
+    if frozen_cameras is not None:
+        frozen_cameras = torch.as_tensor(np.asarray(frozen_cameras, dtype=bool))
     device = model.faces.device
     dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
     n = len(views)
@@ -142,9 +153,23 @@ def fit_flame(
         names = [v.image.name for v in views]
         stages.append(("multiview", 2 * config.multiview_steps,
                        lambda st, tick: multiview_stage(st, tg, intrinsics.poses, names, config, tick)))
+    occluded = torch.zeros(tg.weight.shape, dtype=torch.bool, device=device)
     if config.photometric_steps > 0:
+        crops = make_crops(views, tg, config.render_size, device, dtype)
+
+        def occlusion(st, tick):
+            nonlocal tg, occluded
+            pinned = [m for m in (frozen_cameras, st.camera_fixed) if m is not None]
+            refit = not any(bool(m.any()) for m in pinned)  # the landmark stage would move pinned cameras
+            st, tg, log, occluded = occlusion_stage(st, tg, crops, optimise_focal, config, appearance, tick,
+                                                    refit=refit)
+            return st, log
+
+        stages.append(("occlusion", config.landmark_steps, occlusion))
         stages.append(("photometric", config.photometric_steps,
-                       lambda st, tick: photometric_stage(st, tg, views, optimise_focal, config, appearance, tick)))
+                       lambda st, tick: photometric_stage(st, tg, views, optimise_focal, config, appearance, tick,
+                                                          frozen_cameras=frozen_cameras, crops=crops,
+                                                          appearance_ready=True)))
     logs: list[StageLog] = []
     for name, total, stage in stages:
         task = progress.add_task(f"fit: {name}", total=total) if progress is not None else None
@@ -157,13 +182,14 @@ def fit_flame(
                 raise FitError(f"no view got a camera ({e}).",
                                hint="Check that the images show one face each and that the focal length is plausible.")
             result = fit_flame(model, embedding, [views[i] for i in keep], _subset_intrinsics(intrinsics, keep), config,
-                               texture_space=texture_space, uv_layout=uv_layout, progress=progress)
+                               texture_space=texture_space, uv_layout=uv_layout, progress=progress,
+                               frozen_cameras=None if frozen_cameras is None else frozen_cameras.numpy()[keep])
             result.left_out = [SkippedInput(views[i].image.path, r) for i, r in e.failed.items()] + result.left_out
             return result
         logs.append(log)
         if task is not None:
             progress.update(task, completed=total)
-    return _result(st, tg, views, appearance, logs, intrinsics.source)
+    return _result(st, tg, views, appearance, logs, intrinsics.source, occluded)
 
 
 def _subset_intrinsics(intr: Intrinsics, keep: list[int]) -> Intrinsics:
@@ -191,7 +217,7 @@ def _fit_through_lens(model, embedding, views: list[ViewObservation], intrinsics
 
 
 def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], appearance: Appearance,
-            stages: list[StageLog], source: str) -> FitResult:
+            stages: list[StageLog], source: str, occluded: Tensor) -> FitResult:
     with torch.no_grad():
         cams = st.cameras()
         yaw = st.yaw()
@@ -209,7 +235,8 @@ def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], app
                                                    c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
         view_fits.append(ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]),
                                  float(eye[i]), rot_sigma, centre_sigma, float(yaw[i]),
-                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i]))))
+                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i])),
+                                 landmark_occluded=occluded[i].cpu().numpy()))
     flame = {
         "shape": np_(st.shape[0]), "expression": np_(st.expression[0]), "rotation": np.zeros(3),
         "neck_pose": np_(st.neck[0]), "jaw_pose": np_(st.jaw[0]), "eye_pose": np_(st.eyes[0]),

@@ -27,6 +27,7 @@ class ViewFit:
     centre_sigma_pct: float = float("nan")  # camera-centre uncertainty, % of its distance to the head
     yaw_deg: float = float("nan")  # the fitted head's yaw in this view (0 = frontal)
     flags: list[str] = field(default_factory=list)  # why this camera is not trusted (empty: trusted)
+    landmark_occluded: np.ndarray | None = None  # (L,) bool: the fit judged the point hidden by an occluder
 
     @property
     def landmark_error_rel_eye(self) -> float:

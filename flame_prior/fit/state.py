@@ -179,6 +179,7 @@ class StageLog:
     landmark_px: np.ndarray  # (N,) median landmark error per view after the stage, pixels
     notes: list[str] = field(default_factory=list)  # e.g. "a step produced NaN/Inf; restored ..."
     details: dict = field(default_factory=dict)  # stage-specific figures for fit_summary.json (JSON types)
+    steps_by_size: dict[int, int] = field(default_factory=dict)  # photometric: iterations per render size
 
 
 def stage_log(name: str, st: FitState, tg: LandmarkTargets, started: float, iterations: int,
