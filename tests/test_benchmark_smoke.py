@@ -24,7 +24,7 @@ def test_benchmark_quick_smoke(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--skip-real", "--device", "cpu",
            "--repeats", "1", "--photometric-steps", "2", "--sweep-views", "1", "--sweep-sizes", "128",
            "--sweep-steps", "1", "--baseline-iters", "10", "2", "--no-profile", "--video-seconds", "2",
-           "--track-timesteps", "6", "--output", str(out)]
+           "--track-timesteps", "6", "--speed-steps", "1", "--output", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads(out.read_text())
@@ -32,6 +32,10 @@ def test_benchmark_quick_smoke(tmp_path):
     meta = rep["meta"]
     assert meta["device"] == "cpu" and meta["quick"] is True and meta["cpu_count"] >= 1
     assert (tmp_path / "benchmark_scaling.png").exists()
+    speed = rep["speed"]  # issue 16: start-up without torch, the fit beside a busy neighbour
+    assert speed["startup"]["cli_import_loads"] == "[]", speed["startup"]
+    assert _finite(speed["startup"]["help_s_median"])
+    assert _finite(speed["busy"]["slowdown_photometric"]) and speed["busy"]["slowdown_photometric"] > 0, speed["busy"]
     for name in ("synthetic_8", "synthetic_30", "synthetic_8_unknown_focal"):
         case = rep["cases"][name]
         assert "error" not in case, case.get("error")
