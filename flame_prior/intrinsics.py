@@ -55,6 +55,7 @@ from flame_prior.shapes import check_shape  # not geometry: this module must not
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from flame_prior.camera_file import KnownIntrinsics
     from flame_prior.observe import ViewObservation
 
 __all__ = [
@@ -287,8 +288,12 @@ def estimate_intrinsics(
 
         known = intrinsics_for_views(config.file, [v.image for v in views])
         notes.extend(known.notes)
+        # COLMAP with the calibration held: its poses only (the intrinsics are the file's).
+        colmap = _try_colmap(views, config, workdir, progress, notes, known=known)
         return dataclasses.replace(result(known.fx, "file", cx=known.cx, cy=known.cy), fy=known.fy,
-                                   distortion=known.distortion if known.distortion.any() else None)
+                                   distortion=known.distortion if known.distortion.any() else None,
+                                   poses=None if colmap is None else ColmapPoses(colmap.w2c, colmap.registered,
+                                                                                 colmap.figures["scene_kind"]))
 
     if config.focal_px is not None:
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
@@ -318,8 +323,10 @@ def estimate_intrinsics(
     return result([focal_from_fov(config.prior_fov_deg, h) for h in heights], "prior")
 
 
-def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[str]) -> ColmapResult | None:
-    """:func:`run_colmap` when the config and the views allow it and it registers enough views, else None (+ a note)."""
+def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
+                known: KnownIntrinsics | None = None) -> ColmapResult | None:
+    """:func:`run_colmap` when the config and the views allow it and it registers enough views, else None (+ a note).
+    ``known``: the calibration's intrinsics, held by COLMAP (one camera per view)."""
     n = len(views)
     if not config.use_colmap:
         return None
@@ -328,24 +335,27 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
             notes.append(f"COLMAP skipped: {n} views, fewer than colmap_min_views={config.colmap_min_views}")
         return None
     sizes = {(v.image.width, v.image.height) for v in views}
-    if config.colmap_cameras == "per_view":
+    if known is not None:
+        notes.append("COLMAP: one camera per view, the calibration's intrinsics and lens held")
+    elif config.colmap_cameras == "per_view":
         notes.append("COLMAP: one camera per view")
     elif len(sizes) > 1:
         notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
     kind = config.scene_kind if config.scene_kind != "auto" else detect_scene_kind(views, notes)
-    rec = _colmap_attempt(views, config, workdir, progress, notes, kind)
+    rec = _colmap_attempt(views, config, workdir, progress, notes, kind, known)
     if rec is None and config.scene_kind == "auto" and kind == "rigid-scene":
         # The head is rigid in both kinds of scene: when the whole image gave no usable model, the head alone may.
         notes.append("COLMAP on the whole image gave no usable model; trying the head masks alone")
-        rec = _colmap_attempt(views, config, workdir, progress, notes, "turning-head")
+        rec = _colmap_attempt(views, config, workdir, progress, notes, "turning-head", known)
     return rec
 
 
 def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
-                    kind: SceneKind) -> ColmapResult | None:
+                    kind: SceneKind, known: KnownIntrinsics | None = None) -> ColmapResult | None:
     n = len(views)
     try:
-        rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes, scene_kind=kind)
+        rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes, scene_kind=kind,
+                                known=known)
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
         notes.append(f"COLMAP ({kind}) not used ({type(exc).__name__}: {exc})")
         return None
@@ -415,8 +425,10 @@ def detect_scene_kind(views: list[ViewObservation], notes: list[str] | None = No
     return kind
 
 
-def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, scene_kind: str) -> Path:
-    """Cache file named by the images' content, their head masks, the COLMAP settings and version."""
+def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, scene_kind: str,
+                       known: KnownIntrinsics | None = None) -> Path:
+    """Cache file named by the images' content, their head masks, the COLMAP settings, the known
+    intrinsics held (if any) and the version."""
     h = hashlib.sha256()
     for v in views:
         h.update(v.image.sha256.encode())
@@ -427,6 +439,9 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
     settings["scene_kind"] = scene_kind
     if config.colmap_cameras != "per_size":
         settings["colmap_cameras"] = config.colmap_cameras
+    if known is not None:
+        settings["known_intrinsics"] = [np.round(np.asarray(getattr(known, k), dtype=np.float64), 9).tolist()
+                                        for k in ("fx", "fy", "cx", "cy", "distortion")]
     import pycolmap
 
     h.update(json.dumps([settings, pycolmap.__version__, _COLMAP_CACHE_VERSION], sort_keys=True).encode())
@@ -435,13 +450,14 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
 
 
 def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=None,
-                      notes: list[str] | None = None, scene_kind: SceneKind = "turning-head") -> ColmapResult:
+                      notes: list[str] | None = None, scene_kind: SceneKind = "turning-head",
+                      known: KnownIntrinsics | None = None) -> ColmapResult:
     """:func:`run_colmap`, reusing an earlier result for the same images, masks and settings.
 
     The cache is an ``.npz`` read with ``allow_pickle=False`` (written atomically); a damaged
     file is ignored and COLMAP runs again.
     """
-    path = _colmap_cache_file(views, config, scene_kind)
+    path = _colmap_cache_file(views, config, scene_kind, known)
     if config.use_cache and path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -455,7 +471,7 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
         except Exception as exc:  # damaged cache: recompute
             if notes is not None:
                 notes.append(f"ignored a damaged COLMAP cache file {path} ({type(exc).__name__})")
-    rec = run_colmap(views, config, workdir=workdir, progress=progress, scene_kind=scene_kind)
+    rec = run_colmap(views, config, workdir=workdir, progress=progress, scene_kind=scene_kind, known=known)
     if config.use_cache:
         save_npz_atomic(path, w2c=rec.w2c, registered=rec.registered, focal_px=np.float64(rec.focal_px),
                         cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)),
@@ -547,9 +563,12 @@ def run_colmap(
     workdir: Path | None = None,
     progress: Progress | None = None,
     scene_kind: SceneKind = "turning-head",
+    known: KnownIntrinsics | None = None,
 ) -> ColmapResult:
     """Structure from motion, one SIMPLE_PINHOLE camera per image size, principal point at the image
-    centre (held), focal estimated (or held at ``config.focal_px``).
+    centre (held), focal estimated (or held at ``config.focal_px``). With ``known`` intrinsics (a
+    calibration file): one camera per view, PINHOLE (or OPENCV when a lens is given) with the file's
+    ``fx, fy, cx, cy`` and lens brought to COLMAP's crop and scale, all held by the mapper.
 
     ``scene_kind="turning-head"``: SIFT inside ``view.detection.mask`` only (a mask PNG per image,
     ``<name>.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``), since torso and
@@ -565,6 +584,7 @@ def run_colmap(
         workdir: kept working folder; a temporary one when None.
         progress: see :func:`estimate_intrinsics`.
         scene_kind: see :attr:`IntrinsicsConfig.scene_kind` (not "auto").
+        known: the calibration's intrinsics, indexed like ``views``, or None.
 
     Returns:
         :class:`ColmapResult`, indexed like ``views``, in the original pixel grids.
@@ -618,7 +638,7 @@ def run_colmap(
         step("extracting SIFT features", advance=1)
 
         reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = "SIMPLE_PINHOLE"
+        reader.camera_model = "SIMPLE_PINHOLE" if known is None else "OPENCV" if known.distortion.any() else "PINHOLE"
         if scene_kind == "turning-head":
             reader.mask_path = str(mask_dir)
         extraction = pycolmap.FeatureExtractionOptions()
@@ -627,10 +647,14 @@ def run_colmap(
         extraction.use_gpu = False
         pycolmap.set_random_seed(config.colmap_seed)
         # One camera per folder (image size), or per image on request.
-        mode = pycolmap.CameraMode.PER_IMAGE if config.colmap_cameras == "per_view" else pycolmap.CameraMode.PER_FOLDER
+        per_view = config.colmap_cameras == "per_view" or known is not None
+        mode = pycolmap.CameraMode.PER_IMAGE if per_view else pycolmap.CameraMode.PER_FOLDER
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=mode,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
-        _set_principal_points(database, names, views, windows, config.focal_px)
+        if known is None:
+            _set_principal_points(database, names, views, windows, config.focal_px)
+        else:
+            _set_known_cameras(database, names, windows, known)
         t_extract = time.perf_counter()
         step("matching", advance=1)
 
@@ -652,8 +676,11 @@ def run_colmap(
         mapping = pycolmap.IncrementalPipelineOptions()
         mapping.random_seed = config.colmap_seed
         mapping.extract_colors = False
-        if config.focal_px is not None:
+        if config.focal_px is not None or known is not None:
             mapping.ba_refine_focal_length = False
+        if known is not None:  # the calibration is better than anything the tracks could refine
+            mapping.ba_refine_principal_point = False
+            mapping.ba_refine_extra_params = False
         reconstructions = pycolmap.incremental_mapping(
             database, image_dir, out_dir, options=mapping,
             next_image_callback=lambda: step("registering views", advance=1))
@@ -695,6 +722,35 @@ def _set_principal_points(database: Path, names: list[str], views, windows: list
         db.close()
 
 
+def _set_known_cameras(database: Path, names: list[str], windows: list[_Window], known: KnownIntrinsics) -> None:
+    """Each view's COLMAP camera (one per view) set to the calibration's: ``fx, fy`` scaled with the
+    resize, ``cx, cy`` shifted by the crop then scaled (corner origin both sides), the lens unchanged
+    (it acts on normalised coordinates). COLMAP's OPENCV has no ``k3``: a lens with one becomes its
+    FULL_OPENCV (``k1, k2, p1, p2, k3, k4, k5, k6``, the rational terms zero)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        by_name = {image.name: image for image in db.read_all_images()}
+        for i, (name, win) in enumerate(zip(names, windows)):
+            camera = db.read_camera(by_name[name].camera_id)
+            params = [known.fx[i] * win.sx, known.fy[i] * win.sy,
+                      (known.cx[i] - win.x0) * win.sx, (known.cy[i] - win.y0) * win.sy]
+            if camera.model_name == "OPENCV":
+                k1, k2, p1, p2, k3 = (float(d) for d in known.distortion[i])
+                if k3 != 0.0:
+                    camera = pycolmap.Camera(camera_id=camera.camera_id, model="FULL_OPENCV", width=camera.width,
+                                             height=camera.height, params=params + [k1, k2, p1, p2, k3, 0, 0, 0])
+                else:
+                    camera.params = params + [k1, k2, p1, p2]
+            else:
+                camera.params = params
+            camera.has_prior_focal_length = True
+            db.update_camera(camera)
+    finally:
+        db.close()
+
+
 def _to_original_pixels(result: "ColmapResult", views, windows: list[_Window]) -> None:
     """Map a :class:`ColmapResult` read in COLMAP's (cropped, downscaled) pixels back to each view's own grid."""
     main = int(result.figures.pop("main_view"))
@@ -717,6 +773,16 @@ def _to_original_pixels(result: "ColmapResult", views, windows: list[_Window]) -
     fig["vertical_fov_deg"] = fov_from_focal(result.focal_px, H_main)
 
 
+#: COLMAP camera models read back: estimated (SIMPLE_PINHOLE) or held from a calibration file.
+_READ_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "OPENCV", "FULL_OPENCV")
+
+
+def _focal_cx_cy(camera) -> tuple[float, float, float]:
+    """A COLMAP camera's focal (the mean of ``fx, fy`` for a held calibration), ``cx, cy``, pixels."""
+    p = [float(v) for v in camera.params]
+    return (p[0], p[1], p[2]) if camera.model_name == "SIMPLE_PINHOLE" else (0.5 * (p[0] + p[1]), p[2], p[3])
+
+
 def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) -> ColmapResult:
     """Poses, cameras and figures of a pycolmap ``Reconstruction`` whose images are ``names`` (by
     index) of ``sizes`` ``(width, height)``."""
@@ -728,10 +794,10 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     for image in rec.images.values():
         i = index[image.name]
         camera = rec.cameras[image.camera_id]
-        if camera.model_name != "SIMPLE_PINHOLE" or (camera.width, camera.height) != sizes[i]:
+        if camera.model_name not in _READ_MODELS or (camera.width, camera.height) != sizes[i]:
             raise RuntimeError(f"COLMAP camera is {camera.model_name} {camera.width}x{camera.height}, "
                                f"expected SIMPLE_PINHOLE {sizes[i][0]}x{sizes[i][1]}")
-        params[i] = [float(p) for p in camera.params]
+        params[i] = _focal_cx_cy(camera)
         if image.has_pose:
             registered[i] = True
             w2c[i] = np.eye(4)
@@ -739,7 +805,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     # The main camera: the one with the most registered views.
     ids = [rec.images[k].camera_id for k in rec.images if rec.images[k].has_pose]
     main = max(set(ids), key=ids.count)
-    f, cx, cy = (float(p) for p in rec.cameras[main].params)
+    f, cx, cy = _focal_cx_cy(rec.cameras[main])
     height = rec.cameras[main].height
     camera_found = np.isfinite(params[:, 0])
     main_view = int(next(i for i in range(n) if registered[i] and rec.images[
@@ -759,8 +825,12 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
             i = image_index[el.image_id]
             uv = rec.images[el.image_id].points2D[el.point2D_idx].xy
             pc = w2c[i, :3, :3] @ point.xyz + w2c[i, :3, 3]
-            fi, cxi, cyi = params[i]
-            errs.append(np.hypot(fi * pc[0] / pc[2] + cxi - uv[0], fi * pc[1] / pc[2] + cyi - uv[1]))
+            camera = rec.cameras[rec.images[el.image_id].camera_id]
+            if camera.model_name == "SIMPLE_PINHOLE":
+                fi, cxi, cyi = params[i]
+                errs.append(np.hypot(fi * pc[0] / pc[2] + cxi - uv[0], fi * pc[1] / pc[2] + cyi - uv[1]))
+            else:  # a held calibration (lens included): COLMAP's own projection
+                errs.append(np.hypot(*(camera.img_from_cam(pc[None]).reshape(2) - uv)))
         point_errors.append(np.mean(errs))
     rec.update_point_3d_errors()
     figures = {
