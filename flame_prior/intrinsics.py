@@ -6,6 +6,9 @@ applies wins, and every source that is skipped leaves a note saying why:
 1. ``"file"``: :attr:`IntrinsicsConfig.file`, a calibration with every view's own ``fx, fy, cx, cy``
    and lens distortion: a COLMAP model or a nerfstudio ``transforms.json``
    (:mod:`flame_prior.camera_file` documents both), matched to the views by image file name.
+   COLMAP still runs for its poses, with the calibration held: one camera per view, PINHOLE or
+   OPENCV (FULL_OPENCV for a ``k3``) with the file's values brought to COLMAP's crop and scale,
+   and focal, principal point and lens left out of its bundle adjustment.
    ``"given"``: :attr:`IntrinsicsConfig.focal_px`, in every view's own pixel grid. COLMAP still
    runs (focal held) for its poses.
 2. ``"colmap"``: structure from motion (:func:`run_colmap`) on what is rigid with the head. The
@@ -227,6 +230,11 @@ class ColmapResult:
     view_cx: np.ndarray
     view_cy: np.ndarray
 
+    @property
+    def poses(self) -> ColmapPoses:
+        """The poses the fit takes (:attr:`Intrinsics.poses`)."""
+        return ColmapPoses(self.w2c, self.registered, self.figures["scene_kind"])
+
 
 def focal_from_fov(fov_deg: float, height: float) -> float:
     """Focal length in pixels of a pinhole camera with vertical FOV ``fov_deg`` (degrees) and image ``height``."""
@@ -292,21 +300,19 @@ def estimate_intrinsics(
         colmap = _try_colmap(views, config, workdir, progress, notes, known=known)
         return dataclasses.replace(result(known.fx, "file", cx=known.cx, cy=known.cy), fy=known.fy,
                                    distortion=known.distortion if known.distortion.any() else None,
-                                   poses=None if colmap is None else ColmapPoses(colmap.w2c, colmap.registered,
-                                                                                 colmap.figures["scene_kind"]))
+                                   poses=None if colmap is None else colmap.poses)
 
     if config.focal_px is not None:
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
         colmap = _try_colmap(views, config, workdir, progress, notes)
         return result(np.full(n, float(config.focal_px)), "given",
-                      poses=None if colmap is None else ColmapPoses(colmap.w2c, colmap.registered,
-                                                                    colmap.figures["scene_kind"]))
+                      poses=None if colmap is None else colmap.poses)
 
     colmap = _try_colmap(views, config, workdir, progress, notes)
     if colmap is not None:
         return result(colmap.view_focal_px, "colmap", cx=colmap.view_cx, cy=colmap.view_cy,
                       colmap=colmap.figures,
-                      poses=ColmapPoses(colmap.w2c, colmap.registered, colmap.figures["scene_kind"]))
+                      poses=colmap.poses)
 
     if config.use_exif:
         exif = [v.image.exif_focal_px for v in views]
