@@ -98,7 +98,9 @@ def test_file_fit_exports(capture, tmp_path):
     intr = estimate_intrinsics(photos, IntrinsicsConfig(file=folder, use_colmap=False))
     assert intr.source == "file" and intr.poses is None
     np.testing.assert_allclose(intr.distortion, np.tile(LENS, (VIEWS, 1)))
-    cfg = FitterConfig(photometric_steps=8)
+    # The default photometric budget: a few steps of Adam at the stage's rates are a transient (the
+    # landmark error goes 0.4 -> 1.9 px after 8 steps and back to 0.4 px by 60), not a fit.
+    cfg = FitterConfig()
     result = fit_flame(model, emb, photos, intr, cfg, texture_space=ts)
     rot = _rotation_errors(result, sc)
     # The same photos fitted as if the lens were a pinhole: the lens is what makes the difference.
@@ -108,7 +110,7 @@ def test_file_fit_exports(capture, tmp_path):
     # scene (5 views, 0.3 px noise); 2.2-14.4 deg when the lens is ignored.
     assert rot.max() < 1.0 and np.median(rot) < 0.6, rot
     assert np.median(rot_naive) > 5 * np.median(rot) and rot_naive.max() > 5.0, (rot, rot_naive)
-    assert np.median([v.landmark_error_px for v in result.views]) < 1.5  # ideal-view pixels (measured 0.94)
+    assert np.median([v.landmark_error_px for v in result.views]) < 1.0  # ideal-view pixels (measured 0.43-0.54)
     np.testing.assert_allclose(result.cameras.distortion.numpy(), np.tile(LENS, (VIEWS, 1)))
     np.testing.assert_allclose(result.cameras.cx.numpy(), CX)
 
