@@ -91,5 +91,5 @@ def test_demo_into_a_log_file_prints_stage_lines(tmp_path):
         assert re.search(rf"\] {re.escape(stage_name)}: done.* in \d+\.\d s", text), (stage_name, text)
     assert not re.search(r"━+ +\d+/\d+", text) and "⠋" not in text  # no bars or spinners dumped into the log
     time_line = next(line for line in text.splitlines() if line.startswith("time: "))
-    assert re.search(r"fit \d+\.\d s \(rigid \d+\.\d s, landmarks \d+\.\d s, photometric \d+\.\d s, set-up \d+\.\d s\)", time_line)
+    assert re.search(r"fit \d+\.\d s \(rigid \d+\.\d s, landmarks \d+\.\d s, occlusion \d+\.\d s, photometric \d+\.\d s, set-up \d+\.\d s\)", time_line)
     assert "focal error" not in text  # focal given: no always-0 column
