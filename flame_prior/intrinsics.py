@@ -365,6 +365,8 @@ def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: l
     except Exception as exc:  # any pycolmap failure: fall back to the next source, never crash the run
         notes.append(f"COLMAP ({kind}) not used ({type(exc).__name__}: {exc})")
         return None
+    if known is None:
+        _drop_implausible_cameras(rec, views, notes)
     fig = rec.figures
     summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
                f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
@@ -374,6 +376,52 @@ def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: l
         return None
     notes.append(summary)
     return rec
+
+
+#: A camera COLMAP estimated is believed only with a vertical field of view in this range (degrees)
+#: and a focal within this factor of the registered views' median (in units of image height).
+_PLAUSIBLE_FOV_DEG = (2.0, 150.0)
+_PLAUSIBLE_FOCAL_FACTOR = 2.0
+
+
+def _drop_implausible_cameras(rec: ColmapResult, views, notes: list[str]) -> None:
+    """Unregister views whose own estimated camera is not a camera (in place).
+
+    With a camera per view, a view held by few tracks can come out of COLMAP's bundle adjustment with a
+    negative or absurd focal (seen: -2554 px and 3e7 px among 5000-6300 px ones, in one of several
+    runs of the same 8 photos). Its pose is then as wrong as its focal: it leaves the poses, and its
+    intrinsics become the median field of view, centred. Said in ``notes``."""
+    heights = np.array([v.image.height for v in views], dtype=np.float64)
+    rel = rec.view_focal_px / heights  # focal in image heights: comparable across sizes
+    ok = np.isfinite(rel) & (rel > 0)
+    fov = np.full(len(views), np.nan)
+    fov[ok] = np.degrees(2.0 * np.arctan(0.5 / rel[ok]))
+    ok &= (fov >= _PLAUSIBLE_FOV_DEG[0]) & (fov <= _PLAUSIBLE_FOV_DEG[1])
+    if (ok & rec.registered).any():
+        med = float(np.median(rel[ok & rec.registered]))
+        ok &= (rel <= _PLAUSIBLE_FOCAL_FACTOR * med) & (rel >= med / _PLAUSIBLE_FOCAL_FACTOR)
+    bad = np.flatnonzero(~ok)
+    if len(bad) == 0:
+        return
+    if not ok.any():
+        raise RuntimeError("every camera COLMAP estimated has an implausible focal length")
+    med = float(np.median(rel[ok & rec.registered] if (ok & rec.registered).any() else rel[ok]))
+    names = ", ".join(f"{views[i].image.path.name} ({rec.view_focal_px[i]:.4g} px)" for i in bad[:4])
+    notes.append(f"COLMAP: {len(bad)} view(s) with an implausible focal length left out of its poses: {names}"
+                 + (" ..." if len(bad) > 4 else ""))
+    main_bad = bool(np.any(rec.view_focal_px[bad] == rec.focal_px))  # the figure-giving camera was one of them
+    for i in bad:
+        rec.registered[i] = False
+        rec.w2c[i] = np.nan
+        rec.view_focal_px[i] = med * heights[i]
+        rec.view_cx[i], rec.view_cy[i] = views[i].image.width / 2, views[i].image.height / 2
+    if main_bad:
+        main = int(np.flatnonzero(rec.registered)[0]) if rec.registered.any() else int(np.flatnonzero(ok)[0])
+        rec.focal_px, rec.cx, rec.cy = (float(rec.view_focal_px[main]), float(rec.view_cx[main]),
+                                        float(rec.view_cy[main]))
+        rec.figures["focal_px"] = rec.focal_px
+        rec.figures["vertical_fov_deg"] = fov_from_focal(rec.focal_px, heights[main])
+    rec.figures["registered"] = int(rec.registered.sum())
 
 
 def detect_scene_kind(views: list[ViewObservation], notes: list[str] | None = None) -> SceneKind:

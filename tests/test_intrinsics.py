@@ -240,3 +240,30 @@ def test_colmap_one_camera_per_view(tmp_path):
     # to 1024 px (the default): one view's focal is weakly determined at this 14 deg field of view, which
     # is why one camera per size stays the default.
     assert (intr.fx.max() - intr.fx.min()) / np.median(intr.fx) < 0.4, intr.fx
+
+
+def test_implausible_per_view_focals_leave_the_poses():
+    """A per-view COLMAP camera with a negative or absurd focal (seen in one run of the shared photos:
+    -2554 px and 3e7 px among 5000-6300 px) is not believed: its view leaves the poses, its focal becomes
+    the median field of view, and a note names it; the figure-giving focal is replaced when it was one."""
+    from flame_prior.intrinsics import ColmapResult, _drop_implausible_cameras
+
+    views = _synthetic_views([(100, 80)] * 5)
+    focals = np.array([-2554.0, 500.0, 520.0, 3.0e7, 480.0])
+    w2c = np.tile(np.eye(4), (5, 1, 1))
+    rec = ColmapResult(w2c=w2c, registered=np.ones(5, bool), focal_px=-2554.0, cx=50.0, cy=40.0,
+                       figures={"registered": 5, "focal_px": -2554.0}, view_focal_px=focals.copy(),
+                       view_cx=np.full(5, 51.0), view_cy=np.full(5, 41.0))
+    notes: list[str] = []
+    _drop_implausible_cameras(rec, views, notes)
+    assert rec.registered.tolist() == [False, True, True, False, True]
+    assert np.isnan(rec.w2c[[0, 3]]).all() and np.isfinite(rec.w2c[[1, 2, 4]]).all()
+    np.testing.assert_allclose(rec.view_focal_px, [500.0, 500.0, 520.0, 500.0, 480.0])
+    assert rec.figures["registered"] == 3 and rec.focal_px == 500.0
+    assert len(notes) == 1 and "noise0.png" in notes[0] and "noise3.png" in notes[0], notes
+    # Plausible cameras (a 1.5x zoom difference included) are left alone.
+    rec2 = ColmapResult(w2c=w2c.copy(), registered=np.ones(5, bool), focal_px=500.0, cx=50.0, cy=40.0,
+                        figures={"registered": 5}, view_focal_px=np.array([500.0, 750.0, 520.0, 510.0, 480.0]),
+                        view_cx=np.full(5, 51.0), view_cy=np.full(5, 41.0))
+    _drop_implausible_cameras(rec2, views, notes)
+    assert rec2.registered.all() and len(notes) == 1
