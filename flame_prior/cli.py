@@ -10,28 +10,32 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated, Sequence, Union
+import importlib
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-import tyro
-from rich.console import Console
-from rich.markup import escape
-
-from flame_prior.batch.config import BatchConfig
-from flame_prior.config import FitConfig
-from flame_prior.demo_config import DemoConfig
 from flame_prior.errors import FlamePriorError, Interrupted, install_signal_handlers
-from flame_prior.lpips_weights import WeightsConfig
-from flame_prior.progress import make_console
 from flame_prior.threads import set_wait_policy
 
-Command = Union[
-    Annotated[FitConfig, tyro.conf.subcommand("fit", description="Fit FLAME and one camera per view to photos.")],
-    Annotated[BatchConfig, tyro.conf.subcommand("batch", description="Fit many scenes (a folder per subject, or "
-                                                 "--single-images), resumable, on worker processes or Ray.")],
-    Annotated[DemoConfig, tyro.conf.subcommand("demo", description="Synthetic round trip with known cameras.")],
-    Annotated[WeightsConfig, tyro.conf.subcommand(
-        "nerfstudio-weights", description="Install the AlexNet weights of nerfstudio's LPIPS metric (offline).")],
-]
+if TYPE_CHECKING:  # rich, tyro and the configs load when a command is chosen: `flame-prior --help` needs none
+    from rich.console import Console
+
+
+class Command(NamedTuple):
+    """One subcommand: its name, one line of help, and where its dataclass config lives."""
+
+    name: str
+    description: str
+    config: str  # "module:Class", imported only when this command is chosen
+
+
+COMMANDS = (
+    Command("fit", "Fit FLAME and one camera per view to photos.", "flame_prior.config:FitConfig"),
+    Command("batch", "Fit many scenes (a folder per subject, or --single-images), resumable, on worker processes "
+            "or Ray.", "flame_prior.batch.config:BatchConfig"),
+    Command("demo", "Synthetic round trip with known cameras.", "flame_prior.demo_config:DemoConfig"),
+    Command("nerfstudio-weights", "Install the AlexNet weights of nerfstudio's LPIPS metric (offline).",
+            "flame_prior.lpips_weights:WeightsConfig"),
+)
 
 
 #: Set to 1 to print the full traceback of any error (internal failures always point to it).
@@ -48,6 +52,13 @@ def execute(config, console: Console | None = None) -> int:
     0 success, 1 internal failure (an unexpected exception: a bug), 2 bad input, 3 bad model file,
     4 fit failed, 130 interrupted. With ``FLAME_PRIOR_DEBUG=1`` the traceback is printed too.
     """
+    from rich.markup import escape
+
+    from flame_prior.batch.config import BatchConfig
+    from flame_prior.demo_config import DemoConfig
+    from flame_prior.lpips_weights import WeightsConfig
+    from flame_prior.progress import make_console
+
     console = console or make_console()
     try:
         if isinstance(config, DemoConfig):
@@ -94,10 +105,35 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run it; the exit code.
 
     tyro's own argument errors (unknown flag, missing ``--data``, a bad value) exit 2 through
-    ``SystemExit``, ``--help`` exits 0.
+    ``SystemExit``, ``--help`` exits 0. The subcommand is picked here, before tyro runs, so that only
+    the chosen command's config is imported and ``flame-prior --help`` imports no config at all
+    (numpy and tyro alone cost a third of a second).
     """
-    config = tyro.cli(Command, args=argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((c for c in COMMANDS if argv and argv[0] == c.name), None)
+    if chosen is None:
+        _usage(argv)
+    import tyro
+
+    module, name = chosen.config.split(":")
+    config_type = getattr(importlib.import_module(module), name)
+    config = tyro.cli(config_type, args=argv[1:], prog=f"flame-prior {chosen.name}", description=chosen.description)
     return execute(config, console)
+
+
+def _usage(argv: list[str]) -> None:
+    """The top-level help (exit 0 for ``-h``/``--help``), or what is wrong with the first argument (exit 2)."""
+    width = max(len(c.name) for c in COMMANDS)
+    lines = ["usage: flame-prior {" + ",".join(c.name for c in COMMANDS) + "} [OPTIONS]", "",
+             "Camera poses and a FLAME head for photos of one head; see the README.", "", "commands:"]
+    lines += [f"  {c.name:<{width}}  {c.description}" for c in COMMANDS]
+    lines += ["", "`flame-prior COMMAND --help` lists a command's options."]
+    if argv and argv[0] in ("-h", "--help"):
+        print("\n".join(lines))
+        raise SystemExit(0)
+    problem = f"unknown command {argv[0]!r}" if argv else "a command is required"
+    print("\n".join(lines) + f"\n\nflame-prior: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def entrypoint() -> None:

@@ -59,6 +59,20 @@ def test_help_does_not_import_torch(argv):
         assert "--fitter.photometric-steps" in p.stdout and "--tracker.keyframes" in p.stdout
 
 
+def test_top_level_help_loads_no_config():
+    """``flame-prior --help`` lists every command without importing any command's config (nor numpy or
+    tyro, which the configs need): the subcommand is chosen before anything heavier is imported."""
+    code = ("import sys\nfrom flame_prior.cli import main, COMMANDS\ntry:\n    main(['--help'])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'tyro')\n"
+            "      or m in {c.config.split(':')[0] for c in COMMANDS}))")
+    p = _python(code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "LOADED []", p.stdout
+    for name in ("fit", "batch", "demo", "nerfstudio-weights"):
+        assert f"  {name} " in p.stdout, p.stdout
+
+
 def test_entrypoint_sets_passive_wait_before_torch():
     """``flame-prior`` sets OMP_WAIT_POLICY=PASSIVE before torch loads (libgomp reads it once, at load)."""
     code = ("import os, sys\nfrom flame_prior.threads import set_wait_policy\nok = set_wait_policy()\n"
