@@ -4,7 +4,7 @@ Public entry: :func:`write_outputs`. Layout of ``out_dir`` (each writer document
 
 =============================  ===============================================================
 ``transforms.json``            nerfstudio: cameras (OpenGL c2w, FLAME frame) — :mod:`.nerfstudio`
-``images/``, ``masks/``        PNG copies of the upright photos and binary head masks
+``images/``, ``masks/``        the upright photos (the input files, or PNG) and binary head masks
 ``flame_points.ply``           fitted FLAME vertices, the seed point cloud for splatfacto
 ``flame_params.npz``           FLAME parameters + cameras (no pickles) — :mod:`.flame_params`
 ``fit_summary.json``           the same plus model identity, conventions, errors, stage logs
@@ -76,9 +76,10 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_transforms(out, views, result)
+    paths = write_images_and_masks(out, views, result)
+    write_transforms(out, views, result, paths)
     write_flame_params(out, result, model, skipped)
-    write_colmap_text(out / COLMAP_SUBDIR, result, [f"{vf.name}.png" for vf in result.views])
+    write_colmap_text(out / COLMAP_SUBDIR, result, [Path(image).name for image, _ in paths])
     write_textured_mesh(out, result)
     if avatar_format:
         write_avatar_dataset(out / AVATAR_SUBDIR, views, result, model=model)

@@ -17,6 +17,8 @@ the long side; lines are drawn at display size.
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,9 +40,19 @@ CONTOURS = ("FACEMESH_LIPS", "FACEMESH_LEFT_EYE", "FACEMESH_RIGHT_EYE", "FACEMES
 
 @functools.lru_cache(maxsize=1)
 def _contour_edges() -> tuple[tuple[int, int], ...]:
-    """MediaPipe detector-index pairs of the contours (from mediapipe's own tables); empty if unavailable."""
+    """MediaPipe detector-index pairs of the contours (from mediapipe's own tables); empty if unavailable.
+
+    The tables are a plain-data module of mediapipe's, executed on its own: importing it through the
+    package would run ``mediapipe/__init__``, which loads the whole framework (4 s measured) when the
+    detections came from the cache and mediapipe was never started."""
     try:
-        from mediapipe.python.solutions import face_mesh_connections as fmc
+        spec = importlib.util.find_spec("mediapipe")
+        folder = next(iter(spec.submodule_search_locations or ())) if spec else None
+        path = Path(folder, "python", "solutions", "face_mesh_connections.py") if folder else None
+        if path is None or not path.is_file():
+            return ()
+        fmc = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_mediapipe_face_mesh_connections", path))
+        fmc.__spec__.loader.exec_module(fmc)
     except Exception:  # noqa: BLE001 - the picture still has shading and silhouette
         return ()
     edges = set()

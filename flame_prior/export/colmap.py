@@ -15,7 +15,8 @@ COLMAP-based tool at it explicitly, with the images from ``<out>/images/``.
   points2D line. ``(q, t)`` is the world-to-camera pose, Hamilton unit quaternion with ``qw >= 0``,
   camera axes OpenCV = COLMAP (+X right, +Y down, +Z forward), ``x_cam = R(q) x_world + t``. The world
   is FLAME's model frame (metres, +Y up, +Z out of the face), so the model has metric scale.
-  ``NAME`` is the image file name relative to the image folder (``<name>.png`` by default).
+  ``NAME`` is the image file name relative to the image folder (``<name>.png`` by default; the
+  full export passes the names it wrote into ``images/``: ``<name>.jpg`` for a copied JPEG).
 * ``points3D.txt``: the fitted FLAME mesh vertices as points (``POINT3D_ID X Y Z R G B ERROR`` with
   error 0 and an **empty track**: they were not triangulated from features; colour from the texture),
   a seed point cloud for Gaussian splatting. ``points=False`` writes the header only.

@@ -8,8 +8,10 @@ Format (read by nerfstudio's ``nerfstudio-data`` dataparser, ``nerfstudio_datapa
   photos AS TAKEN, distorted; nerfstudio undoes the lens itself.
 * ``frames``: one per fitted view, in the fit's order (nerfstudio re-sorts them by file name), each with
 
-  - ``file_path``: ``images/<name>.png``, a lossless PNG copy of the upright (EXIF-rotated) photo, the
-    exact pixel grid the camera refers to;
+  - ``file_path``: ``images/<name>.jpg`` or ``images/<name>.png``, the exact pixel grid the camera
+    refers to: the input file itself, copied byte for byte, when its pixels need no change (a JPEG or
+    8-bit PNG, RGB, not rotated by EXIF: :func:`stored_photo`), else a lossless PNG of the upright
+    (EXIF-rotated) RGB photo;
   - ``mask_path``: ``masks/<name>.png``, single-channel 8-bit, 255 = head (mask >= 0.5), 0 = not head.
     nerfstudio treats every non-zero pixel as "use", so the mask is written binary;
   - ``transform_matrix``: 4x4 camera-to-world, **OpenGL camera axes** (+X right, +Y up, +Z backwards),
@@ -39,9 +41,12 @@ none --pipeline.datamanager.dataparser.auto-scale-poses False`` to train in FLAM
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from flame_prior.export._common import (
     CONVENTION,
@@ -56,10 +61,11 @@ from flame_prior.export._common import (
 )
 from flame_prior.fit import FitResult
 from flame_prior.geometry import opencv_w2c_to_opengl_c2w
+from flame_prior.images import InputImage
 from flame_prior.observe import ViewObservation
 from flame_prior.threads import parallel_map
 
-__all__ = ["write_transforms", "write_images_and_masks", "write_point_ply", "INTRINSIC_KEYS"]
+__all__ = ["write_transforms", "write_images_and_masks", "write_point_ply", "stored_photo", "INTRINSIC_KEYS"]
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 #: nerfstudio's names of the OpenCV lens terms, and their index in flame-prior's (k1, k2, p1, p2, k3).
@@ -72,20 +78,60 @@ DATAPARSER_SETTINGS_KEEPING_FLAME_FRAME = {
 }
 
 
+#: Input formats whose files are exported as they are (when :func:`stored_photo` allows), and their suffix.
+COPIED_FORMATS = {"JPEG": ".jpg", "PNG": ".png"}
+EXIF_ORIENTATION = 0x0112
+
+
+def stored_photo(image: InputImage) -> tuple[bytes, str] | None:
+    """The input file's bytes and the suffix to export them under, when they decode to exactly
+    ``image.pixels`` in any reader; None when the photo must be re-encoded.
+
+    The file is copied only if it is still the file the pixels came from (same SHA-256), is a JPEG or
+    an 8-bit PNG, decodes to RGB (not grey, CMYK, palette or alpha, which intake converted) and has
+    no EXIF rotation (intake turned the pixels upright; readers such as nerfstudio's do not). Copying
+    costs a file write; re-encoding a 1392x1040 photo as PNG costs about 0.2 s of CPU."""
+    try:
+        raw = Path(image.path).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(raw).hexdigest() != image.sha256:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:  # lazy: the header only
+            suffix = COPIED_FORMATS.get(im.format or "")
+            plain = (im.mode == "RGB" and "transparency" not in im.info and im.size == (image.width, image.height)
+                     and im.getexif().get(EXIF_ORIENTATION, 1) == 1)
+    except Exception:  # noqa: BLE001 - anything unreadable here is simply re-encoded
+        return None
+    if suffix is None or not plain or (im.format == "PNG" and raw[24] != 8):  # IHDR bit depth
+        return None
+    return raw, suffix
+
+
 def write_images_and_masks(out_dir: str | Path, views: list[ViewObservation], result: FitResult) -> list[tuple[str, str]]:
-    """Write ``images/<name>.png`` (RGB, the upright photo) and ``masks/<name>.png`` (L, 0/255).
+    """Write ``images/<name>.jpg|.png`` (RGB, the upright photo: the input file itself when
+    :func:`stored_photo` allows, else a PNG) and ``masks/<name>.png`` (L, 0/255).
 
     Returns the relative ``(image_path, mask_path)`` of each fitted view, in ``result.views`` order.
     """
     out_dir = Path(out_dir)
 
     def write(obs: ViewObservation) -> tuple[str, str]:
-        img_rel, mask_rel = f"images/{obs.image.name}.png", f"masks/{obs.image.name}.png"
         pixels = np.asarray(obs.image.pixels)
         if pixels.shape[:2] != np.asarray(obs.detection.mask).shape:
             raise ValueError(f"export: view {obs.image.name}: mask {np.asarray(obs.detection.mask).shape} "
                              f"does not match image {pixels.shape[:2]}")
-        save_png(out_dir / img_rel, pixels.astype(np.uint8, copy=False))
+        mask_rel = f"masks/{obs.image.name}.png"
+        stored = stored_photo(obs.image)
+        if stored is not None:
+            raw, suffix = stored
+            img_rel = f"images/{obs.image.name}{suffix}"
+            (out_dir / "images").mkdir(parents=True, exist_ok=True)
+            (out_dir / img_rel).write_bytes(raw)
+        else:
+            img_rel = f"images/{obs.image.name}.png"
+            save_png(out_dir / img_rel, pixels.astype(np.uint8, copy=False))
         save_png(out_dir / mask_rel, mask_to_u8(obs.detection.mask))
         return img_rel, mask_rel
 
@@ -113,17 +159,19 @@ def write_point_ply(path: str | Path, points: np.ndarray, colours: np.ndarray) -
     return path
 
 
-def write_transforms(out_dir: str | Path, views: list[ViewObservation], result: FitResult) -> Path:
+def write_transforms(out_dir: str | Path, views: list[ViewObservation], result: FitResult,
+                     paths: list[tuple[str, str]] | None = None) -> Path:
     """Write ``transforms.json`` and its ``images/``, ``masks/`` and ``flame_points.ply`` into ``out_dir``.
 
     See the module docstring for the format. ``flame_params.npz``, which ``flame_param_path`` names, is
-    written by :func:`flame_prior.export.flame_params.write_flame_params`.
+    written by :func:`flame_prior.export.flame_params.write_flame_params`. ``paths``: what
+    :func:`write_images_and_masks` returned, when the caller wrote them already (not written again).
 
     Returns:
         the path of ``transforms.json``.
     """
     out_dir = Path(out_dir)
-    paths = write_images_and_masks(out_dir, views, result)
+    paths = write_images_and_masks(out_dir, views, result) if paths is None else paths
     cam = camera_arrays(result)
     c2w = opencv_w2c_to_opengl_c2w(cam["R"], cam["t"])
     distorted = bool(np.any(cam["distortion"] != 0.0))

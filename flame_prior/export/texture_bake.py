@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from flame_prior import render
-from flame_prior.flame import shade_sh
+from flame_prior.flame import sh_basis
 from flame_prior.threads import parallel_imap
 
 __all__ = ["bake_texture", "texture_side"]
@@ -72,22 +72,36 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
                                             dim=-1)
 
     cams = result.cameras.to(dtype=torch.float64)
-    lighting = torch.as_tensor(np.asarray(result.lighting), dtype=torch.float32)
+    lighting = np.asarray(result.lighting, dtype=np.float32)
+    # Per texel, computed once for all views: position and normal (float32 numpy: the per-view work is
+    # a few passes over these arrays) and the SH basis of the normal (the shading of view i is then
+    # basis @ sh_i, 9 multiply-adds a texel).
+    pos_t = texel_pos.float().numpy()
+    nrm_t = texel_n.numpy()
+    basis_t = sh_basis(texel_n).numpy()
+    R, t = cams.R.numpy(), cams.t.numpy()
+    centres = -np.einsum("nji,nj->ni", R, t)  # camera centres in the world: C = -R^T t
 
     def contribution(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """View ``i``'s texels seen (indices), their weighted de-shaded colours and weights."""
         obs = views[i]
         W, H = int(cams.width[i]), int(cams.height[i])
-        pc = texel_pos @ cams.R[i].T + cams.t[i]
+        # Facing the camera first (the cheapest test, and it drops about half the texels):
+        # cos = -n . (P - C) / |P - C|, the cosine between the normal and the reversed view ray.
+        ray = pos_t - centres[i].astype(np.float32)
+        dist = np.sqrt(np.einsum("tk,tk->t", ray, ray))
+        cos = -np.einsum("tk,tk->t", nrm_t, ray) / np.maximum(dist, 1e-12)
+        idx = np.flatnonzero(cos > 0.05)
+        pc = pos_t[idx] @ R[i].T.astype(np.float32) + t[i].astype(np.float32)
         z = pc[:, 2]
-        x = (cams.fx[i] * pc[:, 0] / z + cams.cx[i]).numpy()
-        y = (cams.fy[i] * pc[:, 1] / z + cams.cy[i]).numpy()
-        ray = torch.nn.functional.normalize(pc, dim=-1).float()
-        cos = -(texel_n @ cams.R[i].float().T * ray).sum(-1).numpy()
-        idx = np.flatnonzero((z.numpy() > 0) & (cos > 0.05) & (x >= 0) & (x < W) & (y >= 0) & (y < H))
+        front = z > 0
+        zs = np.where(front, z, 1.0)
+        x = float(cams.fx[i]) * pc[:, 0] / zs + float(cams.cx[i])
+        y = float(cams.fy[i]) * pc[:, 1] / zs + float(cams.cy[i])
+        inside = front & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+        idx, x, y, cos, zi = idx[inside], x[inside], y[inside], cos[idx][inside], z[inside]
         if not len(idx):
             return None
-        x, y, cos, zi = x[idx], y[idx], cos[idx], z.numpy()[idx]  # the tests below only on these candidates
         # Visibility: the nearest surface along the texel's pixel (a depth map at most DEPTH_SIDE px).
         s = min(1.0, DEPTH_SIDE / max(W, H))
         dw, dh = max(1, round(W * s)), max(1, round(H * s))
@@ -98,16 +112,15 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
         vr = render.rasterize(pos, faces, (dh, dw))
         depth = render.interpolate(pos[..., 3:4], vr, faces)[0, ..., 0].numpy()
         hit = vr[0, ..., 3].numpy() > 0
-        px = np.clip((x * dw / W).astype(int), 0, dw - 1)
-        py = np.clip((y * dh / H).astype(int), 0, dh - 1)
+        px = np.clip((x * (dw / W)).astype(int), 0, dw - 1)
+        py = np.clip((y * (dh / H)).astype(int), 0, dh - 1)
         ok = ~hit[py, px] | (zi <= depth[py, px] + DEPTH_TOLERANCE)
-        ok &= _sample(np.asarray(obs.detection.mask, np.float32), x, y) >= 0.5
+        ok &= _sample(_mask_f32(obs.detection.mask), x, y) >= 0.5
         if not ok.any():
             return None
         idx = idx[ok]
         colour = _sample(obs.image.pixels, x[ok], y[ok]).astype(np.float64) / 255.0
-        sh = lighting[min(i, len(lighting) - 1)][None]
-        shading = shade_sh(torch.ones(1, len(idx), 3), texel_n[torch.as_tensor(idx)][None], sh)[0].double().numpy()
+        shading = (basis_t[idx] @ lighting[min(i, len(lighting) - 1)]).astype(np.float64)
         w = cos[ok].astype(np.float64) ** 2
         return idx, w[:, None] * colour / np.maximum(shading, 0.05), w
 
@@ -131,6 +144,12 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
     if not seen.any():  # no view saw anything: keep the fitted albedo
         return np.asarray(result.texture, np.float32)
     return np.clip(_pull_push(image, seen), 0.0, 1.0).astype(np.float32)
+
+
+def _mask_f32(mask: np.ndarray) -> np.ndarray:
+    """The head mask as float32 in [0, 1] for bilinear sampling (a uint8 mask holds 0..255)."""
+    m = np.asarray(mask)
+    return m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32, copy=False)
 
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
