@@ -90,7 +90,7 @@ class DetectionCache:
                     return None
                 lm = np.asarray(z["landmarks"], dtype=np.float32)
                 conf = np.asarray(z["confidence"], dtype=np.float32)
-                mask = np.asarray(z["mask"], dtype=np.float32) / np.float32(255)
+                mask = np.asarray(z["mask"], dtype=np.uint8)  # Detection holds it as uint8 (mask_u8)
                 box = tuple(float(v) for v in z["face_box"])
                 if lm.ndim != 2 or lm.shape[1] != 2 or conf.shape != (len(lm),) or mask.shape != tuple(image_shape) or len(box) != 4:
                     raise ValueError("arrays of the wrong shape")
@@ -111,7 +111,7 @@ class DetectionCache:
             arrays = dict(
                 found=np.array(True), landmarks=np.asarray(det.landmarks, np.float32),
                 confidence=np.asarray(det.confidence, np.float32), landmark_format=np.array(det.landmark_format),
-                mask=quantise_mask_u8(det.mask), face_box=np.asarray(det.face_box, np.float64),
+                mask=det.mask_u8, face_box=np.asarray(det.face_box, np.float64),
                 notes=np.array(det.notes, dtype=str),
             )
         arrays.update(image_shape=np.array(image_shape, np.int64), version=np.array(version))

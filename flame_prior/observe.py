@@ -108,7 +108,7 @@ def observe(
                     continue
                 det = dataclasses.replace(
                     det, landmarks=np.asarray(det.landmarks, np.float32), confidence=np.asarray(det.confidence, np.float32),
-                    mask=quantise_mask_u8(det.mask).astype(np.float32) / np.float32(255),
+                    mask=quantise_mask_u8(det.mask),  # held as uint8 (Detection.mask_u8)
                     face_box=tuple(float(v) for v in det.face_box))
                 observations.append(ViewObservation(image, det, notes + list(det.notes)))
     finally:

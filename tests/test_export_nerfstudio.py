@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,3 +96,49 @@ def test_transforms_matches_fitted_views_by_name(tmp_path):
     meta = json.loads(write_transforms(tmp_path, list(reversed(views)) + extra[:1], result).read_text())
     assert [f["file_path"] for f in meta["frames"]] == [f"images/{vf.name}.png" for vf in result.views]
     assert not (tmp_path / "images" / "left_out.png").exists()
+
+
+def _as_input_file(view, path: Path, **save_args):
+    """``view`` with its photo read back from a file written at ``path`` (``load_images``' own decode),
+    the way intake hands real files to the export."""
+    from flame_prior.images import load_images
+
+    [image], _ = load_images(path)
+    assert (image.width, image.height) == (view.image.width, view.image.height)
+    view.image = dataclasses.replace(image, name=view.image.name)
+    return view
+
+
+def test_unchanged_photo_files_are_copied_and_others_re_encoded(tmp_path):
+    """A JPEG and an 8-bit RGB PNG that decode to the upright pixels are exported byte for byte (under
+    their own suffix); a JPEG turned upright by its EXIF orientation, and a photo whose file changed
+    since it was read, are re-encoded as PNG of the upright pixels. Every image reads back (as
+    nerfstudio's ``InputDataset.get_numpy_image`` reads: PIL, ``np.array``) to exactly the pixels the
+    camera refers to."""
+    views, result, _, _ = make_fit([(320, 240, 500.0, 500.0, 160.0, 120.0, yaw, 0.0) for yaw in (-20, -5, 10, 25)])
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(views[0].image.pixels).save(src / "a.jpg", quality=92)
+    Image.fromarray(views[1].image.pixels).save(src / "b.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter; upright = rotated 90 degrees clockwise
+    Image.fromarray(views[2].image.pixels).transpose(Image.Transpose.ROTATE_90).save(src / "c.jpg", exif=exif, quality=92)
+    Image.fromarray(views[3].image.pixels).save(src / "d.jpg", quality=92)
+    for view, name in zip(views, ("a.jpg", "b.png", "c.jpg", "d.jpg")):
+        _as_input_file(view, src / name)
+    (src / "d.jpg").write_bytes((src / "a.jpg").read_bytes())  # changed after intake read it
+
+    out = tmp_path / "out"
+    meta = json.loads(write_transforms(out, views, result).read_text())
+    files = {f["flame_prior_view"]: out / f["file_path"] for f in meta["frames"]}
+    by_name = {v.image.name: v for v in views}
+    assert files[views[0].image.name].suffix == ".jpg" and files[views[1].image.name].suffix == ".png"
+    assert files[views[0].image.name].read_bytes() == (src / "a.jpg").read_bytes()
+    assert files[views[1].image.name].read_bytes() == (src / "b.png").read_bytes()
+    for v in views[2:]:
+        assert files[v.image.name].suffix == ".png" and Image.open(files[v.image.name]).format == "PNG"
+    assert files[views[2].image.name].read_bytes()[:4] == b"\x89PNG"
+    for name, path in files.items():
+        np.testing.assert_array_equal(np.array(Image.open(path), dtype="uint8"), by_name[name].image.pixels)
+    rotated = Image.open(src / "c.jpg")
+    assert rotated.size == (views[2].image.height, views[2].image.width)  # the file itself is not upright

@@ -48,7 +48,10 @@ class Detection:
         confidence: ``(K,)`` float32 in [0, 1].
         landmark_format: ``"mediapipe478"`` or ``"ibug68"``.
         mask: ``(H, W)`` float32 head mask in [0, 1] (the head: face, hair, ears; no torso, no
-            background).
+            background). Held as uint8 in steps of 1/255 (:attr:`mask_u8`, the detection cache's
+            precision): a quarter of float32's memory, 130 MB less for 30 photos of 1392x1040.
+            Reading ``mask`` gives a fresh float32 array (``mask_u8 / 255``); assigning a float
+            mask quantises it, a uint8 one is taken as 0..255.
         face_box: ``(x0, y0, x1, y1)`` the landmarks' bounding box, pixels.
         notes: remarks (e.g. "2 faces, took the largest").
     """
@@ -65,6 +68,28 @@ class Detection:
         """Longer side of the face box, pixels (what ``min_face_px`` compares with)."""
         x0, y0, x1, y1 = self.face_box
         return float(max(x1 - x0, y1 - y0))
+
+    @property
+    def mask_u8(self) -> np.ndarray:
+        """``(H, W)`` uint8 head mask, 255 = 1.0 (the stored array itself: do not modify it)."""
+        return self._mask_u8
+
+
+def _get_mask(self: Detection) -> np.ndarray:
+    return self._mask_u8.astype(np.float32) / np.float32(255)
+
+
+def _set_mask(self: Detection, mask: np.ndarray) -> None:
+    m = np.asarray(mask)
+    if m.dtype == np.uint8:
+        self._mask_u8 = m
+    else:  # rounded to 1/255 steps, as flame_prior.cache.quantise_mask_u8 (no import: the cache imports us)
+        self._mask_u8 = np.round(np.clip(m.astype(np.float32, copy=False), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+# After the dataclass is made (a property in the class body would become the field's default): the
+# generated __init__, repr, eq and dataclasses.replace go through the property.
+Detection.mask = property(_get_mask, _set_mask, doc="(H, W) float32 head mask in [0, 1] (see the class docstring).")
 
 
 class Detector(Protocol):

@@ -78,11 +78,12 @@ def camera_arrays(result: FitResult) -> dict[str, np.ndarray]:
 
 
 def mask_to_u8(mask: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float mask in [0, 1] to a binary uint8 image: 255 where mask >= 0.5, else 0."""
+    """``(H, W)`` float mask in [0, 1], or uint8 in 0..255 (:attr:`Detection.mask_u8`), to a binary
+    uint8 image: 255 where mask >= 0.5 (uint8: >= 128, the same values), else 0."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask: expected (H, W), got {m.shape}")
-    return np.where(m >= 0.5, 255, 0).astype(np.uint8)
+    return np.where(m >= (128 if m.dtype == np.uint8 else 0.5), 255, 0).astype(np.uint8)
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

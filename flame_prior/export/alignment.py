@@ -103,20 +103,24 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
     pos = render.pinhole_to_clip(pc, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, rw, rh)
     if rast is None or tuple(rast.shape[1:3]) != (rh, rw):
         rast = render.rasterize(pos, faces, (rh, rw))
-    normals = torch.nn.functional.normalize(
-        render.interpolate(render.vertex_normals(pc, faces), rast, faces), dim=-1)[0]
-    points = torch.nn.functional.normalize(render.interpolate(pc, rast, faces)[0], dim=-1)
+    # Normals and camera-frame points interpolated in one pass; the point's z is the camera depth.
+    surface = render.interpolate(torch.cat([render.vertex_normals(pc, faces), pc], -1), rast, faces)[0]
+    normals = torch.nn.functional.normalize(surface[..., :3], dim=-1)
+    points = torch.nn.functional.normalize(surface[..., 3:], dim=-1)
+    depth = surface[..., 5].numpy()
     # Lit from the camera: brightness is the cosine between the surface normal and the view ray.
     shade = (0.25 + 0.75 * (-(normals * points).sum(-1)).abs()).numpy()
     covered = (rast[0, ..., 3] > 0).numpy().astype(np.float32)
-    depth = render.interpolate(pos[..., 3:4], rast, faces)[0, ..., 0].numpy()  # camera depth (clip w)
 
     if base is None or base.size != (w, h):
         base = Image.fromarray(np.asarray(photo, np.uint8)).resize((w, h), Image.LANCZOS)
     base = np.asarray(base.convert("RGB"), np.float32)
-    up = lambda a: np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
-    cover, lum = up(covered), up(shade * covered)
-    grey = MODEL_GREY[None, None] * (lum / np.maximum(cover, 1e-6))[..., None]
+    if (rw, rh) == (w, h):  # rendered at display size
+        cover, lum = covered, shade * covered
+    else:
+        up = lambda a: np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
+        cover, lum = up(covered), up(shade * covered)
+    grey = MODEL_GREY[None, None].astype(np.float32) * (lum / np.maximum(cover, 1e-6))[..., None]
     alpha = BLEND * np.clip(cover, 0, 1)[..., None]
     out = np.clip(base * (1 - alpha) + grey * alpha, 0, 255)
     inside = cover >= 0.5

@@ -119,8 +119,8 @@ def write_images_and_masks(out_dir: str | Path, views: list[ViewObservation], re
 
     def write(obs: ViewObservation) -> tuple[str, str]:
         pixels = np.asarray(obs.image.pixels)
-        if pixels.shape[:2] != np.asarray(obs.detection.mask).shape:
-            raise ValueError(f"export: view {obs.image.name}: mask {np.asarray(obs.detection.mask).shape} "
+        if pixels.shape[:2] != obs.detection.mask_u8.shape:
+            raise ValueError(f"export: view {obs.image.name}: mask {obs.detection.mask_u8.shape} "
                              f"does not match image {pixels.shape[:2]}")
         mask_rel = f"masks/{obs.image.name}.png"
         stored = stored_photo(obs.image)
@@ -132,7 +132,7 @@ def write_images_and_masks(out_dir: str | Path, views: list[ViewObservation], re
         else:
             img_rel = f"images/{obs.image.name}.png"
             save_png(out_dir / img_rel, pixels.astype(np.uint8, copy=False))
-        save_png(out_dir / mask_rel, mask_to_u8(obs.detection.mask))
+        save_png(out_dir / mask_rel, mask_to_u8(obs.detection.mask_u8))
         return img_rel, mask_rel
 
     return parallel_map(write, match_views(views, result))  # PNG encoding releases the GIL

@@ -47,7 +47,9 @@ from flame_prior.threads import parallel_map
 
 __all__ = ["write_report", "render_preview", "render_previews", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
 
-MAX_SIDE = 1024
+#: Long side of the pictures at most: the page shows them at most 620 px wide, and a picture drawn at
+#: the render size needs no upsampling of the render (a 1024 px long side cost 2.5x the pixels).
+MAX_SIDE = 640
 #: JPEG quality of the report's pictures (previews: q 90 is visually lossless at a quarter of PNG's size).
 JPEG_QUALITY = 90
 #: Side of a contact-sheet cell, pixels.
@@ -70,10 +72,15 @@ def _scale_for(w: int, h: int) -> float:
 
 
 def _resized(pixels: np.ndarray, s: float) -> Image.Image:
-    im = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
-    if s != 1.0:
-        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
-    return im
+    """``pixels`` at scale ``s``: area averaging when shrinking (a tenth of Lanczos' time, no ringing),
+    Lanczos when enlarging a small photo."""
+    a = np.asarray(pixels, dtype=np.uint8)
+    if s == 1.0:
+        return Image.fromarray(a)
+    size = (max(1, round(a.shape[1] * s)), max(1, round(a.shape[0] * s)))
+    if s < 1.0:
+        return Image.fromarray(cv2.resize(a, size, interpolation=cv2.INTER_AREA))
+    return Image.fromarray(a).resize(size, Image.LANCZOS)
 
 
 def _mask_outline(mask: np.ndarray, size: tuple[int, int], thickness: int) -> np.ndarray:

@@ -115,7 +115,7 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
         px = np.clip((x * (dw / W)).astype(int), 0, dw - 1)
         py = np.clip((y * (dh / H)).astype(int), 0, dh - 1)
         ok = ~hit[py, px] | (zi <= depth[py, px] + DEPTH_TOLERANCE)
-        ok &= _sample(_mask_f32(obs.detection.mask), x, y) >= 0.5
+        ok &= _sample(obs.detection.mask, x, y) >= 0.5
         if not ok.any():
             return None
         idx = idx[ok]
@@ -144,12 +144,6 @@ def bake_texture(result, views, side: int | None = None) -> np.ndarray:
     if not seen.any():  # no view saw anything: keep the fitted albedo
         return np.asarray(result.texture, np.float32)
     return np.clip(_pull_push(image, seen), 0.0, 1.0).astype(np.float32)
-
-
-def _mask_f32(mask: np.ndarray) -> np.ndarray:
-    """The head mask as float32 in [0, 1] for bilinear sampling (a uint8 mask holds 0..255)."""
-    m = np.asarray(mask)
-    return m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32, copy=False)
 
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
