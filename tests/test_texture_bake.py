@@ -69,3 +69,19 @@ def test_texture_side_follows_the_images():
     big = texture_side(dataclasses.replace(result, cameras=big_cams), views)
     assert small >= 256 and big > small and big <= 1024
     assert (big & (big - 1)) == 0 and (small & (small - 1)) == 0
+
+
+def test_spread_views_cover_the_directions():
+    """With more views than the bake reads, the chosen ones spread around the head: every camera's
+    viewing direction is within the chosen ones' largest gap, and a crowd of cameras on one side
+    gives one pick there, not all of them."""
+    from flame_prior.export.texture_bake import spread_views
+
+    specs = [(320, 240, 500.0, 500.0, 160.0, 120.0, yaw, 0.0) for yaw in (-60, -40, -20, 0, 1, 2, 3, 4, 20, 40, 60)]
+    _, result, _, _ = make_fit(specs)
+    assert spread_views(result, 20) == list(range(len(specs)))
+    picked = spread_views(result, 5)
+    assert len(picked) == 5 == len(set(picked)) and picked == sorted(picked)
+    yaws = [specs[i][6] for i in picked]
+    assert -60 in yaws and 60 in yaws  # both ends
+    assert sum(0 <= y <= 4 for y in yaws) == 1  # the crowd around 0 degrees counts once
