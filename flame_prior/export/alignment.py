@@ -85,12 +85,15 @@ def feature_lines(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 
 @torch.no_grad()
 def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
-                      base: Image.Image | None = None, rast: torch.Tensor | None = None) -> Image.Image:
+                      base: Image.Image | None = None, rast: torch.Tensor | None = None,
+                      normals: torch.Tensor | None = None) -> Image.Image:
     """View ``i``'s photo (``(H, W, 3)`` uint8, original grid) at display scale ``s`` with the
     shaded model at 50 %, its silhouette and feature lines (see the module docstring). ``base``:
     the photo already resized to display scale, when the caller has it (resized here otherwise);
     ``rast``: the rasterization of this view at the render size used here, when the caller has it
-    (:func:`flame_prior.export.report.render_preview` makes the same one: the mesh is rasterized once)."""
+    (:func:`flame_prior.export.report.render_preview` makes the same one: the mesh is rasterized once);
+    ``normals``: the unit world-frame normals ``(1, h, w, 3)`` at that rasterization's pixels, when
+    the caller has them (render_preview's)."""
     H, W = photo.shape[:2]
     w, h = max(1, round(W * s)), max(1, round(H * s))
     r = min(1.0, RENDER_SIDE / max(w, h))  # render scale relative to the display
@@ -102,14 +105,19 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
     pc = verts @ cams.R.transpose(1, 2) + cams.t[:, None]
     pos = render.pinhole_to_clip(pc, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, rw, rh)
     if rast is None or tuple(rast.shape[1:3]) != (rh, rw):
-        rast = render.rasterize(pos, faces, (rh, rw))
-    # Normals and camera-frame points interpolated in one pass; the point's z is the camera depth.
-    surface = render.interpolate(torch.cat([render.vertex_normals(pc, faces), pc], -1), rast, faces)[0]
-    normals = torch.nn.functional.normalize(surface[..., :3], dim=-1)
-    points = torch.nn.functional.normalize(surface[..., 3:], dim=-1)
-    depth = surface[..., 5].numpy()
-    # Lit from the camera: brightness is the cosine between the surface normal and the view ray.
-    shade = (0.25 + 0.75 * (-(normals * points).sum(-1)).abs()).numpy()
+        rast, normals = render.rasterize(pos, faces, (rh, rw)), None
+    if normals is None:
+        normals = torch.nn.functional.normalize(
+            render.interpolate(render.vertex_normals(verts, faces), rast, faces), dim=-1)
+    depth = render.interpolate(pos[..., 3:4], rast, faces)[0, ..., 0].numpy()  # camera depth (clip w)
+    # Lit from the camera: brightness is |cos| between the surface normal and the ray of the pixel
+    # (the ray through the pixel centre meets the surface the pixel shows; camera frame, OpenCV).
+    n_cam = normals[0] @ cams.R[0].T
+    ray_x = (torch.arange(rw, dtype=torch.float32) + 0.5 - cams.cx[0] * sx) / (cams.fx[0] * sx)
+    ray_y = (torch.arange(rh, dtype=torch.float32) + 0.5 - cams.cy[0] * sy) / (cams.fy[0] * sy)
+    cos = (n_cam[..., 0] * ray_x[None] + n_cam[..., 1] * ray_y[:, None] + n_cam[..., 2]) \
+        / torch.sqrt(ray_x[None] ** 2 + ray_y[:, None] ** 2 + 1.0)
+    shade = (0.25 + 0.75 * cos.abs()).numpy()
     covered = (rast[0, ..., 3] > 0).numpy().astype(np.float32)
 
     if base is None or base.size != (w, h):

@@ -41,8 +41,10 @@ from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
+from flame_prior import render
+from flame_prior.flame import shade_sh
 from flame_prior.render import vertex_normals
-from flame_prior.render_head import render_head
+from flame_prior.render_head import head_surface
 from flame_prior.threads import parallel_map
 
 __all__ = ["write_report", "render_preview", "render_previews", "draw_landmark_overlay", "draw_model_overlay", "MAX_SIDE"]
@@ -131,10 +133,11 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
 
 @torch.no_grad()
 def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640,
-                   return_rast: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
+                   return_rast: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """The fitted, textured, lit head over view ``i``: ``(h, w, 4)`` uint8 RGBA for ``size = (w, h)``
     (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up; with
-    ``return_rast`` also the rasterization (for the alignment picture of the same view)."""
+    ``return_rast`` also the rasterization and the unit world-frame normals ``(1, h, w, 3)`` (for the
+    alignment picture of the same view: the mesh is rasterized and interpolated once)."""
     verts = torch.as_tensor(result.vertices, dtype=torch.float32)[None]
     faces = torch.as_tensor(result.faces)
     uvs, uv_faces = torch.as_tensor(result.uvs), torch.as_tensor(result.uv_faces)
@@ -144,12 +147,20 @@ def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: i
     s = min(1.0, max_side / max(W, H))
     w, h = max(1, round(W * s)), max(1, round(H * s))
     sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
-    color, rast, _ = render_head(verts, faces, cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i])),
-                                 uvs, uv_faces, tex, sh, size=(h, w), vertex_normals=vertex_normals(verts, faces))
-    alpha = (rast[..., 3:] > 0).float()
-    rgba = (torch.cat([color.clamp(0, 1), alpha], -1)[0].numpy() * 255).round().astype(np.uint8)
+    uv, normals, rast, _ = head_surface(verts, faces, cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i])),
+                                        uvs, uv_faces, size=(h, w), vertex_normals=vertex_normals(verts, faces))
+    # Texture and light only where the head is (render_head's shading, on the covered pixels only:
+    # the head covers about half of a portrait's grid, and the background is transparent anyway).
+    covered = rast[0, ..., 3] > 0
+    n = int(covered.sum())
+    rgba = torch.zeros(h, w, 4)
+    if n:
+        albedo = render.texture(tex, uv[0][covered].reshape(1, 1, n, 2))
+        rgba[covered] = torch.cat([shade_sh(albedo, normals[0][covered].reshape(1, 1, n, 3), sh)[0, 0].clamp(0, 1),
+                                   torch.ones(n, 1)], -1)
+    rgba = (rgba.numpy() * 255).round().astype(np.uint8)
     rgba = cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
-    return (rgba, rast) if return_rast else rgba
+    return (rgba, rast, normals) if return_rast else rgba
 
 
 def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
@@ -295,11 +306,11 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         o, vf = obs[i], result.views[i]
         s = _scale_for(o.image.width, o.image.height)
         photo = _resized(o.image.pixels, s).convert("RGB")
-        render, rast = (renders[i], None) if renders is not None else render_preview(result, i, photo.size,
-                                                                                      return_rast=True)
+        render, rast, normals = ((renders[i], None, None) if renders is not None
+                                 else render_preview(result, i, photo.size, return_rast=True))
         draw_landmark_overlay(o, vf, s, photo=photo).save(rep / f"{vf.name}_landmarks.jpg", quality=JPEG_QUALITY)
         draw_model_overlay(o, render, s, photo=photo).save(rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
-        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, rast=rast)
+        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, rast=rast, normals=normals)
         aim.save(rep / f"{vf.name}_alignment.jpg", quality=JPEG_QUALITY)
         aim.thumbnail((SHEET_CELL, SHEET_CELL), Image.LANCZOS)
         return aim
