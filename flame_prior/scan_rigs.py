@@ -43,7 +43,7 @@ from flame_prior.geometry import look_at_w2c
 
 __all__ = [
     "ATTRIBUTION", "SCAN_RELATIVE_PATH", "RIG_NAMES", "ScanHead", "RigView", "Rig", "load_scan", "make_rig",
-    "render_view", "write_rig", "write_calibration", "align_rotations", "score_cameras",
+    "render_view", "write_rig", "write_calibration", "align_rotations", "align_centres", "score_cameras",
 ]
 
 SCAN_RELATIVE_PATH = "data/scans/lee-perry-smith/LeePerrySmith.glb"
@@ -500,6 +500,23 @@ def align_rotations(R_fit: np.ndarray, R_true: np.ndarray, iters: int = 10) -> n
     return Q
 
 
+def align_centres(C_fit: np.ndarray, P: np.ndarray, iters: int = 50) -> tuple[float, np.ndarray]:
+    """Scale ``s`` and offset ``T`` with ``C_fit_i ~= s P_i + T`` (``P``: the true centres rotated
+    into the fit's frame), ``(N, 3)`` each. L1 over the views (Weiszfeld-style reweighting by the
+    inverse residual, like :func:`align_rotations`): a least-squares fit lets one view whose camera
+    is far off (a wrong detection: metres away) pull the scale, and so every other view's centre
+    error, by tens of per cent."""
+    w = np.ones(len(P))
+    for _ in range(iters):
+        pm, fm = (w[:, None] * P).sum(0) / w.sum(), (w[:, None] * C_fit).sum(0) / w.sum()
+        Pc, Fc = P - pm, C_fit - fm
+        s = float((w[:, None] * Pc * Fc).sum() / max((w[:, None] * Pc * Pc).sum(), 1e-30))
+        T = fm - s * pm
+        r = np.linalg.norm(s * P + T - C_fit, axis=1)
+        w = 1.0 / np.maximum(r, 1e-6 * max(float(np.median(np.linalg.norm(Pc, axis=1))), 1e-12))
+    return s, T
+
+
 def _angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
     rel = np.transpose(Ra, (0, 2, 1)) @ Rb
     return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
@@ -513,8 +530,8 @@ def score_cameras(fit_cameras: list[dict], truth: dict) -> dict:
         truth: ``truth.json`` of :func:`write_rig`.
 
     The similarity scan -> FLAME is solved once for all views: its rotation ``Q`` by
-    :func:`align_rotations` over the rotation set, then its scale ``s`` and offset ``T`` by least
-    squares over the camera centres (``C_fit ~= s Q C_true + T``). Per view: rotation error = the
+    :func:`align_rotations` over the rotation set, then its scale ``s`` and offset ``T`` over the
+    camera centres (``C_fit ~= s Q C_true + T``, L1: :func:`align_centres`). Per view: rotation error = the
     angle of ``R_fit Q`` against ``R_true``; centre error = distance of the back-mapped fitted centre
     from the true one in % of the true camera-to-head distance; focal error in %. Views of the rig
     that got no camera are listed in ``missing``.
@@ -532,11 +549,7 @@ def score_cameras(fit_cameras: list[dict], truth: dict) -> dict:
     Cf = np.array([-np.asarray(by_name[v["name"]]["R"]).T @ np.asarray(by_name[v["name"]]["t"]) for v in tv])
     Q = align_rotations(Rf, Rt)
     rot = _angle_deg(Rf @ Q, Rt)
-    # C_fit ~= s (Q C_true) + T: a line fit per coordinate with one shared slope.
-    P = Ct @ Q.T
-    Pc, Fc = P - P.mean(0), Cf - Cf.mean(0)
-    s = float((Pc * Fc).sum() / (Pc * Pc).sum())
-    T = Cf.mean(0) - s * P.mean(0)
+    s, T = align_centres(Cf, Ct @ Q.T)
     back = ((Cf - T) / s) @ Q  # fitted centres in the scan frame
     dist = np.linalg.norm(Ct - np.asarray(truth["head_centre"]), axis=1)
     centre = np.linalg.norm(back - Ct, axis=1) / dist * 100
