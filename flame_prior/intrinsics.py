@@ -47,18 +47,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import numpy as np
 
 from flame_prior.cache import colmap_cache_dir, save_npz_atomic
-from flame_prior.errors import check_option
+from flame_prior.errors import InputError, check_option
 from flame_prior.shapes import check_shape  # not geometry: this module must not load torch (CLI start-up)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
     from flame_prior.camera_file import KnownIntrinsics
+    from flame_prior.images import InputImage
     from flame_prior.observe import ViewObservation
 
 __all__ = [
@@ -122,9 +123,35 @@ class ColmapPoses:
     w2c: np.ndarray
     registered: np.ndarray
     scene_kind: SceneKind = "turning-head"
+    faceless: "FacelessCameras | None" = None
+    """Images where no face was found but COLMAP registered them (rigid scene only)."""
 
     def subset(self, keep: list[int]) -> "ColmapPoses":
-        return ColmapPoses(self.w2c[keep], self.registered[keep], self.scene_kind)
+        return ColmapPoses(self.w2c[keep], self.registered[keep], self.scene_kind, self.faceless)
+
+
+@dataclass
+class FacelessCameras:
+    """COLMAP's cameras of images with no detected face (a back view of a ring of cameras): no landmarks
+    check them, the fit only carries them into FLAME's frame by its similarity.
+
+    Attributes:
+        names: ``M`` view names (:attr:`InputImage.name`).
+        w2c: ``(M, 4, 4)`` world-to-camera in COLMAP's frame (the registered ones only).
+        fx, fy, cx, cy: ``(M,)`` intrinsics in each image's own pixel grid.
+        width, height: ``(M,)`` image sizes.
+        distortion: ``(M, 5)`` OpenCV lens of a calibration, or None.
+    """
+
+    names: list[str]
+    w2c: np.ndarray
+    fx: np.ndarray
+    fy: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    distortion: np.ndarray | None = None
 
 
 @dataclass
@@ -229,11 +256,12 @@ class ColmapResult:
     view_focal_px: np.ndarray
     view_cx: np.ndarray
     view_cy: np.ndarray
+    faceless: FacelessCameras | None = None
 
     @property
     def poses(self) -> ColmapPoses:
         """The poses the fit takes (:attr:`Intrinsics.poses`)."""
-        return ColmapPoses(self.w2c, self.registered, self.figures["scene_kind"])
+        return ColmapPoses(self.w2c, self.registered, self.figures["scene_kind"], self.faceless)
 
 
 def focal_from_fov(fov_deg: float, height: float) -> float:
@@ -255,6 +283,7 @@ def estimate_intrinsics(
     config: IntrinsicsConfig,
     workdir: Path | None = None,
     progress: Progress | None = None,
+    faceless: Sequence[InputImage] = (),
 ) -> Intrinsics:
     """Initial intrinsics for every view, from the first source that applies (see module docstring).
 
@@ -264,6 +293,8 @@ def estimate_intrinsics(
         workdir: where COLMAP writes its database, images and masks (kept); a temporary folder
             (deleted) when None.
         progress: a running ``rich`` progress to add COLMAP's tasks to; a status spinner when None.
+        faceless: images of the same capture where no face was found. In a rigid scene COLMAP runs
+            on them too (whole image) and the ones it registers come back in ``poses.faceless``.
 
     Returns:
         :class:`Intrinsics` with ``(N,)`` float64 ``fx, fy, cx, cy`` in each view's own pixel grid.
@@ -296,19 +327,26 @@ def estimate_intrinsics(
 
         known = intrinsics_for_views(config.file, [v.image for v in views])
         notes.extend(known.notes)
+        in_file = []  # a faceless image joins COLMAP only with its calibration
+        for im in faceless:
+            try:
+                in_file.append((im, intrinsics_for_views(config.file, [im])))
+            except InputError:
+                pass
         # COLMAP with the calibration held: its poses only (the intrinsics are the file's).
-        colmap = _try_colmap(views, config, workdir, progress, notes, known=known)
+        colmap = _try_colmap(views, config, workdir, progress, notes, known=known,
+                             faceless=[im for im, _ in in_file], faceless_known=[k for _, k in in_file])
         return dataclasses.replace(result(known.fx, "file", cx=known.cx, cy=known.cy), fy=known.fy,
                                    distortion=known.distortion if known.distortion.any() else None,
                                    poses=None if colmap is None else colmap.poses)
 
     if config.focal_px is not None:
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
-        colmap = _try_colmap(views, config, workdir, progress, notes)
+        colmap = _try_colmap(views, config, workdir, progress, notes, faceless=faceless)
         return result(np.full(n, float(config.focal_px)), "given",
                       poses=None if colmap is None else colmap.poses)
 
-    colmap = _try_colmap(views, config, workdir, progress, notes)
+    colmap = _try_colmap(views, config, workdir, progress, notes, faceless=faceless)
     if colmap is not None:
         return result(colmap.view_focal_px, "colmap", cx=colmap.view_cx, cy=colmap.view_cy,
                       colmap=colmap.figures,
@@ -330,9 +368,12 @@ def estimate_intrinsics(
 
 
 def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
-                known: KnownIntrinsics | None = None) -> ColmapResult | None:
+                known: KnownIntrinsics | None = None, faceless: Sequence[InputImage] = (),
+                faceless_known: Sequence[KnownIntrinsics] = ()) -> ColmapResult | None:
     """:func:`run_colmap` when the config and the views allow it and it registers enough views, else None (+ a note).
-    ``known``: the calibration's intrinsics, held by COLMAP (one camera per view)."""
+    ``known``: the calibration's intrinsics, held by COLMAP (one camera per view). ``faceless``: images
+    without a face (with ``faceless_known``, their calibration, when ``known`` is given), run with the
+    views when the whole image is rigid; their registered cameras go to ``poses.faceless``."""
     n = len(views)
     if not config.use_colmap:
         return None
@@ -348,7 +389,11 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
     elif len(sizes) > 1:
         notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
     kind = config.scene_kind if config.scene_kind != "auto" else detect_scene_kind(views, notes)
-    rec = _colmap_attempt(views, config, workdir, progress, notes, kind, known)
+    if kind == "rigid-scene" and faceless:
+        rec = _colmap_with_faceless(views, config, workdir, progress, notes, known, list(faceless),
+                                    list(faceless_known))
+    else:
+        rec = _colmap_attempt(views, config, workdir, progress, notes, kind, known)
     if rec is None and config.scene_kind == "auto" and kind == "rigid-scene":
         # The head is rigid in both kinds of scene: when the whole image gave no usable model, the head alone may.
         notes.append("COLMAP on the whole image gave no usable model; trying the head masks alone")
@@ -356,9 +401,59 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
     return rec
 
 
-def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
-                    kind: SceneKind, known: KnownIntrinsics | None = None) -> ColmapResult | None:
+def _faceless_observation(image: InputImage) -> ViewObservation:
+    """A stand-in observation of an image with no face, for COLMAP on the whole image (no landmarks,
+    an empty head mask: only its size and the cache key read it)."""
+    from flame_prior.detectors.base import Detection
+    from flame_prior.observe import ViewObservation
+
+    return ViewObservation(image, Detection(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), "none",
+                                            np.zeros((image.height, image.width), np.float32), (0.0, 0.0, 0.0, 0.0)))
+
+
+def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
+                          known: KnownIntrinsics | None, faceless: list[InputImage],
+                          faceless_known: list[KnownIntrinsics]) -> ColmapResult | None:
+    """COLMAP on the whole images of ``views`` and ``faceless`` together (a rigid scene: a back view
+    shares the room with its neighbours); the result indexed like ``views``, the faceless images'
+    registered cameras in ``poses.faceless``."""
+    from flame_prior.camera_file import KnownIntrinsics
+
     n = len(views)
+    if known is not None:
+        cat = lambda key: np.concatenate([getattr(k, key) for k in [known, *faceless_known]])  # noqa: E731
+        known = KnownIntrinsics(cat("fx"), cat("fy"), cat("cx"), cat("cy"), cat("distortion"))
+    rec = _colmap_attempt([*views, *map(_faceless_observation, faceless)], config, workdir, progress, notes,
+                          "rigid-scene", known, faces=n)
+    if rec is None:
+        return None
+    got = np.flatnonzero(rec.registered[n:])
+    if len(got):
+        j = n + got
+        dist = None if known is None else known.distortion[j]
+        cams = FacelessCameras([faceless[i].name for i in got], rec.w2c[j], rec.view_focal_px[j].copy(),
+                               rec.view_focal_px[j].copy(), rec.view_cx[j], rec.view_cy[j],
+                               np.array([faceless[i].width for i in got]), np.array([faceless[i].height for i in got]),
+                               dist)
+        if known is not None:
+            cams.fx, cams.fy, cams.cx, cams.cy = known.fx[j], known.fy[j], known.cx[j], known.cy[j]
+        notes.append(f"COLMAP registered {len(got)} of {len(faceless)} images without a detected face "
+                     f"({', '.join(cams.names)}): they get COLMAP's camera")
+    else:
+        cams = None
+        notes.append(f"COLMAP registered none of the {len(faceless)} images without a detected face")
+    out = ColmapResult(rec.w2c[:n], rec.registered[:n], rec.focal_px, rec.cx, rec.cy, rec.figures,
+                       rec.view_focal_px[:n], rec.view_cx[:n], rec.view_cy[:n])
+    out.faceless = cams
+    return out
+
+
+def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
+                    kind: SceneKind, known: KnownIntrinsics | None = None, faces: int | None = None,
+                    ) -> ColmapResult | None:
+    """One COLMAP run, or None with a note. ``faces``: how many of ``views`` (the first) show a face; the
+    rest are faceless stand-ins that do not count towards the registered views needed."""
+    n = len(views) if faces is None else faces
     try:
         rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes, scene_kind=kind,
                                 known=known)
@@ -371,7 +466,8 @@ def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: l
     summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
                f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
                f"({fig['vertical_fov_deg']:.1f} deg vertical FOV)")
-    if fig["registered"] < config.colmap_min_registered * n or fig["registered"] < 2:
+    face_registered = int(rec.registered[:n].sum())
+    if face_registered < config.colmap_min_registered * n or face_registered < 2:
         notes.append(f"{summary}: too few registered, not used")
         return None
     notes.append(summary)

@@ -111,12 +111,31 @@ class SceneFit:
 
     @property
     def skipped(self) -> list[SkippedInput]:
-        """Inputs left out before the fit, then views the fit could not give a camera."""
-        return self.prepared.skipped + self.result.left_out
+        """Inputs left out before the fit, then views the fit could not give a camera. An image without
+        a face that got COLMAP's camera says so in its reason."""
+        got = {c["name"] for c in self.faceless_cameras}
+        return [dataclasses.replace(s, reason=s.reason + "; it has COLMAP's camera (fit_summary.json "
+                                    "cameras_without_face, flagged)") if _image_name(self.prepared, s) in got else s
+                for s in self.prepared.skipped] + self.result.left_out
+
+    @property
+    def faceless_cameras(self) -> list[dict]:
+        """Cameras COLMAP gave images without a detected face, in FLAME's frame (:mod:`flame_prior.fit.multiview`)."""
+        return [c for s in self.result.stages if s.name == "multiview" for c in s.details.get("faceless_cameras", [])]
 
     @property
     def timings(self) -> dict[str, float]:
         return self.prepared.timings
+
+
+def _image_name(prepared: PreparedViews, skipped: SkippedInput) -> str | None:
+    return next((im.name for im in prepared.intake.images if im.path == skipped.path), None)
+
+
+def faceless_images(prepared: PreparedViews) -> list:
+    """The input images where no face was found (COLMAP may still pose them in a rigid scene)."""
+    missed = {s.path for s in prepared.skipped if s.reason == "no face found"}
+    return [im for im in prepared.intake.images if im.path in missed]
 
 
 def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progress) -> SceneFit:
@@ -125,7 +144,8 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
     timings = prepared.timings
     t0 = time.perf_counter()
     with stage(progress, "focal length"):
-        intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress)
+        intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress,
+                                         faceless=faceless_images(prepared))
     timings["intrinsics"] = time.perf_counter() - t0
     if intrinsics.distortion is not None:  # a known lens: missed faces get a second look, lens undone
         t0 = time.perf_counter()
@@ -133,7 +153,8 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
             more = detect_through_lens(config, assets.embedding, prepared, progress)
         if more is not prepared:
             prepared = more
-            intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress)
+            intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress,
+                                             faceless=faceless_images(prepared))
         timings["detection through the lens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with stage(progress, "fit"):
@@ -185,8 +206,9 @@ def write_scene(out: Path, config: FitConfig, assets: Assets, fit: SceneFit,
     write_all(out, fit.views, fit.intrinsics, fit.result, fit.skipped, fit.timings, model=assets.info,
               overwrite=config.overwrite, avatar_format=config.avatar_format, extra_files=extra_files,
               summary_extra={"sequence": {"kind": "static", "reason": fit.prepared.sequence_reason},
-                             "video": fit.prepared.intake.summary()},
-              report_html=sequence_report_html(fit.prepared))
+                             "video": fit.prepared.intake.summary(),
+                             "cameras_without_face": fit.faceless_cameras},
+              report_html=sequence_report_html(fit.prepared) + faceless_report_html(fit.faceless_cameras))
 
 
 def run(config: FitConfig, console: Console | None = None) -> Path:
@@ -234,6 +256,21 @@ def write_all(out: Path, views: list[ViewObservation], intrinsics: Intrinsics, r
             append_report_section(tmp / "report.html", report_html)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+
+
+def faceless_report_html(cameras: list[dict]) -> str:
+    """The report's section on the images without a face that got COLMAP's camera (empty if none)."""
+    if not cameras:
+        return ""
+    from html import escape
+
+    rows = "".join(f"<tr><td>{escape(c['name'])}</td><td>{c['fx']:.1f}</td><td style='color:#c00'>"
+                   f"{escape('; '.join(c['flags']))}</td></tr>" for c in cameras)
+    return ("<section><h2>Cameras without a detected face</h2><p>COLMAP registered these images, but no face was "
+            "found in them: their cameras are COLMAP's, brought into FLAME's frame by the similarity of the "
+            "fitted views; no landmark checks them (fit_summary.json <code>cameras_without_face</code>; not in "
+            "transforms.json).</p><table><thead><tr><th>view</th><th>fx (px)</th><th>flag</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>")
 
 
 def sequence_report_html(prepared: PreparedViews) -> str:

@@ -597,12 +597,14 @@ def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int
     t_tool = time.perf_counter() - t0
     summary = json.loads((out / "fit_summary.json").read_text())
     truth = json.loads((workdir / "rig" / "truth.json").read_text())
-    score = score_cameras(summary["cameras"], truth)
+    cameras = summary["cameras"] + summary.get("cameras_without_face", [])  # both kinds are the tool's cameras
+    score = score_cameras(cameras, truth)
     score["rig"] = rig.name
     score["seconds"] = {"render": t_render, "tool": t_tool}
     score["intrinsics_source"] = summary.get("intrinsics_source")
     score["left_out"] = [{"file": Path(s["file"]).name, "reason": s["reason"]} for s in summary.get("left_out", [])]
     score["eye_distance_px"] = {c["name"]: c["eye_distance_px"] for c in summary["cameras"]}
-    score["flags"] = {c["name"]: c.get("flags", []) for c in summary["cameras"]}
+    score["flags"] = {c["name"]: c.get("flags", []) for c in cameras}
+    score["without_face"] = [c["name"] for c in summary.get("cameras_without_face", [])]
     score["rotation_sigma_deg"] = {c["name"]: c.get("uncertainty", {}).get("rotation_deg") for c in summary["cameras"]}
     return score

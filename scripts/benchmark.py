@@ -1296,7 +1296,7 @@ def _print_scan_table(console, report: dict) -> None:
     from rich.table import Table
 
     st = Table(title="camera accuracy on the scan rigs (after one similarity scan -> FLAME)")
-    for col in ("rig", "views", "cameras", "eye px", "rot ° median", "rot ° max", "centre % median", "centre % max",
+    for col in ("rig", "views", "cameras", "flagged", "eye px", "rot ° median", "rot ° max", "centre % median", "centre % max",
                 "focal % median", "focal % max", "intrinsics", "tool s", "left out"):
         st.add_column(col, justify="right" if col not in ("rig", "left out") else "left")
     for name, r in report.get("scan_rigs", {}).items():
@@ -1305,7 +1305,10 @@ def _print_scan_table(console, report: dict) -> None:
             continue
         eye = [tv["eye_distance_px"] for tv in r["truth_views"].values()]
         f = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
-        st.add_row(name, str(r["views"]), str(r["fitted"]), f"{min(eye):.0f}-{max(eye):.0f}",
+        flagged = [v for v, fl in r.get("flags", {}).items() if fl]
+        st.add_row(name, str(r["views"]), str(r["fitted"]) + (f" ({len(r['without_face'])} no face)" if r.get("without_face") else ""),
+                   f"{len(flagged)}: " + ", ".join(v.split("_")[-1] for v in flagged) if flagged else "0",
+                   f"{min(eye):.0f}-{max(eye):.0f}",
                    f("rotation_deg_median"), f("rotation_deg_max"), f("centre_pct_median"), f("centre_pct_max"),
                    f("focal_pct_median"), f("focal_pct_max"), str(r.get("intrinsics_source")),
                    f"{r['seconds']['tool']:.0f}", "; ".join(f"{x['file']}: {x['reason']}" for x in r["left_out"])[:60])

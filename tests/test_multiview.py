@@ -11,9 +11,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from flame_prior.detectors import Detection
-from flame_prior.fit.multiview import similarity_from_cameras
+from flame_prior.fit.multiview import FACELESS_FLAG, faceless_cameras, similarity_from_cameras
 from flame_prior.images import InputImage
-from flame_prior.intrinsics import IntrinsicsConfig, detect_scene_kind
+from flame_prior.intrinsics import FacelessCameras, IntrinsicsConfig, detect_scene_kind
 from flame_prior.observe import ViewObservation
 
 
@@ -50,6 +50,24 @@ class TestSimilarity:
         np.testing.assert_allclose(w2c[:, :3, :3] @ A, R, atol=1e-9)
         np.testing.assert_allclose(np.einsum("nij,j->ni", w2c[:, :3, :3], d) + k * w2c[:, :3, 3], t, atol=1e-9)
         assert k == pytest.approx(1 / self.s)
+
+    def test_a_view_without_a_face_gets_its_camera_through_the_similarity(self):
+        """A back view (no landmarks) that COLMAP registered: the similarity solved on the face views
+        carries its COLMAP pose to its true camera in FLAME's frame, flagged as unchecked."""
+        import torch
+
+        R, t = _ring(6)
+        back = Rotation.from_euler("y", 180, degrees=True).as_matrix()
+        R_back, t_back = np.diag([1.0, -1.0, -1.0]) @ back, np.array([0.0, 0.0, 1.0])
+        w2c = _to_colmap(np.concatenate([R, R_back[None]]), np.concatenate([t, t_back[None]]), self.A, self.s, self.b)
+        A, d, k, inlier, _ = similarity_from_cameras(R, t, w2c[:6], 30.0)
+        cams = FacelessCameras(["back"], w2c[6:], np.array([900.0]), np.array([901.0]), np.array([320.0]),
+                               np.array([240.0]), np.array([640]), np.array([480]))
+        T = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+        (entry,) = faceless_cameras(cams, T(A), T(d), T([np.log(k)]))
+        np.testing.assert_allclose(entry["R"], R_back, atol=1e-9)
+        np.testing.assert_allclose(entry["t"], t_back, atol=1e-9)
+        assert entry["flags"] == [FACELESS_FLAG] and entry["trusted"] is False and entry["fy"] == 901.0
 
     def test_noisy_prior_and_a_wrong_registration(self):
         """Landmark cameras 2 deg and 3 cm off at random, one COLMAP pose turned by 70 deg: the

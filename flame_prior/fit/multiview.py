@@ -23,6 +23,11 @@ with COLMAP pose ``(R_c, t_c)`` the camera in FLAME's frame is then
 
 The cameras that follow COLMAP are marked in :attr:`FitState.camera_fixed`: the photometric stage
 leaves them where they are.
+
+3. **Views without a face** that COLMAP registered (``poses.faceless``: a back view of a ring of
+   cameras) get COLMAP's camera through the final similarity, unchecked by any landmark: they are
+   listed in the stage's ``details["faceless_cameras"]`` (FLAME frame, OpenCV world-to-camera,
+   intrinsics, a flag saying so), not among the fitted views.
 """
 
 from __future__ import annotations
@@ -40,9 +45,9 @@ from flame_prior.fit.state import (FitState, LandmarkTargets, StageLog, free_par
                                    per_view_error_px, prior_energy, stage_log)
 from flame_prior.flame import head_yaw_deg
 from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
-from flame_prior.intrinsics import ColmapPoses
+from flame_prior.intrinsics import ColmapPoses, FacelessCameras
 
-__all__ = ["multiview_stage", "similarity_from_cameras"]
+__all__ = ["multiview_stage", "similarity_from_cameras", "faceless_cameras", "FACELESS_FLAG"]
 
 _FLAME_NAMES = ("shape", "expression", "jaw", "eyes", "neck")
 
@@ -169,6 +174,27 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
     return new, (A.detach(), d.detach(), log_k.detach()), history
 
 
+#: The flag of a camera that only COLMAP gave (no face detected in its image).
+FACELESS_FLAG = "no face detected: COLMAP's camera through the similarity, no landmark check"
+
+
+def faceless_cameras(cams: FacelessCameras, A: Tensor, d: Tensor, log_k: Tensor) -> list[dict]:
+    """COLMAP's cameras of images without a face in FLAME's frame (``R_c A``, ``R_c d + k t_c``), as
+    ``fit_summary.json`` camera entries (name, R, t, fx, fy, cx, cy, width, height, distortion, flags)."""
+    A_np, d_np, k = A.double().cpu().numpy(), d.double().cpu().numpy(), float(torch.exp(log_k).item())
+    out = []
+    for i, name in enumerate(cams.names):
+        Rc, tc = cams.w2c[i, :3, :3], cams.w2c[i, :3, 3]
+        entry = {"name": name, "R": (Rc @ A_np).tolist(), "t": (Rc @ d_np + k * tc).tolist(),
+                 "fx": float(cams.fx[i]), "fy": float(cams.fy[i]), "cx": float(cams.cx[i]), "cy": float(cams.cy[i]),
+                 "width": int(cams.width[i]), "height": int(cams.height[i]), "source": "colmap", "trusted": False,
+                 "flags": [FACELESS_FLAG]}
+        if cams.distortion is not None:
+            entry["distortion"] = dict(zip(("k1", "k2", "p1", "p2", "k3"), map(float, cams.distortion[i])))
+        out.append(entry)
+    return out
+
+
 def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names: list[str], cfg: FitterConfig,
                     tick: Callable[[], None]) -> tuple[FitState, StageLog]:
     """COLMAP's cameras in FLAME's frame, refined with FLAME on the landmarks (module docstring).
@@ -231,6 +257,10 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
         return st, stage_log("multiview", st, tg, started, 0, history, notes)
     new = dataclasses.replace(new, camera_fixed=torch.as_tensor(use, device=device))
     A_t, d_t, log_k = sim
+    if poses.faceless is not None:
+        details["faceless_cameras"] = faceless_cameras(poses.faceless, A_t, d_t, log_k)
+        notes.append(f"multi-view: {len(poses.faceless.names)} views without a detected face get COLMAP's camera "
+                     f"through the similarity, unchecked by landmarks (flagged): {', '.join(poses.faceless.names)}")
     with torch.no_grad():
         moved = _angles_deg(axis_angle_to_rotation_matrix(new.cam_rot).double().cpu().numpy(), R0)
     details.update({
