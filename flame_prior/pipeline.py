@@ -142,20 +142,18 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
     """Intrinsics and the fit of a static scene's views (``prepared.sequence == "static"``); their
     seconds are added to ``prepared.timings``."""
     timings = prepared.timings
+    if config.intrinsics.file is not None and faceless_images(prepared):
+        # A calibration with a lens: missed faces get a second look on the undistorted image, before
+        # COLMAP, so that it runs once, on the views and faceless images as they end up.
+        t0 = time.perf_counter()
+        with stage(progress, "face detection on the undistorted images"):
+            prepared = detect_through_lens(config, assets.embedding, prepared, progress)
+        timings["detection through the lens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with stage(progress, "focal length"):
         intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress,
                                          faceless=faceless_images(prepared))
     timings["intrinsics"] = time.perf_counter() - t0
-    if intrinsics.distortion is not None:  # a known lens: missed faces get a second look, lens undone
-        t0 = time.perf_counter()
-        with stage(progress, "face detection on the undistorted images"):
-            more = detect_through_lens(config, assets.embedding, prepared, progress)
-        if more is not prepared:
-            prepared = more
-            intrinsics = estimate_intrinsics(prepared.views, config.intrinsics, progress=progress,
-                                             faceless=faceless_images(prepared))
-        timings["detection through the lens"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with stage(progress, "fit"):
         result = fit_flame(assets.model, assets.embedding, prepared.views, intrinsics, config.fitter,
