@@ -56,7 +56,7 @@ def format_timings(timings: dict[str, float]) -> str:
             continue
         text = f"{k} {v:.1f} s"
         if k == "fit" and parts:
-            rest = v - sum(parts.values())  # set-up: forward-mode AD, targets, crops
+            rest = v - sum(parts.values())  # set-up: targets, crops, the initial colour
             text += " (" + ", ".join(f"{p} {t:.1f} s" for p, t in parts.items()) + f", set-up {rest:.1f} s)"
         items.append(text)
     return ", ".join(items)

@@ -18,8 +18,9 @@ The policy, in one place:
    matrices) runs on one thread: its parallel regions are too small to pay for waking threads.
    The landmark and photometric stages (rendering, texture sampling, their backward, the
    Jacobian products of all views) use :func:`compute_threads`: the cores this process may run on
-   less the cores other processes keep busy, measured from ``/proc/stat`` over 0.1 s when the
-   stage starts (at least 1). So a quiet machine gets every core, and a busy one never has more
+   less the cores other processes keep busy, measured from ``/proc/stat`` over 0.1 s once when the
+   fit starts (at least 1; the stages of one fit share it: measuring at each stage cost 0.3-0.5 s
+   of waiting per fit). So a quiet machine gets every core, and a busy one never has more
    threads than free cores, which is what makes a neighbour cost only its own share.
 3. **The user decides** when they say so: ``FLAME_PRIOR_THREADS=N`` (a batch worker gets its
    ``--threads-per-worker`` this way) fixes the count of the parallel stages and turns the
@@ -194,16 +195,21 @@ def torch_threads(threads: int) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def stage_threads(stage: str) -> Iterator[int]:
+def stage_threads(stage: str, parallel: int | None = None) -> Iterator[int]:
     """torch's intra-op thread count for one fitting stage (restored afterwards); yields the count.
 
-    ``rigid`` (:data:`SINGLE_THREAD_STAGES`) runs on 1 thread, the other stages on
-    :func:`compute_threads`, capped by torch's count on entry (``OMP_NUM_THREADS``, or the caller's
+    ``rigid`` (:data:`SINGLE_THREAD_STAGES`) runs on 1 thread, the other stages on ``parallel``
+    (:func:`compute_threads`, measured once by the caller for all the stages of a fit; None: measured
+    now), capped by torch's count on entry (``OMP_NUM_THREADS``, or the caller's
     ``torch.set_num_threads``: a caller that asked for 1 thread, for repeatable runs, keeps 1)."""
     import torch
 
     cap = torch.get_num_threads()
-    with torch_threads(1 if stage in SINGLE_THREAD_STAGES else compute_threads(cap)) as n:
+    if stage in SINGLE_THREAD_STAGES:
+        n = 1
+    else:
+        n = compute_threads(cap) if parallel is None else max(1, min(parallel, cap))
+    with torch_threads(n) as n:
         yield n
 
 

@@ -144,3 +144,43 @@ def test_report_overlay_draws_occluded_landmarks_as_grey_rings(scene, landmark_f
     # every grey pixel lies on a ring around one of the flagged points
     d = np.linalg.norm(np.stack([xs, ys], 1)[:, None] - mouth[None], axis=-1).min(1)
     assert d.max() < 6.0, d.max()
+
+
+def test_adam_is_torchs_update():
+    """The stage's own Adam (it avoids torch.optim's import of torch._dynamo) takes torch.optim.Adam's
+    steps, per-tensor rates included; a factor on the rates (the warm-up) scales each step."""
+    from flame_prior.fit.photometric import Adam
+
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
+    target = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in start]
+    ours = [x.clone().requires_grad_(True) for x in start]
+    theirs = [x.clone().requires_grad_(True) for x in start]
+    opt = Adam([(ours[0], 0.05), (ours[1], 0.01)])
+    ref = torch.optim.Adam([{"params": [theirs[0]], "lr": 0.05}, {"params": [theirs[1]], "lr": 0.01}])
+    for _ in range(25):
+        for ps, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            sum(((p - t) ** 4).sum() for p, t in zip(ps, target)).backward()
+            o.step()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert not torch.allclose(ours[0], start[0], atol=1e-3)  # it did move
+    # A factor of 0.5 on the first step (bias-corrected: the step is the rate times sign) halves it.
+    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    half = Adam([(p, 0.1)])
+    (p * torch.tensor([3.0, -7.0], dtype=torch.float64)).sum().backward()
+    half.step(0.5)
+    assert torch.allclose(p.detach(), torch.tensor([-0.05, 0.05], dtype=torch.float64), atol=1e-6)
+
+
+def test_learning_rate_schedule():
+    """Warm-up rises linearly to 1; the cosine fall reaches the final fraction at the last step."""
+    from flame_prior.fit.photometric import photometric_lr_factor
+
+    cfg = FitterConfig(photometric_steps=40, photometric_warmup=4, photometric_lr_final=0.1)
+    f = [photometric_lr_factor(i, cfg) for i in range(1, 41)]
+    assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[3:], f[4:]))
+    flat = FitterConfig(photometric_steps=40, photometric_warmup=0, photometric_lr_final=1.0)
+    assert all(photometric_lr_factor(i, flat) == 1.0 for i in range(1, 41))

@@ -176,3 +176,27 @@ def test_malloc_arenas_are_capped_unless_the_user_chose():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**env, "PYTHONPATH": str(ROOT), "MALLOC_ARENA_MAX": "4"})
     assert p.stdout.strip() == "False", (p.stdout, p.stderr)
+
+
+def test_a_fit_measures_the_load_once(monkeypatch):
+    """Every stage of a fit shares one measurement (given to stage_threads), capped like a measured one."""
+    from flame_prior import threads
+    import torch
+
+    monkeypatch.delenv(threads.ENV_THREADS, raising=False)
+    calls = []
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window_s=0.1: calls.append(1) or 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads.stage_threads("landmarks", 1) as n:
+            assert n == 1 and torch.get_num_threads() == 1
+        with threads.stage_threads("photometric", 4) as n:
+            assert n == 2  # capped by torch's count on entry
+        with threads.stage_threads("rigid", 2) as n:
+            assert n == 1
+        assert calls == []  # given a count, no stage measures
+        with threads.stage_threads("photometric") as n:
+            assert calls == [1]  # without one it measures, as before
+    finally:
+        torch.set_num_threads(before)

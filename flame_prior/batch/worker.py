@@ -58,17 +58,13 @@ def init_worker(threads: int, warm_config=None) -> None:
 
 
 def warm_worker(config) -> None:
-    """Pay a worker's one-time costs before its first scene: the models (FLAME, embedding, texture),
-    the detector (importing MediaPipe, building its graph) and torch's forward-mode AD set-up that the
-    first fit would otherwise pay. Started as soon as the worker is, this runs while the parent is still
-    checking scenes (and the workers warm up in parallel). An error here is left for the scene to
+    """Pay a worker's one-time costs before its first scene: the models (FLAME, embedding, texture)
+    and the detector (importing MediaPipe, building its graph), which the first fit would otherwise
+    pay. Started as soon as the worker is, this runs while the parent is still checking scenes (and the workers warm up in parallel). An error here is left for the scene to
     report: :func:`process_scene` meets it again and records it against the scene."""
     try:
         _assets(config)
         _detector(config)
-        from flame_prior.fit.landmarks import prepare_forward_ad
-
-        prepare_forward_ad()
     except Exception:  # noqa: BLE001 — the first scene records it, with its file and hint
         pass
 

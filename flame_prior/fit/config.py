@@ -24,6 +24,13 @@ class FitterConfig:
     """Levenberg-Marquardt steps of the landmark stage."""
     photometric_steps: int = 60
     """Adam iterations (geometry and cameras) of the photometric stage (0 skips it and the occlusion stage)."""
+    photometric_warmup: int = 0
+    """Steps over which the photometric stage's learning rates rise linearly to their full value
+    (0: full from the first step). Adam's first steps move every parameter by about its full rate
+    whatever the gradient, which short budgets do not recover from."""
+    photometric_lr_final: float = 1.0
+    """The photometric stage's learning rates at its last step, as a fraction of their full value
+    (a cosine fall after the warm-up; 1: constant)."""
     render_size: int = 160
     """Side in pixels of the square face crop rendered in the photometric stage."""
     photometric_coarse: float = 0.0
@@ -103,11 +110,13 @@ class FitterConfig:
 
     def check(self, prefix: str = "fitter.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
-        for name in ("rigid_steps", "landmark_steps", "photometric_steps"):
+        for name in ("rigid_steps", "landmark_steps", "photometric_steps", "photometric_warmup"):
             check_option(getattr(self, name) >= 0, prefix + name, getattr(self, name), "0 or more")
         check_option(self.render_size >= 16, prefix + "render_size", self.render_size, "at least 16 pixels")
         check_option(self.texture_size >= 2, prefix + "texture_size", self.texture_size, "at least 2 pixels")
         check_option(self.photometric_views >= 1, prefix + "photometric_views", self.photometric_views, "at least 1")
+        check_option(0 <= self.photometric_lr_final <= 1, prefix + "photometric_lr_final", self.photometric_lr_final,
+                     "a fraction in [0, 1]")
         check_option(0 <= self.photometric_coarse <= 1, prefix + "photometric_coarse", self.photometric_coarse,
                      "a fraction in [0, 1]")
         check_option(0 < self.multiview_max_rotation_deg <= 180, prefix + "multiview_max_rotation_deg",

@@ -44,7 +44,7 @@ from flame_prior.camera_trust import pose_uncertainty, trust_flags
 from flame_prior.distortion import has_distortion, ideal_pinhole_view
 from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
-from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, prepare_forward_ad, rigid_stage
+from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, rigid_stage
 from flame_prior.fit.multiview import multiview_stage
 from flame_prior.fit.photometric import Appearance, initial_albedo_color, make_crops, occlusion_stage, photometric_stage
 from flame_prior.fit.result import FitResult, ViewFit
@@ -53,7 +53,7 @@ from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
-from flame_prior.threads import stage_threads
+from flame_prior.threads import compute_threads, stage_threads
 
 __all__ = ["fit_flame", "check_observation"]
 
@@ -134,7 +134,6 @@ def fit_flame(
     uv_layout = uv_layout if texture_space is None else None
     if texture_space is None and uv_layout is None:
         raise FitError("no UV layout: pass a texture space or a UV layout for the free texture map.")
-    prepare_forward_ad()
     if frozen_cameras is not None:
         frozen_cameras = torch.as_tensor(np.asarray(frozen_cameras, dtype=bool))
     device = model.faces.device
@@ -171,10 +170,11 @@ def fit_flame(
                                                           frozen_cameras=frozen_cameras, crops=crops,
                                                           appearance_ready=True)))
     logs: list[StageLog] = []
+    parallel = compute_threads(torch.get_num_threads())  # measured once: every stage of the fit uses it
     for name, total, stage in stages:
         task = progress.add_task(f"fit: {name}", total=total) if progress is not None else None
         try:
-            with stage_threads(name):  # the thread policy: flame_prior.threads
+            with stage_threads(name, parallel):  # the thread policy: flame_prior.threads
                 st, log = stage(st, (lambda: progress.advance(task)) if task is not None else (lambda: None))
         except ViewsNotInitialised as e:  # a per-view failure leaves that view out, never the run
             keep = [i for i in range(n) if i not in e.failed]

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
@@ -22,29 +20,13 @@ from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, free_para
 from flame_prior.flame import FlameParams, head_yaw_deg, landmarks_from_vertices
 from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 
-__all__ = ["LandmarkProblem", "marquardt_step", "fit_landmarks_lm", "ViewsNotInitialised", "rigid_stage", "landmark_stage", "prepare_forward_ad"]
+__all__ = ["LandmarkProblem", "marquardt_step", "fit_landmarks_lm", "ViewsNotInitialised", "rigid_stage", "landmark_stage"]
 
 
 # --------------------------------------------------------------------------------------------
 # Levenberg-Marquardt on robust landmark residuals (stages 1 and 2)
 
 _FLAME_NAMES = ("shape", "expression", "jaw", "eyes", "neck")
-
-
-_FORWARD_AD_READY = False
-
-
-def prepare_forward_ad() -> None:
-    """Pay torch's one-time set-up of forward-mode AD (~1 s: it scripts helper functions on first
-    use) before the stages start, so stage timings show the stages' own work."""
-    global _FORWARD_AD_READY
-    if not _FORWARD_AD_READY:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script inside torch itself
-            with forward_ad.dual_level():
-                x = forward_ad.make_dual(torch.zeros(1), torch.ones(1))
-                forward_ad.unpack_dual(x * 2)
-        _FORWARD_AD_READY = True
 
 
 def _skew(q: Tensor) -> Tensor:
@@ -122,12 +104,21 @@ class LandmarkProblem:
         return self._landmarks(verts, yaw)[:, 0]  # (1 or N, L, 3)
 
     def _points_jacobian(self, theta_f: Tensor, yaw: Tensor) -> Tensor:
-        """``(1 or N, L, 3, n_f)`` by forward-mode AD: one batched FLAME pass, a tangent per parameter."""
-        eye = torch.eye(self.n_f, dtype=theta_f.dtype, device=theta_f.device)
-        with forward_ad.dual_level():
-            dual = forward_ad.make_dual(theta_f[None].expand(self.n_f, -1).contiguous(), eye)
-            verts = self.st.model(self._flame_batch(dual), vertex_index=self.st.vertex_index).vertices
-            tangent = forward_ad.unpack_dual(verts).tangent  # (n_f, M, 3)
+        """``(1 or N, L, 3, n_f)``: the tangent of the points along each parameter, from one batched
+        FLAME pass and two backward passes (forward mode by reverse mode twice).
+
+        Row k of a batch of ``n_f`` copies of ``theta_f`` carries the vertices' dependence on
+        parameter k alone. For a cotangent ``u (n_f, M, 3)``, ``g = d(verts . u) / d theta`` holds
+        ``g[k] = J^T u_k``, so ``d/du sum_k g[k, k] = J e_k`` for every k at once. (torch's forward-mode
+        AD does it in one pass, but its first use in a process imports ``torch._dynamo``: ~3 s of CPU
+        per fit, more than the whole landmark stage.)
+        """
+        with torch.enable_grad():
+            theta = theta_f.detach()[None].expand(self.n_f, -1).clone().requires_grad_(True)
+            verts = self.st.model(self._flame_batch(theta), vertex_index=self.st.vertex_index).vertices  # (n_f, M, 3)
+            u = torch.zeros_like(verts, requires_grad=True)
+            (g,) = torch.autograd.grad(verts, theta, u, create_graph=True)  # (n_f, n_f)
+            (tangent,) = torch.autograd.grad(g.diagonal().sum(), u)  # (n_f, M, 3)
         return self._landmarks(tangent, yaw).permute(0, 2, 3, 1)
 
     def residuals(self, R: Tensor, t: Tensor, logf: Tensor, theta_f: Tensor, yaw: Tensor):
@@ -214,7 +205,7 @@ def fit_landmarks_lm(st: FitState, tg: LandmarkTargets, names: list[str], cfg: F
 
     The Jacobian (:class:`LandmarkProblem`) is assembled from its structure instead of
     differentiating everything at once: the 3D landmarks depend on the FLAME parameters only
-    (forward-mode autodiff: one FLAME pass batched over a tangent per parameter, on the few hundred
+    (tangents per parameter from one batched FLAME pass and two backward passes, on the few hundred
     vertices the landmarks use, once for all views when no landmark depends on the view), and the
     projection derivatives are analytic, with camera rotations updated by a left perturbation
     ``R <- exp([d]x) R``. So the cost grows linearly with the number of views. With

@@ -12,6 +12,7 @@ function (and :func:`solve_appearance`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -31,7 +32,7 @@ from flame_prior.geometry import PinholeCameras
 from flame_prior.observe import ViewObservation
 from flame_prior.render_head import head_surface, render_head
 
-__all__ = ["FaceCrops", "make_crops", "Appearance", "AppearanceFit", "initial_albedo_color", "solve_appearance",
+__all__ = ["FaceCrops", "make_crops", "Adam", "Appearance", "AppearanceFit", "initial_albedo_color", "solve_appearance",
            "occlusion_weights", "occluded_pixels", "occlusion_stage", "photometric_loss", "photometric_stage"]
 
 
@@ -199,10 +200,10 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObserva
     # appearance solved, 60 steps at these rates do what its 100 did (README, Photometric stage and occlusion).
     lrs = {"cam_rot": 4e-3, "cam_t": 2e-3, "log_focal": 4e-3, "shape": 4e-2, "expression": 4e-2, "jaw": 1e-2,
            "eyes": 1e-2, "neck": 4e-3}
-    groups = [{"params": [p], "lr": lrs[k] * cfg.geometry_lr_scale} for k, p in zip(names, geo)]
+    groups = [(p, lrs[k] * cfg.geometry_lr_scale) for k, p in zip(names, geo)]
     if cfg.appearance_steps:  # the solved appearance as the start of a joint refinement
-        groups += [{"params": [p], "lr": lr} for p, lr in appearance.parameters()]
-    opt = torch.optim.Adam(groups)
+        groups += appearance.parameters()
+    opt = Adam(groups)
     history: list[float] = []
     notes: list[str] = []
     yaw = st.yaw()
@@ -228,7 +229,7 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObserva
             notes.append(f"photometric stage: non-finite loss at iteration {it}; restored the last good state")
             break
         loss.backward()
-        opt.step()
+        opt.step(photometric_lr_factor(it, cfg))
         appearance.clamp_()
         history.append(float(loss.detach()))
         tick()
@@ -241,6 +242,48 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObserva
     log = stage_log("photometric", st, tg, started, it, history, notes)
     log.steps_by_size = {coarse.size: min(it, n_coarse), crops.size: max(0, it - n_coarse)}
     return st, log
+
+
+def photometric_lr_factor(it: int, cfg: FitterConfig) -> float:
+    """The factor on the photometric stage's learning rates at step ``it`` (1-based): a linear rise over
+    ``cfg.photometric_warmup`` steps, then a cosine fall to ``cfg.photometric_lr_final`` at the last
+    step (settling where the constant rate would keep stepping around the minimum)."""
+    rise = min(1.0, it / cfg.photometric_warmup) if cfg.photometric_warmup > 0 else 1.0
+    span = max(cfg.photometric_steps - cfg.photometric_warmup, 1)
+    done = min(max(it - cfg.photometric_warmup, 0) / span, 1.0)
+    return rise * (cfg.photometric_lr_final + (1 - cfg.photometric_lr_final) * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+class Adam:
+    """Adam (Kingma and Ba; torch.optim.Adam's update, no weight decay) on a few tensors, each with its
+    learning rate; :meth:`step` takes a factor on all of them (the stage's warm-up).
+
+    Not ``torch.optim.Adam``: the first optimiser a process builds imports ``torch._dynamo``
+    (~3 s of CPU), longer than a whole single-image fit should take."""
+
+    def __init__(self, params: list[tuple[Tensor, float]], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params = params
+        self.betas, self.eps, self.t = betas, eps, 0
+        self.m = [torch.zeros_like(p) for p, _ in params]
+        self.v = [torch.zeros_like(p) for p, _ in params]
+
+    def zero_grad(self) -> None:
+        for p, _ in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr_factor: float = 1.0) -> None:
+        """One update of every tensor that has a gradient, at ``lr_factor`` times its learning rate."""
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t  # bias corrections of the running means
+        for (p, lr), m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / c2 ** 0.5).add_(self.eps), value=-lr * lr_factor / c1)
 
 
 @dataclass
@@ -282,31 +325,41 @@ def solve_appearance(st: FitState, crops: FaceCrops, appearance: "Appearance", c
         basis.append(sh_basis(nrm))
         inside.append(_erode((rast[..., 3] > 0).to(dtype) * (crops.head[idx] > 0.5).to(dtype) * crops.valid[idx]))
     uv, Y, inside = torch.cat(uvs), torch.cat(basis), torch.cat(inside)  # (N,S,S,2) (N,S,S,9) (N,S,S)
-    image = crops.image
-    w = inside.clone()
+    # Only the pixels inside take part (about a third of a crop): each becomes one entry of a
+    # (1, 1, P) "image", in view order, so the texture sampling and its adjoint see no empty pixels.
+    keep = (inside > 0).reshape(-1).nonzero().squeeze(1)
+    counts = (inside > 0).reshape(n, -1).sum(1).tolist()
+    pixels = lambda x: x.reshape(n * S * S, -1).index_select(0, keep)[None, None]  # noqa: E731
+    uv, Y, image = pixels(uv), pixels(Y), pixels(crops.image)
+    w = torch.ones(1, 1, keep.numel(), dtype=dtype, device=device)
     for _ in range(max(rounds, 1)):
-        albedo = render.texture(appearance.albedo(), uv)  # (N, S, S, 3)
-        appearance.set_sh(_solve_sh(albedo, Y, image, w, appearance.sh_coeffs, appearance.shared_sh))
-        shading = (Y.reshape(n, -1, 9) @ appearance.sh()).reshape(n, S, S, 3)
+        albedo = render.texture(appearance.albedo(), uv)  # (1, 1, P, 3)
+        appearance.set_sh(_solve_sh(albedo[0, 0], Y[0, 0], image[0, 0], w[0, 0], counts, appearance.sh_coeffs,
+                                    appearance.shared_sh))
+        sh = appearance.sh().repeat_interleave(torch.as_tensor(counts, device=device), dim=0)  # (P, 9, 3)
+        shading = (Y[0, 0, :, None, :] @ sh)[None, None, :, 0]  # (1, 1, P, 3)
         appearance.solve_albedo(uv, shading, image, w)
-        residual = (render.texture(appearance.albedo(), uv) * shading - image).abs().sum(-1) * inside
+        residual = (render.texture(appearance.albedo(), uv) * shading - image).abs().sum(-1)  # (1, 1, P)
         # IRLS towards the stage's L1 loss: weight 1/|r| (floored so that well-explained pixels do not dominate).
-        w = inside / residual.clamp_min(0.05)
-    return AppearanceFit(residual, inside)
+        w = 1.0 / residual.clamp_min(0.05)
+    full = torch.zeros(n * S * S, dtype=dtype, device=device).index_copy(0, keep, residual.reshape(-1))
+    return AppearanceFit(full.reshape(n, S, S), inside)
 
 
-def _solve_sh(albedo: Tensor, Y: Tensor, image: Tensor, w: Tensor, current: Tensor, shared: bool) -> Tensor:
+def _solve_sh(albedo: Tensor, Y: Tensor, image: Tensor, w: Tensor, counts: list[int], current: Tensor,
+              shared: bool) -> Tensor:
     """Least-squares SH coefficients ``(N or 1, 9, 3)`` of ``image ~ albedo * (Y . sh)`` with pixel
-    weights ``w``, a little ridge towards ``current`` (views that see few pixels keep their light)."""
-    n = Y.shape[0]
-    Yf = Y.reshape(n, -1, 9)
-    sw = w.reshape(n, -1, 1).sqrt()
+    weights ``w``, a little ridge towards ``current`` (views that see few pixels keep their light).
+
+    The pixels are lists in view order (``albedo``, ``image (P, 3)``, ``Y (P, 9)``, ``w (P,)``),
+    ``counts[i]`` of them in view i."""
+    sw = w.sqrt()[:, None]
     M, r = [], []
-    for c in range(3):  # per channel: X = sqrt(w) albedo_c Y, M = X^T X (no (P, 9, 9) intermediate)
-        a = albedo[..., c].reshape(n, -1, 1) * sw
-        X = Yf * a
-        M.append(X.transpose(1, 2) @ X)
-        r.append((X.transpose(1, 2) @ (image[..., c].reshape(n, -1, 1) * sw))[..., 0])
+    for c in range(3):  # per channel: X = sqrt(w) albedo_c Y, M = X^T X per view (no (P, 9, 9) intermediate)
+        X = Y * (albedo[:, c:c + 1] * sw)
+        b = image[:, c:c + 1] * sw
+        M.append(torch.stack([x.T @ x for x in X.split(counts)]))
+        r.append(torch.stack([(x.T @ y)[:, 0] for x, y in zip(X.split(counts), b.split(counts))]))
     M, r = torch.stack(M, 1), torch.stack(r, 1)  # (N, 3, 9, 9), (N, 3, 9)
     if shared:
         M, r = M.sum(0, keepdim=True), r.sum(0, keepdim=True)
@@ -493,8 +546,14 @@ def initial_albedo_color(views: list[ViewObservation], tg: LandmarkTargets) -> n
     """Median colour inside the detected face landmarks' hull, over all views."""
     samples = []
     for v, pts, w in zip(views, tg.points.cpu().numpy(), tg.weight.cpu().numpy()):
-        hull = cv2.convexHull(pts[w > 0.05].astype(np.float32))
-        m = np.zeros(v.image.pixels.shape[:2], np.uint8)
-        cv2.fillConvexPoly(m, np.round(hull[:, 0]).astype(np.int32), 1)
-        samples.append(v.image.pixels[m > 0][::7])
+        hull = np.round(cv2.convexHull(pts[w > 0.05].astype(np.float32))[:, 0]).astype(np.int32)
+        # Every 7th pixel of the hull, gathered by index in the hull's bounding box (boolean indexing
+        # of the full photo cost ~30 ms a view).
+        h, w_ = v.image.pixels.shape[:2]
+        x0, y0 = np.clip(hull.min(0), 0, [w_, h])
+        x1, y1 = np.clip(hull.max(0) + 1, 0, [w_, h])
+        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillConvexPoly(m, hull - [x0, y0], 1)
+        r, c = np.divmod(np.flatnonzero(m)[::7], x1 - x0)
+        samples.append(v.image.pixels[y0 + r, x0 + c])
     return np.median(np.concatenate(samples), 0).astype(np.float32) / 255.0
