@@ -28,7 +28,7 @@ from flame_prior.export.texture_bake import bake_texture
 from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
 from flame_prior.flame import FlameModel, LandmarkEmbedding
 from flame_prior.flame.assets import Assets, ModelInfo, load_assets
-from flame_prior.images import SkippedInput
+from flame_prior.images import InputImage, SkippedInput
 from flame_prior.intrinsics import Intrinsics, estimate_intrinsics
 from flame_prior.observe import ViewObservation, observe
 from flame_prior.progress import make_console, make_progress, stage
@@ -132,8 +132,11 @@ def _image_name(prepared: PreparedViews, skipped: SkippedInput) -> str | None:
     return next((im.name for im in prepared.intake.images if im.path == skipped.path), None)
 
 
-def faceless_images(prepared: PreparedViews) -> list:
-    """The input images where no face was found (COLMAP may still pose them in a rigid scene)."""
+def faceless_images(prepared: PreparedViews) -> list[InputImage]:
+    """The input photos where no face was found (COLMAP may still pose them in a rigid scene). Photos
+    only: the frames of clips are many, and a frame without a face is no view anyone asked for."""
+    if prepared.intake.source != "images":
+        return []
     missed = {s.path for s in prepared.skipped if s.reason == "no face found"}
     return [im for im in prepared.intake.images if im.path in missed]
 
@@ -142,7 +145,7 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
     """Intrinsics and the fit of a static scene's views (``prepared.sequence == "static"``); their
     seconds are added to ``prepared.timings``."""
     timings = prepared.timings
-    if config.intrinsics.file is not None and faceless_images(prepared):
+    if config.intrinsics.file is not None and any(s.reason == "no face found" for s in prepared.skipped):
         # A calibration with a lens: missed faces get a second look on the undistorted image, before
         # COLMAP, so that it runs once, on the views and faceless images as they end up.
         t0 = time.perf_counter()
