@@ -114,3 +114,32 @@ def test_fit_with_a_flame_pkl_that_has_expressions(shared, tmp_path):
 def _config_for(tmp_path: Path, fitter) -> FitConfig:
     return FitConfig(data=tmp_path / "in", output_dir=tmp_path / "out", flame_model=tmp_path / "generic_model.pkl",
                      fitter=fitter)
+
+
+def test_faceless_photos_go_to_colmap_and_their_reason_says_what_they_got(tmp_path):
+    """The photos where no face was found are handed to COLMAP (a back view can still get its camera);
+    a clip's frames are not; a photo that got COLMAP's camera says so among the inputs left out."""
+    import dataclasses
+
+    from PIL import Image
+
+    from types import SimpleNamespace
+
+    from flame_prior.fit.state import StageLog
+    from flame_prior.images import SkippedInput
+    from flame_prior.pipeline import PreparedViews, SceneFit, faceless_images
+    from flame_prior.video import VideoConfig, load_inputs
+
+    for name in ("back", "side", "front"):
+        Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(tmp_path / f"{name}.png")
+    intake = load_inputs(tmp_path, VideoConfig())
+    missed = [SkippedInput(im.path, "no face found") for im in intake.images if im.name in ("back", "side")]
+    prepared = PreparedViews([], missed, {}, intake, "static", "")
+    assert sorted(im.name for im in faceless_images(prepared)) == ["back", "side"]
+    assert faceless_images(dataclasses.replace(prepared, intake=dataclasses.replace(intake, source="video"))) == []
+
+    log = StageLog("multiview", 0, 0.0, [], np.zeros(0),
+                   details={"faceless_cameras": [{"name": "back", "fx": 100.0, "flags": ["no face detected"]}]})
+    result = SimpleNamespace(stages=[log], left_out=[])  # the two fields SceneFit.skipped reads of a FitResult
+    reasons = {s.path.stem: s.reason for s in SceneFit(prepared, None, result).skipped}
+    assert "COLMAP's camera" in reasons["back"] and reasons["side"] == "no face found"
