@@ -506,11 +506,9 @@ def _drop_implausible_cameras(rec: ColmapResult, views, notes: list[str]) -> Non
     notes.append(f"COLMAP: {len(bad)} view(s) with an implausible focal length left out of its poses: {names}"
                  + (" ..." if len(bad) > 4 else ""))
     main_bad = bool(np.any(rec.view_focal_px[bad] == rec.focal_px))  # the figure-giving camera was one of them
-    for i in bad:
-        rec.registered[i] = False
-        rec.w2c[i] = np.nan
-        rec.view_focal_px[i] = med * heights[i]
-        rec.view_cx[i], rec.view_cy[i] = views[i].image.width / 2, views[i].image.height / 2
+    rec.registered[bad] = False
+    rec.w2c[bad] = np.nan
+    _take_main_fov(rec, bad, views, med)
     if main_bad:
         main = int(np.flatnonzero(rec.registered)[0]) if rec.registered.any() else int(np.flatnonzero(ok)[0])
         rec.focal_px, rec.cx, rec.cy = (float(rec.view_focal_px[main]), float(rec.view_cx[main]),
@@ -901,6 +899,17 @@ def _set_known_cameras(database: Path, names: list[str], windows: list[_Window],
         db.close()
 
 
+def _take_main_fov(rec: "ColmapResult", rows, views, focal_per_height: float) -> None:
+    """Views ``rows`` of ``rec`` (in place) get one field of view in their own pixel grid (``focal_per_height``:
+    the focal in units of image height: the main camera's, or the believed cameras' median) and a centred
+    principal point: what a view gets whose own camera is missing (an image size with no registered view)
+    or not believed (:func:`_drop_implausible_cameras`)."""
+    for i in rows:
+        W, H = views[i].image.width, views[i].image.height
+        rec.view_focal_px[i] = focal_per_height * H
+        rec.view_cx[i], rec.view_cy[i] = W / 2, H / 2
+
+
 def _to_original_pixels(result: "ColmapResult", views, windows: list[_Window]) -> None:
     """Map a :class:`ColmapResult` read in COLMAP's (cropped, downscaled) pixels back to each view's own grid."""
     main = int(result.figures.pop("main_view"))
@@ -912,9 +921,7 @@ def _to_original_pixels(result: "ColmapResult", views, windows: list[_Window]) -
     H_main = views[main].image.height
     result.focal_px, result.cx, result.cy = (float(result.view_focal_px[main]), float(result.view_cx[main]),
                                              float(result.view_cy[main]))
-    for i in np.flatnonzero(missing):  # a size without a registered camera: the main one's FOV, centred
-        result.view_focal_px[i] = result.focal_px * views[i].image.height / H_main
-        result.view_cx[i], result.view_cy[i] = views[i].image.width / 2, views[i].image.height / 2
+    _take_main_fov(result, np.flatnonzero(missing), views, result.focal_px / H_main)  # a size without a camera
     to_px = 1.0 / (0.5 * (windows[main].sx + windows[main].sy))
     fig = result.figures
     fig["mean_reprojection_error_px"] *= to_px
@@ -935,7 +942,8 @@ def _focal_cx_cy(camera) -> tuple[float, float, float]:
 
 def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) -> ColmapResult:
     """Poses, cameras and figures of a pycolmap ``Reconstruction`` whose images are ``names`` (by
-    index) of ``sizes`` ``(width, height)``."""
+    index) of ``sizes`` ``(width, height)``, in COLMAP's pixels. A view whose image size got no camera
+    has NaN intrinsics here: :func:`_to_original_pixels` gives it the main camera's field of view."""
     n = len(names)
     index = {name: i for i, name in enumerate(names)}
     w2c = np.full((n, 4, 4), np.nan)
@@ -960,9 +968,6 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     camera_found = np.isfinite(params[:, 0])
     main_view = int(next(i for i in range(n) if registered[i] and rec.images[
         next(k for k in rec.images if rec.images[k].name == names[i])].camera_id == main))
-    for i in np.flatnonzero(~camera_found):  # a size without a camera: the main one's FOV
-        w, h = sizes[i]
-        params[i] = [f * h / height, w / 2, h / 2]
 
     # Reproject every 3D point into its track with our own pinhole maths, averaged like COLMAP
     # (per point over its track, then over points): it matches COLMAP's figure only when
