@@ -20,8 +20,10 @@ applies wins, and every source that is skipped leaves a note saying why:
    ``colmap_max_image_side``; one SIMPLE_PINHOLE camera per image size (views of 998 and 1000 px
    width each get their own; or one per view, ``colmap_cameras="per_view"``: a rig of different
    cameras), principal point held at the image centre, a low SIFT peak threshold
-   (skin has weak texture), exhaustive matching up to 40 views, incremental mapping; the largest
-   reconstruction is taken when it registers at least half of the views. Its poses go to the fit
+   (skin has weak texture) and no upsampled octave, matching only pairs of views whose head poses
+   (read off the landmarks, :mod:`flame_prior.colmap_pairs`) are close, incremental mapping with few
+   bundle adjustments (:func:`_few_bundle_adjustments`); the largest reconstruction is taken when it
+   registers at least half of the views. Its poses go to the fit
    (:attr:`Intrinsics.poses`, :mod:`flame_prior.fit.multiview`), not only its focal.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
 4. ``"optimised"`` (two views or more): the focal starts at :attr:`IntrinsicsConfig.prior_fov_deg`
@@ -53,6 +55,7 @@ import numpy as np
 
 from flame_prior.cache import colmap_cache_dir, save_npz_atomic
 from flame_prior.errors import InputError, check_option
+from flame_prior.threads import compute_threads
 from flame_prior.shapes import check_shape  # not geometry: this module must not load torch (CLI start-up)
 
 if TYPE_CHECKING:
@@ -77,7 +80,8 @@ __all__ = [
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given", "file"]
 SceneKind = Literal["turning-head", "rigid-scene"]
-_COLMAP_CACHE_VERSION = 3  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind
+_COLMAP_CACHE_VERSION = 4  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind;
+# 4: no SIFT upsampling, pairs by head pose, fewer bundle adjustments (issue 16's cold-run budget)
 
 
 @dataclass
@@ -179,6 +183,10 @@ class IntrinsicsConfig:
     colmap_max_features: int = 2048
     """Most SIFT features per image (for a turning head: in the head box, before the head mask discards the rest);
     matching costs grow with its square."""
+    colmap_pair_max_angle_deg: float = 45.0
+    """COLMAP matches two views only when their head poses, read off the landmarks, differ by at most this many
+    degrees (each view is matched with its 5 nearest in any case); beyond ~45 degrees skin and hair share no SIFT
+    descriptor. 180 matches every pair."""
     colmap_mask_erode_px: int = 4
     """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
     colmap_seed: int = 0
@@ -218,6 +226,8 @@ class IntrinsicsConfig:
                      "positive")
         check_option(self.colmap_max_features >= 1, prefix + "colmap_max_features", self.colmap_max_features,
                      "at least 1")
+        check_option(0 < self.colmap_pair_max_angle_deg <= 180, prefix + "colmap_pair_max_angle_deg",
+                     self.colmap_pair_max_angle_deg, "in (0, 180] degrees")
         check_option(self.colmap_mask_erode_px >= 0, prefix + "colmap_mask_erode_px", self.colmap_mask_erode_px,
                      "0 or more")
         check_option(self.colmap_max_image_side >= 64, prefix + "colmap_max_image_side", self.colmap_max_image_side,
@@ -244,7 +254,9 @@ class ColmapResult:
         figures: ``registered``, ``total``, ``mean_reprojection_error_px`` (COLMAP's own),
             ``reprojection_check_px`` (recomputed here from ``w2c`` and the intrinsics: the same
             number when the conventions agree), ``points3d``, ``focal_px``, ``vertical_fov_deg``,
-            ``seconds`` (in all) and ``seconds_extract``, ``seconds_match``, ``seconds_map``.
+            ``seconds`` (wall, in all) and ``seconds_extract``, ``seconds_match``, ``seconds_map``, the same
+            in CPU seconds (``cpu_seconds``, ``cpu_seconds_extract``, ...), ``threads``, ``pairs`` (matched,
+            or None for every pair).
     """
 
     w2c: np.ndarray
@@ -583,6 +595,7 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
         h.update(hashlib.sha256(np.ascontiguousarray((v.detection.mask >= 0.5).astype(np.uint8))).digest())
     settings = {k: getattr(config, k) for k in ("colmap_peak_threshold", "colmap_max_features",
                                                 "colmap_mask_erode_px", "colmap_seed", "colmap_max_image_side",
+                                                "colmap_pair_max_angle_deg",
                                                 "focal_px")}
     settings["scene_kind"] = scene_kind
     if config.colmap_cameras != "per_size":
@@ -722,9 +735,11 @@ def run_colmap(
     ``<name>.png``, 0 = ignore, the head mask eroded by ``colmap_mask_erode_px``), since torso and
     background, static while the head turns, contradict the head's motion; COLMAP sees only the box the
     head masks cover. ``"rigid-scene"``: the whole image. Either way the images are downscaled
-    (``colmap_max_image_side``) and the results are given back in the original pixel grids. Exhaustive
-    matching up to 40 views (sequential beyond), incremental mapping; the reconstruction with the most
-    registered views is returned.
+    (``colmap_max_image_side``) and the results are given back in the original pixel grids. Matching:
+    the pairs whose head poses are close (:func:`_matching_pairs`); without MediaPipe landmarks, or with
+    ``colmap_pair_max_angle_deg`` 180, every pair up to 40 views (sequential beyond). Incremental mapping
+    (:func:`_few_bundle_adjustments`) on :func:`flame_prior.threads.compute_threads` threads; the
+    reconstruction with the most registered views is returned.
 
     Args:
         views: ``N >= 2`` views.
@@ -749,7 +764,8 @@ def run_colmap(
     if n < 2:
         raise ValueError(f"run_colmap: need at least 2 views, got {n}")
     windows = _colmap_windows(views, config, scene_kind)
-    t0 = time.perf_counter()
+    threads = compute_threads()  # the free cores (FLAME_PRIOR_THREADS when a batch worker sets it)
+    clock = _Clock()
 
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -792,6 +808,10 @@ def run_colmap(
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.sift.peak_threshold = config.colmap_peak_threshold
         extraction.sift.max_num_features = config.colmap_max_features
+        # COLMAP's default first octave (-1) doubles the image before the scale space: 4x the pixels, 3x the
+        # extraction time, for features finer than the downscaled head shows anyway.
+        extraction.sift.first_octave = 0
+        extraction.num_threads = threads
         extraction.use_gpu = False
         pycolmap.set_random_seed(config.colmap_seed)
         # One camera per folder (image size), or per image on request.
@@ -803,14 +823,23 @@ def run_colmap(
             _set_principal_points(database, names, views, windows, config.focal_px)
         else:
             _set_known_cameras(database, names, windows, known)
-        t_extract = time.perf_counter()
+        clock.lap("extract")
         step("matching", advance=1)
 
         matching = pycolmap.FeatureMatchingOptions()
         matching.use_gpu = False
+        matching.num_threads = threads
         verification = pycolmap.TwoViewGeometryOptions()
         verification.ransac.random_seed = config.colmap_seed
-        if n <= 40:
+        pairs = _matching_pairs(views, config)
+        if pairs is not None:  # views whose head poses are close (each with its nearest)
+            pair_file = root / "pairs.txt"
+            pair_file.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
+            pairing = pycolmap.ImportedPairingOptions()
+            pairing.match_list_path = str(pair_file)
+            pycolmap.match_image_pairs(database, matching_options=matching, pairing_options=pairing,
+                                       verification_options=verification, device=pycolmap.Device.cpu)
+        elif n <= 40:
             pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
                                       device=pycolmap.Device.cpu)
         else:  # views in capture order: each with its 15 neighbours
@@ -818,12 +847,14 @@ def run_colmap(
             pairing.overlap = 15
             pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
                                       verification_options=verification, device=pycolmap.Device.cpu)
-        t_match = time.perf_counter()
+        clock.lap("match")
         step("registering views", advance=1)
 
         mapping = pycolmap.IncrementalPipelineOptions()
         mapping.random_seed = config.colmap_seed
         mapping.extract_colors = False
+        mapping.num_threads = threads
+        _few_bundle_adjustments(mapping)
         if config.focal_px is not None or known is not None:
             mapping.ba_refine_focal_length = False
         if known is not None:  # the calibration is better than anything the tracks could refine
@@ -837,11 +868,60 @@ def run_colmap(
         rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
         result = _read_reconstruction(rec, names, [(w.out_w, w.out_h) for w in windows])
     _to_original_pixels(result, views, windows)
-    t_end = time.perf_counter()
-    result.figures.update(seconds=round(t_end - t0, 1), seconds_extract=round(t_extract - t0, 1),
-                          seconds_match=round(t_match - t_extract, 1), seconds_map=round(t_end - t_match, 1),
+    clock.lap("map")
+    result.figures.update(clock.figures(), threads=threads, pairs=len(pairs) if pairs is not None else None,
                           scene_kind=scene_kind, image_scale=round(float(np.mean([w.sx for w in windows])), 4))
     return result
+
+
+class _Clock:
+    """Wall and CPU seconds (this process: COLMAP's threads included) of each phase, for the figures."""
+
+    def __init__(self) -> None:
+        self.start = self.last = (time.perf_counter(), time.process_time())
+        self.laps: dict[str, tuple[float, float]] = {}
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.laps[name] = (now[0] - self.last[0], now[1] - self.last[1])
+        self.last = now
+
+    def figures(self) -> dict:
+        out = {"seconds": round(self.last[0] - self.start[0], 1), "cpu_seconds": round(self.last[1] - self.start[1], 1)}
+        for name, (wall, cpu) in self.laps.items():
+            out[f"seconds_{name}"], out[f"cpu_seconds_{name}"] = round(wall, 1), round(cpu, 1)
+        return out
+
+
+def _few_bundle_adjustments(mapping) -> None:
+    """COLMAP's mapper set for a few dozen views of one head (issue 16: the cold run's budget).
+
+    Its defaults suit thousands of images: a global bundle adjustment whenever the model has grown
+    by 10 %, up to 5 rounds of it and 2 of each local one. With 30 views that is a global adjustment
+    after nearly every view. Here: global adjustment at 50 % growth (and always at the end), 2 rounds,
+    1 round of local adjustment, and the points that add no coverage left out of the global one.
+    Measured on the shared 30-view scene: the mapper's CPU time a third lower, rotations unchanged
+    within 0.1 deg of the default mapper (README, *Cold runs*)."""
+    mapping.ba_global_frames_ratio = 1.5
+    mapping.ba_global_points_ratio = 1.5
+    mapping.ba_global_max_refinements = 2
+    mapping.ba_local_max_refinements = 1
+    mapping.mapper.ba_global_ignore_redundant_points3D = True
+
+
+def _matching_pairs(views, config: IntrinsicsConfig) -> list[tuple[int, int]] | None:
+    """The pairs COLMAP matches (:mod:`flame_prior.colmap_pairs`), or None for its own pairing: every pair
+    (``colmap_pair_max_angle_deg`` 180), or views without MediaPipe landmarks (no head pose to read)."""
+    from flame_prior.colmap_pairs import landmark_head_rotations, pairs_by_head_pose
+
+    if config.colmap_pair_max_angle_deg >= 180:
+        return None
+    R = landmark_head_rotations(views)
+    return None if R is None else pairs_by_head_pose(R, config.colmap_pair_max_angle_deg, _PAIR_MIN_NEIGHBOURS)
+
+
+#: Each view is matched with at least this many views nearest in head pose, whatever the angle.
+_PAIR_MIN_NEIGHBOURS = 5
 
 
 def _set_principal_points(database: Path, names: list[str], views, windows: list[_Window],
