@@ -22,7 +22,7 @@ applies wins, and every source that is skipped leaves a note saying why:
    cameras), principal point held at the image centre, a low SIFT peak threshold
    (skin has weak texture) and no upsampled octave, matching only pairs of views whose head poses
    (read off the landmarks, :mod:`flame_prior.colmap_pairs`) are close, incremental mapping with few
-   bundle adjustments (:func:`_few_bundle_adjustments`); the largest reconstruction is taken when it
+   bundle adjustments (:func:`_mapper_for_few_views`); the largest reconstruction is taken when it
    registers at least half of the views. Its poses go to the fit
    (:attr:`Intrinsics.poses`, :mod:`flame_prior.fit.multiview`), not only its focal.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
@@ -738,7 +738,7 @@ def run_colmap(
     (``colmap_max_image_side``) and the results are given back in the original pixel grids. Matching:
     the pairs whose head poses are close (:func:`_matching_pairs`); without MediaPipe landmarks, or with
     ``colmap_pair_max_angle_deg`` 180, every pair up to 40 views (sequential beyond). Incremental mapping
-    (:func:`_few_bundle_adjustments`) on :func:`flame_prior.threads.compute_threads` threads; the
+    (:func:`_mapper_for_few_views`) on :func:`flame_prior.threads.compute_threads` threads; the
     reconstruction with the most registered views is returned.
 
     Args:
@@ -854,7 +854,7 @@ def run_colmap(
         mapping.random_seed = config.colmap_seed
         mapping.extract_colors = False
         mapping.num_threads = threads
-        _few_bundle_adjustments(mapping)
+        _mapper_for_few_views(mapping)
         if config.focal_px is not None or known is not None:
             mapping.ba_refine_focal_length = False
         if known is not None:  # the calibration is better than anything the tracks could refine
@@ -893,20 +893,26 @@ class _Clock:
         return out
 
 
-def _few_bundle_adjustments(mapping) -> None:
+def _mapper_for_few_views(mapping) -> None:
     """COLMAP's mapper set for a few dozen views of one head (issue 16: the cold run's budget).
 
     Its defaults suit thousands of images: a global bundle adjustment whenever the model has grown
     by 10 %, up to 5 rounds of it and 2 of each local one. With 30 views that is a global adjustment
     after nearly every view. Here: global adjustment at 50 % growth (and always at the end), 2 rounds,
     1 round of local adjustment, and the points that add no coverage left out of the global one.
-    Measured on the shared 30-view scene: the mapper's CPU time a third lower, rotations unchanged
-    within 0.1 deg of the default mapper (README, *Cold runs*)."""
+    The initial pair: COLMAP wants 100 inliers seen 16 degrees apart, which a turning head before a
+    long lens rarely gives (pairs 10-20 degrees apart have ~140 matches, 20-30 degrees ~40); its search
+    failed twice, relaxing each time, before it started (5 of its 12 CPU seconds on the shared scene).
+    Asking for 50 inliers 8 degrees apart finds the same pair at the first search.
+    Measured on the shared 30-view scene (README, *Cold runs*): the mapper's CPU time from 18 s to 7 s,
+    the same rotations (0.07 deg median, 0.35 deg max from a full-resolution, 8192-feature run)."""
     mapping.ba_global_frames_ratio = 1.5
     mapping.ba_global_points_ratio = 1.5
     mapping.ba_global_max_refinements = 2
     mapping.ba_local_max_refinements = 1
     mapping.mapper.ba_global_ignore_redundant_points3D = True
+    mapping.mapper.init_min_tri_angle = 8.0
+    mapping.mapper.init_min_num_inliers = 50
 
 
 def _matching_pairs(views, config: IntrinsicsConfig) -> list[tuple[int, int]] | None:
