@@ -20,9 +20,9 @@ applies wins, and every source that is skipped leaves a note saying why:
    ``colmap_max_image_side``; one SIMPLE_PINHOLE camera per image size (views of 998 and 1000 px
    width each get their own; or one per view, ``colmap_cameras="per_view"``: a rig of different
    cameras), principal point held at the image centre, a low SIFT peak threshold
-   (skin has weak texture) and no upsampled octave, matching only pairs of views whose head poses
-   (read off the landmarks, :mod:`flame_prior.colmap_pairs`) are close, incremental mapping with few
-   bundle adjustments (:func:`_mapper_for_few_views`); the largest reconstruction is taken when it
+   (skin has weak texture); for a turning head no upsampled octave and matching only pairs of views
+   whose head poses (read off the landmarks, :mod:`flame_prior.colmap_pairs`) are close; incremental
+   mapping with few bundle adjustments (:func:`_mapper_for_few_views`); the largest reconstruction is taken when it
    registers at least half of the views. Its poses go to the fit
    (:attr:`Intrinsics.poses`, :mod:`flame_prior.fit.multiview`), not only its focal.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
@@ -184,9 +184,9 @@ class IntrinsicsConfig:
     """Most SIFT features per image (for a turning head: in the head box, before the head mask discards the rest);
     matching costs grow with its square."""
     colmap_pair_max_angle_deg: float = 45.0
-    """COLMAP matches two views only when their head poses, read off the landmarks, differ by at most this many
-    degrees (each view is matched with its 5 nearest in any case); beyond ~45 degrees skin and hair share no SIFT
-    descriptor. 180 matches every pair."""
+    """For a turning head, COLMAP matches two views only when their head poses, read off the landmarks, differ by at
+    most this many degrees (each view is matched with its 5 nearest in any case); beyond ~45 degrees skin and hair
+    share no SIFT descriptor. 180 matches every pair (as a rigid scene always does)."""
     colmap_mask_erode_px: int = 4
     """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
     colmap_seed: int = 0
@@ -736,8 +736,9 @@ def run_colmap(
     background, static while the head turns, contradict the head's motion; COLMAP sees only the box the
     head masks cover. ``"rigid-scene"``: the whole image. Either way the images are downscaled
     (``colmap_max_image_side``) and the results are given back in the original pixel grids. Matching:
-    the pairs whose head poses are close (:func:`_matching_pairs`); without MediaPipe landmarks, or with
-    ``colmap_pair_max_angle_deg`` 180, every pair up to 40 views (sequential beyond). Incremental mapping
+    for a turning head the pairs whose head poses are close (:func:`_matching_pairs`); in a rigid scene,
+    without MediaPipe landmarks, or with ``colmap_pair_max_angle_deg`` 180, every pair up to 40 views
+    (sequential beyond). Incremental mapping
     (:func:`_mapper_for_few_views`) on :func:`flame_prior.threads.compute_threads` threads; the
     reconstruction with the most registered views is returned.
 
@@ -808,9 +809,12 @@ def run_colmap(
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.sift.peak_threshold = config.colmap_peak_threshold
         extraction.sift.max_num_features = config.colmap_max_features
-        # COLMAP's default first octave (-1) doubles the image before the scale space: 4x the pixels, 3x the
-        # extraction time, for features finer than the downscaled head shows anyway.
-        extraction.sift.first_octave = 0
+        if scene_kind == "turning-head":
+            # COLMAP's default first octave (-1) doubles the image before the scale space: 4x the pixels, 3x
+            # the extraction time. The head crop shows the head near its own resolution (the shared scene at
+            # 0.74), and without that octave COLMAP agreed better with a full-resolution run (README, *Cold
+            # runs*). A rigid scene's whole images, where the head is small, keep COLMAP's default.
+            extraction.sift.first_octave = 0
         extraction.num_threads = threads
         extraction.use_gpu = False
         pycolmap.set_random_seed(config.colmap_seed)
@@ -831,7 +835,7 @@ def run_colmap(
         matching.num_threads = threads
         verification = pycolmap.TwoViewGeometryOptions()
         verification.ransac.random_seed = config.colmap_seed
-        pairs = _matching_pairs(views, config)
+        pairs = _matching_pairs(views, config, scene_kind)
         if pairs is not None:  # views whose head poses are close (each with its nearest)
             pair_file = root / "pairs.txt"
             pair_file.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
@@ -854,7 +858,7 @@ def run_colmap(
         mapping.random_seed = config.colmap_seed
         mapping.extract_colors = False
         mapping.num_threads = threads
-        _mapper_for_few_views(mapping)
+        _mapper_for_few_views(mapping, scene_kind)
         if config.focal_px is not None or known is not None:
             mapping.ba_refine_focal_length = False
         if known is not None:  # the calibration is better than anything the tracks could refine
@@ -893,17 +897,18 @@ class _Clock:
         return out
 
 
-def _mapper_for_few_views(mapping) -> None:
+def _mapper_for_few_views(mapping, scene_kind: SceneKind) -> None:
     """COLMAP's mapper set for a few dozen views of one head (issue 16: the cold run's budget).
 
     Its defaults suit thousands of images: a global bundle adjustment whenever the model has grown
     by 10 %, up to 5 rounds of it and 2 of each local one. With 30 views that is a global adjustment
     after nearly every view. Here: global adjustment at 50 % growth (and always at the end), 2 rounds,
     1 round of local adjustment, and the points that add no coverage left out of the global one.
-    The initial pair: COLMAP wants 100 inliers seen 16 degrees apart, which a turning head before a
-    long lens rarely gives (pairs 10-20 degrees apart have ~140 matches, 20-30 degrees ~40); its search
-    failed twice, relaxing each time, before it started (5 of its 12 CPU seconds on the shared scene).
-    Asking for 50 inliers 8 degrees apart finds the same pair at the first search.
+
+    The initial pair, for a turning head: COLMAP wants 100 inliers seen 16 degrees apart, which a head
+    turning before a long lens rarely gives (on the shared scene pairs 10-20 degrees apart have ~140
+    matches, 20-30 degrees ~40); its search failed twice, relaxing each time, before it started (5 of
+    the mapper's 12 CPU seconds). Asking for 50 inliers 8 degrees apart finds the same pair at once.
     Measured on the shared 30-view scene (README, *Cold runs*): the mapper's CPU time from 18 s to 7 s,
     the same rotations (0.07 deg median, 0.35 deg max from a full-resolution, 8192-feature run)."""
     mapping.ba_global_frames_ratio = 1.5
@@ -911,16 +916,19 @@ def _mapper_for_few_views(mapping) -> None:
     mapping.ba_global_max_refinements = 2
     mapping.ba_local_max_refinements = 1
     mapping.mapper.ba_global_ignore_redundant_points3D = True
-    mapping.mapper.init_min_tri_angle = 8.0
-    mapping.mapper.init_min_num_inliers = 50
+    if scene_kind == "turning-head":
+        mapping.mapper.init_min_tri_angle = 8.0
+        mapping.mapper.init_min_num_inliers = 50
 
 
-def _matching_pairs(views, config: IntrinsicsConfig) -> list[tuple[int, int]] | None:
+def _matching_pairs(views, config: IntrinsicsConfig, scene_kind: SceneKind) -> list[tuple[int, int]] | None:
     """The pairs COLMAP matches (:mod:`flame_prior.colmap_pairs`), or None for its own pairing: every pair
-    (``colmap_pair_max_angle_deg`` 180), or views without MediaPipe landmarks (no head pose to read)."""
+    (``colmap_pair_max_angle_deg`` 180), views without MediaPipe landmarks (no head pose to read; faceless
+    images in a rigid scene), or a rigid scene (its background may match where the head does not: not
+    measured, so every pair)."""
     from flame_prior.colmap_pairs import landmark_head_rotations, pairs_by_head_pose
 
-    if config.colmap_pair_max_angle_deg >= 180:
+    if config.colmap_pair_max_angle_deg >= 180 or scene_kind != "turning-head":
         return None
     R = landmark_head_rotations(views)
     return None if R is None else pairs_by_head_pose(R, config.colmap_pair_max_angle_deg, _PAIR_MIN_NEIGHBOURS)

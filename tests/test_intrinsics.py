@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flame_prior.colmap_pairs import landmark_head_rotations, relative_angles_deg
 from flame_prior.images import InputImage, load_images
 from flame_prior.intrinsics import (
     IntrinsicsConfig,
@@ -21,9 +22,11 @@ from flame_prior.intrinsics import (
 from flame_prior.detectors import DetectConfig, Detection
 from flame_prior.observe import ViewObservation, observe
 
-# The shared 30-view scene (1040x1392, long lens, about 14 degrees vertically). Measured with the
-# defaults and observe()'s head masks: 30/30 views, 0.73 px mean reprojection error, 5740 points,
-# focal 5620 px (14.1 deg); 4096 features gave 5575 px, 1024 gave 5805 px. The bound is 13-15.5 deg.
+# The shared 30-view scene (1040x1392, long lens, about 14 degrees vertically). Measured at full
+# resolution with 8192 features (the reference run, 1030 s): 30/30 views, 0.63 px mean reprojection error,
+# 9804 points, focal 5628 px (14.1 deg). With the defaults (1024 px head crops, no upsampled octave, pairs
+# within 45 deg): 30/30, 0.97 px (0.72 px in COLMAP's 0.735-scale pixels), 2686 points, focal 5889 px
+# (13.5 deg), rotations 0.07 deg median / 0.35 max from the reference's. The bound is 13-15.5 deg.
 SCENE = "data/multiview/2-346/images"
 SCENE_FOV_DEG = (13.0, 15.5)
 
@@ -173,7 +176,7 @@ def test_colmap_registers_the_shared_scene(shared, tmp_path):
     assert intr.source == "colmap" and not intr.optimise_focal, intr.notes
     fig = intr.colmap
     assert fig["registered"] == fig["total"] == 30
-    assert fig["mean_reprojection_error_px"] < 1.0
+    assert fig["mean_reprojection_error_px"] < 1.5  # in the photos' pixels; measured 0.97 (see SCENE)
     # Our own reprojection (world-to-camera, OpenCV axes, pixel centres at +0.5) agrees with COLMAP's.
     assert fig["reprojection_check_px"] == pytest.approx(fig["mean_reprojection_error_px"], abs=1e-3)
     assert fig["points3d"] > 1000
@@ -190,6 +193,16 @@ def test_colmap_registers_the_shared_scene(shared, tmp_path):
     cos = (np.einsum("nij,mij->nm", R, R) - 1) / 2
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() > 50.0
     assert np.nanmax(rotation_residuals_deg(w2c, R)) < 1e-4
+
+    # Issue 16's cold-run budget: only pairs of close head poses were matched, and still every view registered.
+    assert fig["pairs"] is not None and fig["pairs"] < 30 * 29 // 2
+    # The landmark head poses that chose the pairs agree with COLMAP's relative rotations to a few degrees
+    # (measured: 1.9 deg median, 7.3 max, over the 435 pairs; views up to 72 deg apart).
+    head = landmark_head_rotations(views)
+    assert head is not None
+    iu = np.triu_indices(30, 1)
+    diff = np.abs(relative_angles_deg(head) - relative_angles_deg(R))[iu]
+    assert np.median(diff) < 4.0 and diff.max() < 12.0, (np.median(diff), diff.max())
 
 
 @pytest.mark.slow
