@@ -204,20 +204,23 @@ def test_a_fit_measures_the_load_once(monkeypatch):
 
 def test_a_fit_does_not_import_torch_dynamo():
     """``torch._dynamo`` (which torch's forward-mode AD and ``torch.optim`` import on first use) costs
-    about 3 s of CPU per process: a fit without COLMAP poses, photometric stage included, never
-    imports it (the check can fail: ``torch.optim.Adam([...])`` alone imports it)."""
+    about 3 s of CPU per process, sympy (which ``torch.autograd.grad`` with an explicit
+    ``grad_outputs`` tensor imports) 0.7 s: a fit without COLMAP poses, photometric stage and free
+    texture map included, imports neither (the check can fail: ``torch.optim.Adam([...])`` alone
+    imports torch._dynamo)."""
     code = ("import sys, numpy as np, torch\nfrom flame_prior import demo\nfrom flame_prior.demo_config import DemoConfig\n"
             "from flame_prior.fit import FitterConfig, fit_flame\nfrom flame_prior.intrinsics import Intrinsics\n"
             "_, model, emb, ts = demo.demo_assets(0, torch.device('cpu'))\n"
             "sc = demo.render_scene(model, emb, ts, DemoConfig(views=2, image_size=128, seed=0), np.random.default_rng(0))\n"
             "f = sc.cameras.fx.numpy(); c = np.full(2, 64.0)\n"
             "r = fit_flame(model, emb, sc.views, Intrinsics(f, f.copy(), c, c.copy(), 'given', False),\n"
-            "              FitterConfig(photometric_steps=3, landmark_steps=3, render_size=64), texture_space=ts)\n"
+            "              FitterConfig(photometric_steps=3, landmark_steps=3, render_size=64), uv_layout=(ts.uvs, ts.uv_faces))\n"
             "print('STAGES', [s.name for s in r.stages])\nprint('DYNAMO', 'torch._dynamo' in sys.modules)\n"
+            "print('SYMPY', 'sympy' in sys.modules)\n"
             "torch.optim.Adam([torch.zeros(1, requires_grad=True)])\nprint('AFTER_OPTIM', 'torch._dynamo' in sys.modules)\n")
     p = _python(code, env={"OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in p.stdout.splitlines() if line.split(" ", 1)[0] in
-                 ("STAGES", "DYNAMO", "AFTER_OPTIM"))
+                 ("STAGES", "DYNAMO", "SYMPY", "AFTER_OPTIM"))
     assert "photometric" in lines["STAGES"], lines
-    assert lines["DYNAMO"] == "False" and lines["AFTER_OPTIM"] == "True", lines
+    assert lines["DYNAMO"] == "False" and lines["SYMPY"] == "False" and lines["AFTER_OPTIM"] == "True", lines

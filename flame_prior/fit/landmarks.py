@@ -117,7 +117,8 @@ class LandmarkProblem:
             theta = theta_f.detach()[None].expand(self.n_f, -1).clone().requires_grad_(True)
             verts = self.st.model(self._flame_batch(theta), vertex_index=self.st.vertex_index).vertices  # (n_f, M, 3)
             u = torch.zeros_like(verts, requires_grad=True)
-            (g,) = torch.autograd.grad(verts, theta, u, create_graph=True)  # (n_f, n_f)
+            # Scalar outputs only: an explicit grad_outputs tensor makes torch import sympy (~0.7 s of CPU).
+            (g,) = torch.autograd.grad((verts * u).sum(), theta, create_graph=True)  # (n_f, n_f)
             (tangent,) = torch.autograd.grad(g.diagonal().sum(), u)  # (n_f, M, 3)
         return self._landmarks(tangent, yaw).permute(0, 2, 3, 1)
 
