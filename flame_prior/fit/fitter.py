@@ -19,7 +19,8 @@ zero) and every view gets its own camera, so the cameras come out directly in FL
    cannot explain are flagged occluded (``ViewFit.landmark_occluded``); with ``occlusion_refit``
    those pixels also leave the photometric loss and the landmarks are refitted without them.
 4. **photometric** — the renderer (``flame_prior.render``) on a square crop around each face, the
-   appearance held (solved again half way): geometry and cameras by Adam on a photometric L1 term
+   appearance refined with the geometry from the closed-form solve: geometry and cameras by Adam
+   (warm-up, cosine fall of the rates) on a photometric L1 term
    inside the head mask, a two-sided mask term (model outside the head mask; face region left
    uncovered) and the landmark term; early stopping. Cameras fixed by the multiview stage
    (``FitState.camera_fixed``) or marked in ``frozen_cameras`` stay where they are.

@@ -2,7 +2,8 @@
 each face. The appearance (albedo: texture-space coefficients or a free UV map; per-view SH
 lighting) is solved in closed form (:func:`solve_appearance`, alternating linear least squares);
 :func:`occlusion_stage` marks what it cannot explain; :func:`photometric_stage` then moves geometry
-and cameras by Adam with the appearance held (solved again half way), coarse to fine, on a
+and cameras by Adam, the appearance refined with them from the solve (``appearance_steps``; or held
+and solved again half way), with a warm-up and a cosine fall of the rates, on a
 photometric L1 term in the eroded head region, a two-sided mask term and the landmark term.
 :func:`flame_prior.fit.fit_flame` runs them after the stages of :mod:`flame_prior.fit.landmarks`.
 
@@ -172,8 +173,9 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObserva
                       cfg: FitterConfig, appearance: "Appearance", tick: Callable[[], None],
                       frozen_cameras: Tensor | None = None, crops: FaceCrops | None = None,
                       appearance_ready: bool = False) -> tuple[FitState, StageLog]:
-    """Closed-form appearance (:func:`solve_appearance`), then Adam on geometry and cameras with the
-    appearance held, solved again half way. ``appearance`` is updated in place.
+    """Closed-form appearance (:func:`solve_appearance`), then Adam on geometry and cameras, the
+    appearance refined with them (``cfg.appearance_steps``; else held and solved again half way);
+    rates by :func:`photometric_lr_factor`. ``appearance`` is updated in place.
 
     ``frozen_cameras`` ``(N,)`` bool: views whose camera stays as it is, as do those of
     ``st.camera_fixed`` (the multi-view stage's); their rotation and translation get no updates. ``crops``: those of ``make_crops`` when the
