@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flame_prior.detectors import DetectConfig
+from flame_prior.export_config import ExportConfig
 from flame_prior.fit.config import FitterConfig
 from flame_prior.intrinsics import IntrinsicsConfig
 from flame_prior.tracker_config import TrackerConfig
@@ -50,6 +51,8 @@ class FitConfig:
     """Replace an existing output directory (only once the new one is complete)."""
     avatar_format: bool = False
     """Also write the FLAME-avatar dataset (GaussianAvatars / VHAP format) under <output-dir>/avatar."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """The report's pictures: which views at full size."""
     video: VideoConfig = field(default_factory=VideoConfig)
     """Clips: frames kept, blur and duplicate tests, static or dynamic sequence."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
@@ -68,6 +71,7 @@ class FitConfig:
         self.detect.check()
         self.intrinsics.check()
         self.fitter.check()
+        self.export.check()
 
     def resolved_paths(self) -> dict[str, Path | None]:
         """Model paths after the environment-variable fallbacks (None: use the default)."""

@@ -23,6 +23,7 @@ from flame_prior.errors import FitError, InputError
 from flame_prior.export import write_outputs
 from flame_prior.export._common import ideal_views
 from flame_prior.export.output_dir import atomic_output_dir, check_output_dir
+from flame_prior.export_config import ExportConfig
 from flame_prior.export.sequence import append_report_section, extend_summary, frame_selection_html
 from flame_prior.export.texture_bake import bake_texture
 from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
@@ -205,8 +206,8 @@ def write_scene(out: Path, config: FitConfig, assets: Assets, fit: SceneFit,
                 extra_files: dict[str, str] | None = None) -> None:
     """Every output of a static scene, written atomically into ``out`` (see :func:`write_all`)."""
     write_all(out, fit.views, fit.intrinsics, fit.result, fit.skipped, fit.timings, model=assets.info,
-              overwrite=config.overwrite, avatar_format=config.avatar_format, extra_files=extra_files,
-              summary_extra={"sequence": {"kind": "static", "reason": fit.prepared.sequence_reason},
+              overwrite=config.overwrite, avatar_format=config.avatar_format, export=config.export,
+              extra_files=extra_files, summary_extra={"sequence": {"kind": "static", "reason": fit.prepared.sequence_reason},
                              "video": fit.prepared.intake.summary(),
                              "cameras_without_face": fit.faceless_cameras},
               report_html=sequence_report_html(fit.prepared) + faceless_report_html(fit.faceless_cameras))
@@ -241,16 +242,17 @@ def run(config: FitConfig, console: Console | None = None) -> Path:
 
 def write_all(out: Path, views: list[ViewObservation], intrinsics: Intrinsics, result: FitResult,
               skipped: list[SkippedInput], timings: dict[str, float], *, model: ModelInfo, overwrite: bool,
-              avatar_format: bool, extra_files: dict[str, str] | None = None, summary_extra: dict | None = None,
-              report_html: str = "") -> None:
+              avatar_format: bool, export: ExportConfig | None = None, extra_files: dict[str, str] | None = None,
+              summary_extra: dict | None = None, report_html: str = "") -> None:
     """All exports, into a temporary directory renamed to ``out`` when complete.
 
-    ``summary_extra`` adds top-level entries to ``fit_summary.json`` (the sequence kind, the frames
+    ``export``: the report's options (default :class:`ExportConfig`'s); ``summary_extra`` adds top-level entries to ``fit_summary.json`` (the sequence kind, the frames
     chosen from clips); ``report_html`` is a section appended to the report."""
     # texture.png and the textured previews: the photos projected onto the mesh (see texture_bake).
     result = dataclasses.replace(result, texture=bake_texture(result, ideal_views(views, result)))
     with atomic_output_dir(out, overwrite) as tmp:
-        write_outputs(tmp, views, intrinsics, result, skipped, timings, model=model, avatar_format=avatar_format)
+        write_outputs(tmp, views, intrinsics, result, skipped, timings, model=model, avatar_format=avatar_format,
+                      export=export)
         if summary_extra:
             extend_summary(tmp / "fit_summary.json", summary_extra)
         if report_html:

@@ -6,10 +6,14 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from export_fixtures import MODEL, make_fit
-from flame_prior.export.report import write_report
+from export_fixtures import MODEL, VIEW_SPECS, make_fit
+from flame_prior.errors import InputError
+from flame_prior.export.alignment import alignment_overlay
+from flame_prior.export.report import THUMB_SIDE, _thumbnail_rasters, full_size_views, write_report
+from flame_prior.export_config import ExportConfig
 
 
 class _Links(HTMLParser):
@@ -39,8 +43,10 @@ def _parse(path):
 
 def test_report_links_and_rows(tmp_path):
     views, result, intr, skipped = make_fit()
+    result.views[2].flags = ["rotation uncertainty 0.60° > 0.45°"]
+    result.views[0].landmark_error_px = 50.0  # the worst
     path = write_report(tmp_path, views, result, intr, skipped, {"images": 0.3, "observe": 2.0, "fit": 5.5},
-                        model=MODEL)
+                        model=MODEL, worst_views=1)
     assert path == tmp_path / "report.html"
     p = _parse(path)
     files = [link for link in p.links if not link.startswith("#")]
@@ -56,7 +62,18 @@ def test_report_links_and_rows(tmp_path):
         assert sk.reason in text
     assert "no expression space" in text and "exif" in text
     assert (tmp_path / "report" / "loss_curves.png").exists()
-    assert (tmp_path / "report" / "contact_sheet.jpg").exists()
+    full = set(full_size_views(result, "flagged", 1))
+    assert full == {0, 2}  # the flagged camera and the worst by landmark error
+    text_links = set(files)
+    for i, (v, vf) in enumerate(zip(views, result.views)):
+        thumb = Image.open(tmp_path / "report" / f"{vf.name}_thumb.jpg")  # every view has its thumbnail
+        assert f"report/{vf.name}_thumb.jpg" in text_links
+        assert max(thumb.size) == THUMB_SIDE
+        assert abs(thumb.size[0] / thumb.size[1] - v.image.width / v.image.height) < 0.02
+        for kind in ("landmarks", "model", "alignment"):  # full-size pictures for the chosen views only
+            assert (tmp_path / "report" / f"{vf.name}_{kind}.jpg").exists() == (i in full), (vf.name, kind)
+        assert (f"id='view-{vf.name}'" in text) == (i in full)
+    assert "class='flagged'" in text
 
 
 def test_report_uses_given_renders_and_escapes(tmp_path):
@@ -68,7 +85,7 @@ def test_report_uses_given_renders_and_escapes(tmp_path):
         r[..., 0] = 255
         r[: v.image.height // 2, :, 3] = 255  # opaque red on the top half only
         renders.append(r)
-    path = write_report(tmp_path, views, result, intr, skipped, {}, renders=renders)
+    path = write_report(tmp_path, views, result, intr, skipped, {}, renders=renders, full_views="all")
     text = path.read_text(encoding="utf-8")
     assert "<script>" not in text and "&lt;script&gt;" in text
     im = np.asarray(Image.open(tmp_path / "report" / f"{result.views[0].name}_model.jpg"), dtype=float)
@@ -101,3 +118,52 @@ def test_time_card_does_not_add_a_step_to_its_own_parts(tmp_path):
     text = write_report(tmp_path, views, result, intr, [], {k: v for k, v in timings.items() if k != "total"}
                         ).read_text(encoding="utf-8")
     assert re.search(r"<th>total</th><th class='num'>3\.4 min</th>", text), "sum of the steps: 204 s"
+
+
+def test_full_size_views_choice():
+    """flagged: the flagged cameras and the k worst relative landmark errors (no value counts as worst);
+    all / none: every view / no view."""
+    _, result, _, _ = make_fit()
+    n = len(result.views)
+    for k, vf in enumerate(result.views):
+        vf.landmark_error_px, vf.eye_distance_px = 1.0 + k, 100.0  # the last views are the worst
+        vf.flags = []
+    assert full_size_views(result, "all") == list(range(n))
+    assert full_size_views(result, "none") == []
+    assert full_size_views(result, "flagged", 1) == [n - 1]
+    assert full_size_views(result, "flagged", 0) == []
+    result.views[0].flags = ["face small"]
+    assert full_size_views(result, "flagged", 2) == [0, n - 2, n - 1]
+    result.views[1].landmark_error_px = float("nan")
+    assert full_size_views(result, "flagged", 1) == [0, 1]
+    assert full_size_views(result, "flagged", 10) == list(range(n))
+
+
+def test_batched_thumbnail_rasters_match_the_alignment_check_of_each_view():
+    """The thumbnails' batched rasterization (views of one size together) draws the same picture as
+    the alignment check rasterizing its view alone, and that picture shows the model over the photo."""
+    specs = [VIEW_SPECS[0], (320, 240, 520.0, 520.0, 165.0, 118.0, 25.0, 3.0), VIEW_SPECS[3]]
+    views, result, _, _ = make_fit(specs)  # views 0 and 1 share a size: one batch of two
+    scale = [THUMB_SIDE / max(v.image.width, v.image.height) for v in views]
+    sizes = {i: (round(v.image.width * scale[i]), round(v.image.height * scale[i])) for i, v in enumerate(views)}
+    assert sizes[0] == sizes[1] != sizes[2]
+    rasters = _thumbnail_rasters(result, list(range(len(views))), sizes)
+    for i, v in enumerate(views):
+        rast, normals = rasters[i]
+        w, h = sizes[i]
+        assert tuple(rast.shape) == (1, h, w, 4)
+        batched = np.asarray(alignment_overlay(v.image.pixels, result, i, scale[i], rast=rast, normals=normals), float)
+        alone = np.asarray(alignment_overlay(v.image.pixels, result, i, scale[i]), float)
+        assert np.abs(batched - alone).max() <= 1.0
+        covered = rast[0, ..., 3].numpy() > 0
+        assert 0.02 < covered.mean() < 0.98  # the head is in the picture, not all of it
+        photo = np.asarray(Image.fromarray(v.image.pixels).resize((w, h)), float)
+        assert np.abs(batched - photo)[covered].mean() > 10  # the model is drawn over the photo there
+
+
+def test_export_config_refuses_bad_values():
+    ExportConfig().check()
+    with pytest.raises(InputError, match="report-full-views"):
+        ExportConfig(report_full_views="some").check()
+    with pytest.raises(InputError, match="report-worst-views"):
+        ExportConfig(report_worst_views=-1).check()

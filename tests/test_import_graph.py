@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flame_prior"
 #: for packages, everything under it.
 LAYERS = [
     ["flame_prior.errors", "flame_prior.files", "flame_prior.geometry", "flame_prior.progress", "flame_prior.quiet",
-     "flame_prior.camera_trust", "flame_prior.threads", "flame_prior.shapes", "flame_prior.tracker_config"],
+     "flame_prior.camera_trust", "flame_prior.threads", "flame_prior.shapes", "flame_prior.tracker_config",
+     "flame_prior.export_config"],
     ["flame_prior.images", "flame_prior.flame", "flame_prior.render", "flame_prior.render_head",
      "flame_prior.embedding_builder", "flame_prior.lpips_weights"],
     ["flame_prior.detectors", "flame_prior.cache"],

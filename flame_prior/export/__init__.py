@@ -33,6 +33,7 @@ from flame_prior.export.flame_params import write_flame_params
 from flame_prior.export.mesh import write_textured_mesh
 from flame_prior.export.nerfstudio import write_images_and_masks, write_transforms
 from flame_prior.export.report import write_report
+from flame_prior.export_config import ExportConfig
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
@@ -58,7 +59,7 @@ COLMAP_SUBDIR = "colmap_text"
 
 def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics: Intrinsics, result: FitResult,
                   skipped: list[SkippedInput], timings: dict, *, model: ModelInfo, avatar_format: bool,
-                  renders: list[np.ndarray] | None = None) -> None:
+                  renders: list[np.ndarray] | None = None, export: ExportConfig | None = None) -> None:
     """Write every export of ``result`` into ``out_dir`` (created if missing; layout: module docstring).
 
     The caller owns atomicity (write into a temporary folder, then rename).
@@ -73,6 +74,7 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
         model: the model files the fit used (``fit_summary.json``, the avatar metadata, the report).
         avatar_format: also write the FLAME-avatar data set under ``avatar/``.
         renders: per-view renders for the report (default: :func:`~.report.render_previews`).
+        export: the report's options (default: :class:`~flame_prior.export_config.ExportConfig`'s).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,4 +85,6 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
     write_textured_mesh(out, result)
     if avatar_format:
         write_avatar_dataset(out / AVATAR_SUBDIR, views, result, model=model)
-    write_report(out, views, result, intrinsics, skipped, timings, renders=renders, model=model)
+    export = export or ExportConfig()
+    write_report(out, views, result, intrinsics, skipped, timings, renders=renders, model=model,
+                 full_views=export.report_full_views, worst_views=export.report_worst_views)
