@@ -506,7 +506,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
 {notes_html}
 <div class="cards">{views_card}{intr_card}{model_card}{time_card}</div>
 <h2>Contact sheet</h2>
-<p class="sub">Every view's alignment check: {ALIGNMENT_CAPTION}. Caption: landmark error / eye-corner distance;
+<p class="sub">Every view, {ALIGNMENT_CAPTION}. Caption: landmark error / eye-corner distance;
 flagged cameras outlined in red.</p>
 {"<div class='sheet'>" + "".join(cells) + "</div>" if cells else "<p class='sub'>no views</p>"}
 <h2>Loss per stage</h2>
