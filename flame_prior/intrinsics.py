@@ -24,7 +24,11 @@ applies wins, and every source that is skipped leaves a note saying why:
    whose head poses (read off the landmarks, :mod:`flame_prior.colmap_pairs`) are close; incremental
    mapping with few bundle adjustments (:func:`_mapper_for_few_views`); the largest reconstruction is taken when it
    registers at least half of the views. Its poses go to the fit
-   (:attr:`Intrinsics.poses`, :mod:`flame_prior.fit.multiview`), not only its focal.
+   (:attr:`Intrinsics.poses`, :mod:`flame_prior.fit.multiview`), not only its focal. In a rigid scene
+   (:attr:`IntrinsicsConfig.colmap_lens`) the camera is RADIAL instead: its ``k1, k2`` are refined in
+   bundle adjustment, checked (plausible, and lowering the reprojection error against the same tracks
+   re-adjusted as a pinhole) and handed to the fit as :attr:`Intrinsics.distortion`, the path a
+   calibration's lens takes.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
 4. ``"optimised"`` (two views or more): the focal starts at :attr:`IntrinsicsConfig.prior_fov_deg`
    and the fitter refines one shared focal scale (``Intrinsics.optimise_focal``).
@@ -80,8 +84,9 @@ __all__ = [
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given", "file"]
 SceneKind = Literal["turning-head", "rigid-scene"]
-_COLMAP_CACHE_VERSION = 4  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind;
+_COLMAP_CACHE_VERSION = 5  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind;
 # 4: no SIFT upsampling, pairs by head pose, fewer bundle adjustments (issue 16's cold-run budget)
+# 5: a radial lens estimated in a rigid scene (view_distortion)
 
 
 @dataclass
@@ -194,6 +199,11 @@ class IntrinsicsConfig:
     colmap_max_image_side: int = 1024
     """COLMAP sees every image downscaled so that its long side is at most this many pixels (and, for a turning
     head, cropped to the box the head masks cover): the cold run's cost falls with the area."""
+    colmap_lens: Literal["auto", "none", "radial"] = "auto"
+    """Radial lens distortion estimated by COLMAP (its RADIAL camera, ``k1, k2`` refined in bundle adjustment) and
+    handed to the fit like a calibration's lens: radial = always; none = never (SIMPLE_PINHOLE); auto = in a
+    rigid scene only (tracks over the whole frame constrain the lens; a turning head's tracks on the head alone
+    do not). An implausible lens, or one that does not lower the reprojection error by 10 %, is dropped with a note."""
     scene_kind: Literal["auto", "turning-head", "rigid-scene"] = "auto"
     """turning-head: a fixed camera and a turning head, only head pixels are rigid with the head (COLMAP on the
     head masks); rigid-scene: a camera moving around a still head or a synchronised rig, the whole image is rigid
@@ -232,6 +242,8 @@ class IntrinsicsConfig:
                      "0 or more")
         check_option(self.colmap_max_image_side >= 64, prefix + "colmap_max_image_side", self.colmap_max_image_side,
                      "at least 64 pixels")
+        check_option(self.colmap_lens in ("auto", "none", "radial"), prefix + "colmap_lens", self.colmap_lens,
+                     "auto, none or radial")
         check_option(self.scene_kind in ("auto", "turning-head", "rigid-scene"), prefix + "scene_kind",
                      self.scene_kind, "auto, turning-head or rigid-scene")
         check_option(0 < self.prior_fov_deg < 180, prefix + "prior_fov_deg", self.prior_fov_deg,
@@ -251,12 +263,16 @@ class ColmapResult:
         view_focal_px, view_cx, view_cy: ``(N,)`` each view's own camera (one COLMAP camera per
             image size); a view whose size got no registered image takes the main camera's field
             of view in its own pixel grid, centred.
+        view_distortion: ``(N, 5)`` OpenCV ``k1, k2, p1, p2, k3`` COLMAP estimated (a RADIAL camera:
+            ``k1, k2``; :attr:`IntrinsicsConfig.colmap_lens`), or None (pinhole, or a held calibration).
         figures: ``registered``, ``total``, ``mean_reprojection_error_px`` (COLMAP's own),
             ``reprojection_check_px`` (recomputed here from ``w2c`` and the intrinsics: the same
             number when the conventions agree), ``points3d``, ``focal_px``, ``vertical_fov_deg``,
             ``seconds`` (wall, in all) and ``seconds_extract``, ``seconds_match``, ``seconds_map``, the same
             in CPU seconds (``cpu_seconds``, ``cpu_seconds_extract``, ...), ``threads``, ``pairs`` (matched,
             or None for every pair).
+            With an estimated lens ``lens`` (``k1``, ``k2`` of the main camera, ``kept``, ``shift_px``, the
+            reprojection error with and without it, ``note``).
     """
 
     w2c: np.ndarray
@@ -269,6 +285,7 @@ class ColmapResult:
     view_cx: np.ndarray
     view_cy: np.ndarray
     faceless: FacelessCameras | None = None
+    view_distortion: np.ndarray | None = None
 
     @property
     def poses(self) -> ColmapPoses:
@@ -355,13 +372,13 @@ def estimate_intrinsics(
     if config.focal_px is not None:
         notes.append(f"focal {config.focal_px:.1f} px given by the user")
         colmap = _try_colmap(views, config, workdir, progress, notes, faceless=faceless)
-        return result(np.full(n, float(config.focal_px)), "given",
+        return result(np.full(n, float(config.focal_px)), "given", distortion=_estimated_lens(colmap),
                       poses=None if colmap is None else colmap.poses)
 
     colmap = _try_colmap(views, config, workdir, progress, notes, faceless=faceless)
     if colmap is not None:
         return result(colmap.view_focal_px, "colmap", cx=colmap.view_cx, cy=colmap.view_cy,
-                      colmap=colmap.figures,
+                      colmap=colmap.figures, distortion=_estimated_lens(colmap),
                       poses=colmap.poses)
 
     if config.use_exif:
@@ -377,6 +394,20 @@ def estimate_intrinsics(
 
     # "optimised" or "prior", decided by optimise_focal and the number of views.
     return result([focal_from_fov(config.prior_fov_deg, h) for h in heights], "prior")
+
+
+def _estimated_lens(colmap: ColmapResult | None) -> np.ndarray | None:
+    """The ``(N, 5)`` lens COLMAP estimated, for the fit (the path a calibration's lens takes), or None."""
+    if colmap is None or colmap.view_distortion is None or not np.any(colmap.view_distortion != 0.0):
+        return None
+    return colmap.view_distortion.copy()
+
+
+def _estimates_lens(config: IntrinsicsConfig, scene_kind: SceneKind, known: KnownIntrinsics | None) -> bool:
+    """Whether COLMAP estimates a radial lens (:attr:`IntrinsicsConfig.colmap_lens`); never over a held calibration."""
+    if known is not None or config.colmap_lens == "none":
+        return False
+    return config.colmap_lens == "radial" or scene_kind == "rigid-scene"
 
 
 def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
@@ -442,7 +473,8 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
     got = np.flatnonzero(rec.registered[n:])
     if len(got):
         j = n + got
-        dist = None if known is None else known.distortion[j]
+        dist = (None if rec.view_distortion is None else rec.view_distortion[j]) if known is None else \
+            known.distortion[j]
         cams = FacelessCameras([faceless[i].name for i in got], rec.w2c[j], rec.view_focal_px[j].copy(),
                                rec.view_focal_px[j].copy(), rec.view_cx[j], rec.view_cy[j],
                                np.array([faceless[i].width for i in got]), np.array([faceless[i].height for i in got]),
@@ -455,7 +487,8 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
         cams = None
         notes.append(f"COLMAP registered none of the {len(faceless)} images without a detected face")
     out = ColmapResult(rec.w2c[:n], rec.registered[:n], rec.focal_px, rec.cx, rec.cy, rec.figures,
-                       rec.view_focal_px[:n], rec.view_cx[:n], rec.view_cy[:n])
+                       rec.view_focal_px[:n], rec.view_cx[:n], rec.view_cy[:n],
+                       view_distortion=None if rec.view_distortion is None else rec.view_distortion[:n])
     out.faceless = cams
     return out
 
@@ -475,6 +508,8 @@ def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: l
     if known is None:
         _drop_implausible_cameras(rec, views, notes)
     fig = rec.figures
+    if "lens" in fig:
+        notes.append(fig["lens"]["note"])
     summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
                f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
                f"({fig['vertical_fov_deg']:.1f} deg vertical FOV)")
@@ -521,6 +556,9 @@ def _drop_implausible_cameras(rec: ColmapResult, views, notes: list[str]) -> Non
     rec.registered[bad] = False
     rec.w2c[bad] = np.nan
     _take_main_fov(rec, bad, views, med)
+    if rec.view_distortion is not None:  # their lens: the median of the believed cameras'
+        rec.view_distortion[bad] = np.median(rec.view_distortion[ok & rec.registered if (ok & rec.registered).any()
+                                                                 else ok], axis=0)
     if main_bad:
         main = int(np.flatnonzero(rec.registered)[0]) if rec.registered.any() else int(np.flatnonzero(ok)[0])
         rec.focal_px, rec.cx, rec.cy = (float(rec.view_focal_px[main]), float(rec.view_cx[main]),
@@ -598,6 +636,7 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
                                                 "colmap_pair_max_angle_deg",
                                                 "focal_px")}
     settings["scene_kind"] = scene_kind
+    settings["colmap_lens"] = _estimates_lens(config, scene_kind, known)  # what the run does, not the option
     if config.colmap_cameras != "per_size":
         settings["colmap_cameras"] = config.colmap_cameras
     if known is not None:
@@ -624,7 +663,8 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
             with np.load(path, allow_pickle=False) as z:
                 rec = ColmapResult(z["w2c"], z["registered"].astype(bool), float(z["focal_px"]), float(z["cx"]),
                                    float(z["cy"]), json.loads(str(z["figures"])), z["view_focal_px"], z["view_cx"],
-                                   z["view_cy"])
+                                   z["view_cy"], view_distortion=z["view_distortion"] if "view_distortion" in z
+                                   else None)
             if len(rec.w2c) == len(views):
                 if notes is not None:
                     notes.append(f"COLMAP result reused from the cache ({path.name})")
@@ -636,7 +676,8 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
     if config.use_cache:
         save_npz_atomic(path, w2c=rec.w2c, registered=rec.registered, focal_px=np.float64(rec.focal_px),
                         cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)),
-                        view_focal_px=rec.view_focal_px, view_cx=rec.view_cx, view_cy=rec.view_cy)
+                        view_focal_px=rec.view_focal_px, view_cx=rec.view_cx, view_cy=rec.view_cy,
+                        **({} if rec.view_distortion is None else {"view_distortion": rec.view_distortion}))
     return rec
 
 
@@ -727,7 +768,8 @@ def run_colmap(
     known: KnownIntrinsics | None = None,
 ) -> ColmapResult:
     """Structure from motion, one SIMPLE_PINHOLE camera per image size, principal point at the image
-    centre (held), focal estimated (or held at ``config.focal_px``). With ``known`` intrinsics (a
+    centre (held), focal estimated (or held at ``config.focal_px``); a RADIAL camera (``k1, k2`` refined,
+    then checked by :func:`_check_radial_lens`) where :attr:`IntrinsicsConfig.colmap_lens` asks for one. With ``known`` intrinsics (a
     calibration file): one camera per view, PINHOLE (or OPENCV when a lens is given) with the file's
     ``fx, fy, cx, cy`` and lens brought to COLMAP's crop and scale, all held by the mapper.
 
@@ -803,7 +845,9 @@ def run_colmap(
         step("extracting SIFT features", advance=1)
 
         reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = "SIMPLE_PINHOLE" if known is None else "OPENCV" if known.distortion.any() else "PINHOLE"
+        lens = _estimates_lens(config, scene_kind, known)
+        reader.camera_model = ("RADIAL" if lens else "SIMPLE_PINHOLE") if known is None else \
+            "OPENCV" if known.distortion.any() else "PINHOLE"
         if scene_kind == "turning-head":
             reader.mask_path = str(mask_dir)
         extraction = pycolmap.FeatureExtractionOptions()
@@ -870,7 +914,13 @@ def run_colmap(
         if not reconstructions:
             raise RuntimeError("COLMAP reconstructed nothing (too few matches)")
         rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+        lens_figures = None
+        if lens:
+            step("checking the lens", advance=0)
+            rec, lens_figures = _check_radial_lens(rec, refine_focal=config.focal_px is None)
         result = _read_reconstruction(rec, names, [(w.out_w, w.out_h) for w in windows])
+        if lens_figures is not None:
+            result.figures["lens"] = lens_figures
     _to_original_pixels(result, views, windows)
     clock.lap("map")
     result.figures.update(clock.figures(), threads=threads, pairs=len(pairs) if pairs is not None else None,
@@ -957,7 +1007,8 @@ def _set_principal_points(database: Path, names: list[str], views, windows: list
             W, H = view.image.width, view.image.height
             scale = 0.5 * (win.sx + win.sy)
             f = focal_px * scale if focal_px is not None else 1.2 * max(W, H) * scale  # COLMAP's default factor
-            camera.params = [f, (W / 2 - win.x0) * win.sx, (H / 2 - win.y0) * win.sy]
+            lens = [0.0] * (len(camera.params) - 3)  # a RADIAL camera's k1, k2 start at zero
+            camera.params = [f, (W / 2 - win.x0) * win.sx, (H / 2 - win.y0) * win.sy, *lens]
             camera.has_prior_focal_length = focal_px is not None
             db.update_camera(camera)
     finally:
@@ -1024,14 +1075,86 @@ def _to_original_pixels(result: "ColmapResult", views, windows: list[_Window]) -
     fig["vertical_fov_deg"] = fov_from_focal(result.focal_px, H_main)
 
 
-#: COLMAP camera models read back: estimated (SIMPLE_PINHOLE) or held from a calibration file.
-_READ_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "OPENCV", "FULL_OPENCV")
+#: COLMAP camera models read back: estimated (SIMPLE_PINHOLE, RADIAL) or held from a calibration file.
+_READ_MODELS = ("SIMPLE_PINHOLE", "RADIAL", "PINHOLE", "OPENCV", "FULL_OPENCV")
+
+#: An estimated radial lens is believed only with ``|k1|`` and ``|k2|`` within these bounds, a radius that
+#: grows monotonically out to the image corners, and a reprojection error at most this fraction of the
+#: pinhole camera's (the same tracks re-adjusted without the lens). The ratio is close to 1 because a
+#: pinhole's poses, focal and points absorb most of a lens: on a synthetic room seen through k1 = -0.12,
+#: 0.08 px with the lens against 0.09 px without, yet the pinhole's focal was 12 % off. A lens that moves
+#: no image corner by this many of COLMAP's pixels changes nothing and is dropped too.
+_PLAUSIBLE_K1, _PLAUSIBLE_K2 = 0.6, 1.0
+_LENS_ERROR_RATIO = 0.99
+_NEGLIGIBLE_LENS_PX = 1.0
 
 
 def _focal_cx_cy(camera) -> tuple[float, float, float]:
     """A COLMAP camera's focal (the mean of ``fx, fy`` for a held calibration), ``cx, cy``, pixels."""
     p = [float(v) for v in camera.params]
-    return (p[0], p[1], p[2]) if camera.model_name == "SIMPLE_PINHOLE" else (0.5 * (p[0] + p[1]), p[2], p[3])
+    return (p[0], p[1], p[2]) if camera.model_name in ("SIMPLE_PINHOLE", "RADIAL") else \
+        (0.5 * (p[0] + p[1]), p[2], p[3])
+
+
+def _radial_lens_problem(camera) -> str | None:
+    """Why a RADIAL camera's ``k1, k2`` are not a plausible lens, or None."""
+    f, cx, cy, k1, k2 = (float(v) for v in camera.params)
+    if not (f > 0 and abs(k1) <= _PLAUSIBLE_K1 and abs(k2) <= _PLAUSIBLE_K2):
+        return f"k1 {k1:.3f}, k2 {k2:.3f} beyond |k1| <= {_PLAUSIBLE_K1}, |k2| <= {_PLAUSIBLE_K2}"
+    r_max = math.hypot(max(cx, camera.width - cx), max(cy, camera.height - cy)) / f  # the farthest corner
+    r2 = np.linspace(0.0, r_max, 64) ** 2
+    if np.any(1.0 + 3.0 * k1 * r2 + 5.0 * k2 * r2 * r2 <= 0.0):  # d/dr of r (1 + k1 r^2 + k2 r^4)
+        return f"k1 {k1:.3f}, k2 {k2:.3f} fold the image back before its corners"
+    return None
+
+
+def _lens_shift_px(camera) -> float:
+    """The largest shift (pixels) a RADIAL camera's lens gives any point out to the image corners."""
+    f, cx, cy, k1, k2 = (float(v) for v in camera.params)
+    r = np.linspace(0.0, math.hypot(max(cx, camera.width - cx), max(cy, camera.height - cy)) / f, 64)
+    return float(np.max(np.abs(f * r * r * r * (k1 + k2 * r * r))))
+
+
+def _check_radial_lens(rec, refine_focal: bool):
+    """The guard on COLMAP's estimated radial lens: ``(reconstruction, figures)``.
+
+    The same tracks are bundle-adjusted again with every lens set to zero and held (a pinhole camera).
+    The lens is kept (``rec`` returned) when every camera's is plausible (:func:`_radial_lens_problem`)
+    and it lowers the mean reprojection error to at most ``_LENS_ERROR_RATIO`` of the pinhole's; else
+    the pinhole reconstruction is returned. ``figures["note"]`` says which and why."""
+    import pycolmap
+
+    error_lens = float(rec.compute_mean_reprojection_error())
+    pinhole = pycolmap.Reconstruction(rec)
+    for camera in pinhole.cameras.values():
+        camera.params = [*list(camera.params)[:3], 0.0, 0.0]
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_focal_length = refine_focal
+    options.refine_principal_point = False
+    options.refine_extra_params = False
+    pycolmap.bundle_adjustment(pinhole, options)
+    error_pinhole = float(pinhole.compute_mean_reprojection_error())
+    ids = [im.camera_id for im in rec.images.values() if im.has_pose]
+    main = rec.cameras[max(set(ids), key=ids.count)]
+    k1, k2 = (float(v) for v in list(main.params)[3:5])
+    problems = [f"camera {cid}: {why}" for cid, cam in rec.cameras.items()
+                if (why := _radial_lens_problem(cam)) is not None]
+    errors = f"reprojection error {error_lens:.2f} px with it, {error_pinhole:.2f} px without"
+    shift = max(_lens_shift_px(cam) for cam in rec.cameras.values())
+    if problems:
+        kept, note = False, f"COLMAP's radial lens dropped (implausible: {'; '.join(problems[:3])}; {errors})"
+    elif shift < _NEGLIGIBLE_LENS_PX:
+        kept, note = False, (f"COLMAP's radial lens (k1 {k1:.3f}, k2 {k2:.3f}) dropped: negligible (it moves no "
+                             f"point by {_NEGLIGIBLE_LENS_PX:g} px; {errors})")
+    elif not error_lens <= _LENS_ERROR_RATIO * error_pinhole:
+        kept, note = False, (f"COLMAP's radial lens (k1 {k1:.3f}, k2 {k2:.3f}) dropped: it does not lower the "
+                             f"{errors} by {100 * (1 - _LENS_ERROR_RATIO):.0f} %")
+    else:
+        kept, note = True, (f"COLMAP estimated a radial lens, k1 {k1:.3f}, k2 {k2:.3f} ({errors}): the fit works "
+                            "in the ideal pinhole images, the exports write the lens")
+    figures = {"k1": k1, "k2": k2, "kept": kept, "shift_px": shift, "error_lens_px": error_lens, "error_pinhole_px": error_pinhole,
+               "note": note}
+    return (rec if kept else pinhole), figures
 
 
 def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) -> ColmapResult:
@@ -1043,13 +1166,16 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     w2c = np.full((n, 4, 4), np.nan)
     registered = np.zeros(n, dtype=bool)
     params = np.full((n, 3), np.nan)  # f, cx, cy of each view's camera
+    lens = np.zeros((n, 5))  # k1, k2, p1, p2, k3 of each view's estimated (RADIAL) camera
     for image in rec.images.values():
         i = index[image.name]
         camera = rec.cameras[image.camera_id]
         if camera.model_name not in _READ_MODELS or (camera.width, camera.height) != sizes[i]:
             raise RuntimeError(f"COLMAP camera is {camera.model_name} {camera.width}x{camera.height}, "
-                               f"expected SIMPLE_PINHOLE {sizes[i][0]}x{sizes[i][1]}")
+                               f"expected one of {', '.join(_READ_MODELS)} {sizes[i][0]}x{sizes[i][1]}")
         params[i] = _focal_cx_cy(camera)
+        if camera.model_name == "RADIAL":  # k1, k2 act on normalised coordinates: unchanged by crop and scale
+            lens[i, :2] = [float(v) for v in list(camera.params)[3:5]]
         if image.has_pose:
             registered[i] = True
             w2c[i] = np.eye(4)
@@ -1062,6 +1188,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     camera_found = np.isfinite(params[:, 0])
     main_view = int(next(i for i in range(n) if registered[i] and rec.images[
         next(k for k in rec.images if rec.images[k].name == names[i])].camera_id == main))
+    lens[~camera_found] = lens[main_view]  # a size without a camera: the main one's lens (and FOV, later)
 
     # Reproject every 3D point into its track with our own pinhole maths, averaged like COLMAP
     # (per point over its track, then over points): it matches COLMAP's figure only when
@@ -1078,7 +1205,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
             if camera.model_name == "SIMPLE_PINHOLE":
                 fi, cxi, cyi = params[i]
                 errs.append(np.hypot(fi * pc[0] / pc[2] + cxi - uv[0], fi * pc[1] / pc[2] + cyi - uv[1]))
-            else:  # a held calibration (lens included): COLMAP's own projection
+            else:  # a held calibration or an estimated lens: COLMAP's own projection
                 errs.append(np.hypot(*(camera.img_from_cam(pc[None]).reshape(2) - uv)))
         point_errors.append(np.mean(errs))
     rec.update_point_3d_errors()
@@ -1095,7 +1222,8 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
         "camera_found": camera_found.tolist(),
     }
     return ColmapResult(w2c=w2c, registered=registered, focal_px=f, cx=cx, cy=cy, figures=figures,
-                        view_focal_px=params[:, 0].copy(), view_cx=params[:, 1].copy(), view_cy=params[:, 2].copy())
+                        view_focal_px=params[:, 0].copy(), view_cx=params[:, 1].copy(), view_cy=params[:, 2].copy(),
+                        view_distortion=lens if lens.any() else None)
 
 
 def rotation_residuals_deg(colmap_w2c: np.ndarray, R: np.ndarray) -> np.ndarray:
