@@ -769,8 +769,8 @@ def run_colmap(
 ) -> ColmapResult:
     """Structure from motion, one SIMPLE_PINHOLE camera per image size, principal point at the image
     centre (held), focal estimated (or held at ``config.focal_px``); a RADIAL camera (``k1, k2`` refined,
-    then checked by :func:`_check_radial_lens`) where :attr:`IntrinsicsConfig.colmap_lens` asks for one. With ``known`` intrinsics (a
-    calibration file): one camera per view, PINHOLE (or OPENCV when a lens is given) with the file's
+    then checked by :func:`_check_radial_lens`) where :attr:`IntrinsicsConfig.colmap_lens` asks for one.
+    With ``known`` intrinsics (a calibration file): one camera per view, PINHOLE (or OPENCV when a lens is given) with the file's
     ``fx, fy, cx, cy`` and lens brought to COLMAP's crop and scale, all held by the mapper.
 
     ``scene_kind="turning-head"``: SIFT inside ``view.detection.mask`` only (a mask PNG per image,
@@ -1119,9 +1119,10 @@ def _check_radial_lens(rec, refine_focal: bool):
     """The guard on COLMAP's estimated radial lens: ``(reconstruction, figures)``.
 
     The same tracks are bundle-adjusted again with every lens set to zero and held (a pinhole camera).
-    The lens is kept (``rec`` returned) when every camera's is plausible (:func:`_radial_lens_problem`)
-    and it lowers the mean reprojection error to at most ``_LENS_ERROR_RATIO`` of the pinhole's; else
-    the pinhole reconstruction is returned. ``figures["note"]`` says which and why."""
+    The lens is kept (``rec`` returned) when every camera's is plausible (:func:`_radial_lens_problem`),
+    it moves some point by ``_NEGLIGIBLE_LENS_PX`` or more, and it lowers the mean reprojection error to at
+    most ``_LENS_ERROR_RATIO`` of the pinhole's; else the pinhole reconstruction is returned (its poses and
+    focal re-adjusted without the lens). ``figures["note"]`` says which and why."""
     import pycolmap
 
     error_lens = float(rec.compute_mean_reprojection_error())
@@ -1152,8 +1153,8 @@ def _check_radial_lens(rec, refine_focal: bool):
     else:
         kept, note = True, (f"COLMAP estimated a radial lens, k1 {k1:.3f}, k2 {k2:.3f} ({errors}): the fit works "
                             "in the ideal pinhole images, the exports write the lens")
-    figures = {"k1": k1, "k2": k2, "kept": kept, "shift_px": shift, "error_lens_px": error_lens, "error_pinhole_px": error_pinhole,
-               "note": note}
+    figures = {"k1": k1, "k2": k2, "kept": kept, "shift_px": shift, "error_lens_px": error_lens,
+               "error_pinhole_px": error_pinhole, "note": note}
     return (rec if kept else pinhole), figures
 
 
