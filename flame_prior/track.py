@@ -31,7 +31,7 @@ the rigid motion only, and says so up front.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -505,7 +505,9 @@ def fit_dynamic(assets, prepared, config, progress=None):
                            config.data, hint="Check that the camera folders show the same moments.")
         key = sorted(counts[full_t[0]], key=lambda i: camera[i])
     key_views = [views[i] for i in key]
-    intr = estimate_intrinsics(key_views, config.intrinsics, progress=progress)  # COLMAP sees still keyframes only
+    # COLMAP sees still keyframes only; it estimates no lens (the tracking below has no lens to use it).
+    intr = estimate_intrinsics(key_views, replace(config.intrinsics, colmap_lens="none"),
+                               progress=progress)
     if intr.distortion is not None:  # tracking projects raw landmarks through pinholes: refuse, never mis-track
         from flame_prior.errors import InputError
 
