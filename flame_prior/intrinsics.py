@@ -1125,6 +1125,7 @@ def _check_radial_lens(rec, refine_focal: bool):
     focal re-adjusted without the lens). ``figures["note"]`` says which and why."""
     import pycolmap
 
+    rec.update_point_3d_errors()  # the stored per-point errors are not refreshed by a bundle adjustment
     error_lens = float(rec.compute_mean_reprojection_error())
     pinhole = pycolmap.Reconstruction(rec)
     for camera in pinhole.cameras.values():
@@ -1133,14 +1134,20 @@ def _check_radial_lens(rec, refine_focal: bool):
     options.refine_focal_length = refine_focal
     options.refine_principal_point = False
     options.refine_extra_params = False
-    pycolmap.bundle_adjustment(pinhole, options)
+    options.print_summary = False
+    adjust = pycolmap.BundleAdjustmentConfig()  # the adjuster itself: pycolmap.bundle_adjustment logs past glog's level
+    for image_id in pinhole.reg_image_ids():
+        adjust.add_image(image_id)
+    adjust.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+    pycolmap.create_default_bundle_adjuster(options, adjust, pinhole).solve()
+    pinhole.update_point_3d_errors()
     error_pinhole = float(pinhole.compute_mean_reprojection_error())
     ids = [im.camera_id for im in rec.images.values() if im.has_pose]
     main = rec.cameras[max(set(ids), key=ids.count)]
     k1, k2 = (float(v) for v in list(main.params)[3:5])
     problems = [f"camera {cid}: {why}" for cid, cam in rec.cameras.items()
                 if (why := _radial_lens_problem(cam)) is not None]
-    errors = f"reprojection error {error_lens:.2f} px with it, {error_pinhole:.2f} px without"
+    errors = f"reprojection error {error_lens:.3f} px with it, {error_pinhole:.3f} px without"
     shift = max(_lens_shift_px(cam) for cam in rec.cameras.values())
     if problems:
         kept, note = False, f"COLMAP's radial lens dropped (implausible: {'; '.join(problems[:3])}; {errors})"
