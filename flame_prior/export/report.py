@@ -450,7 +450,8 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
                   + f"<div style='margin-top:6px'><b>Left out</b>{skipped_html}</div></div>")
 
     col = intrinsics.colmap or {}
-    colmap_rows = "".join(f"<dt>COLMAP {_esc(k.replace('_', ' '))}</dt><dd>{_esc(_short(v))}</dd>" for k, v in col.items())
+    colmap_rows = "".join(f"<dt>COLMAP {_esc(k.replace('_', ' '))}</dt><dd>{_esc(_short(v))}</dd>" for k, v in col.items()
+                          if not isinstance(v, dict))  # nested figures (the estimated lens) are among the notes
     intr_notes = "".join(f"<li>{_esc(n)}</li>" for n in intrinsics.notes)
     fxs = result.cameras.fx.detach().cpu().double().numpy()
     intr_card = (f"<div class='card'><h3>Intrinsics</h3><dl><dt>initial estimate</dt>"
