@@ -197,6 +197,9 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
     idx = torch.arange(b, device=dev)
     yaw = st.yaw()
 
+    if cfg.appearance_steps:  # the stage refines the appearance with the geometry: its gradients are part of a step
+        app.parameters()
+
     def photo_step():  # the photometric stage's own loss on one mini-batch, and its backward
         photometric_loss(st, tg, crops, idx, app, cfg, yaw, topology).backward()
 
@@ -230,7 +233,8 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
             unit = "photometric step (coarse and full size) + 1 appearance solve round"
             fl = (sum((out["photometric_step_s"] if size == cfg.render_size else out["photometric_step_coarse_s"]) * k
                       for size, k in s.steps_by_size.items())
-                  + (per_round if s.iterations > cfg.photometric_steps // 2 >= 5 else 0.0))
+                  + (per_round if s.iterations > cfg.photometric_steps // 2 >= 5 and not cfg.appearance_steps
+                     else 0.0))
         elif s.name == "occlusion":
             unit = "appearance solve + landmark eval"
             fl = out["appearance_solve_s"] + out["landmark_eval_s"] * s.iterations
