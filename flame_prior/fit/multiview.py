@@ -153,25 +153,49 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
         with torch.no_grad():
             _, R = assemble(omega, d, log_k, cam_rot, cam_t)
             yaw = head_yaw_deg(R)
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-10, tolerance_change=1e-12)
 
-        def closure():
-            opt.zero_grad()
-            s, _ = assemble(omega, d, log_k, cam_rot, cam_t)
-            pred = s.project(s.landmarks3d(yaw))
-            loss = landmark_energy(pred, tg, cfg.robust_scale) + prior_energy(s, cfg)
-            loss.backward()
-            history.append(float(loss.detach()))
-            tick()
-            return loss
+        def energy(s: FitState) -> Tensor:
+            return landmark_energy(s.project(s.landmarks3d(yaw)), tg, cfg.robust_scale) + prior_energy(s, cfg)
 
-        opt.step(closure)
+        history += minimise_lbfgs(lambda: energy(assemble(omega, d, log_k, cam_rot, cam_t)[0]), params, steps, tick)
     with torch.no_grad():
         new, _ = assemble(omega, d, log_k, cam_rot, cam_t)
         A = axis_angle_to_rotation_matrix(omega) @ A0
     new = new.replace(**{k: getattr(new, k).detach() for k in ("cam_rot", "cam_t", *names)})
     return new, (A.detach(), d.detach(), log_k.detach()), history
+
+
+def minimise_lbfgs(energy: Callable[[], Tensor], params: list[Tensor], steps: int, tick: Callable[[], None]) -> list[float]:
+    """Minimise ``energy()`` over the tensors ``params`` in place by SciPy's L-BFGS-B (no bounds), at most
+    ``steps`` iterations and ``1.25 steps`` evaluations (torch's LBFGS defaults); the energy per evaluation.
+
+    Not ``torch.optim.LBFGS``: building any ``torch.optim`` optimiser imports ``torch._dynamo``, about 3 s
+    of CPU once per process, more than this whole stage (``scipy.optimize``: 0.5 s). Evaluated in float64.
+    """
+    from scipy.optimize import minimize
+
+    sizes = [p.numel() for p in params]
+    history: list[float] = []
+
+    def load(x: np.ndarray) -> None:
+        with torch.no_grad():
+            for p, chunk in zip(params, np.split(x, np.cumsum(sizes)[:-1])):
+                p.copy_(torch.as_tensor(chunk, dtype=p.dtype, device=p.device).reshape(p.shape))
+
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        load(x)
+        loss = energy()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        history.append(float(loss.detach()))
+        tick()
+        return history[-1], torch.cat([g.reshape(-1) for g in flat]).detach().cpu().double().numpy()
+
+    x0 = torch.cat([p.detach().reshape(-1) for p in params]).cpu().double().numpy()
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": steps, "maxfun": int(steps * 1.25), "maxcor": 20, "ftol": 1e-12, "gtol": 1e-10})
+    load(res.x)
+    return history
 
 
 #: The flag of a camera that only COLMAP gave (no face detected in its image).
