@@ -159,3 +159,43 @@ def test_lbfgs_minimises_in_place_without_torch_dynamo():
     assert abs(float(x0) - 1) < 1e-6 and abs(float(x1) - 1) < 1e-6, p.stdout
     assert float(first) > 1 and float(last) < 1e-10 and int(n) <= 250
     assert dynamo == "False"
+
+
+def _fit_with_colmap_poses(distance_factors):
+    """The demo's synthetic head (4 views), its true cameras handed over as COLMAP's poses in another
+    frame, each camera's centre moved along its ray by ``distance_factors``; landmark fit + multi-view."""
+    import torch
+
+    from flame_prior import demo
+    from flame_prior.demo_config import DemoConfig
+    from flame_prior.fit import FitterConfig, fit_flame
+    from flame_prior.intrinsics import ColmapPoses, Intrinsics
+
+    _, model, emb, ts = demo.demo_assets(0, torch.device("cpu"))
+    sc = demo.render_scene(model, emb, ts, DemoConfig(views=4, image_size=160, seed=0), np.random.default_rng(0))
+    R = sc.cameras.R.numpy()
+    t = sc.cameras.t.numpy() * np.asarray(distance_factors, dtype=np.float64)[:, None]
+    w2c = _to_colmap(R, t, Rotation.from_euler("xyz", [20, -30, 10], degrees=True).as_matrix(), 2.5,
+                     np.array([0.3, -0.2, 1.0]))
+    f = sc.cameras.fx.numpy()
+    c = np.full(4, 80.0)
+    intr = Intrinsics(f, f.copy(), c, c.copy(), "colmap", False, poses=ColmapPoses(w2c, np.ones(4, bool), "rigid-scene"))
+    return fit_flame(model, emb, sc.views, intr, FitterConfig(photometric_steps=0, landmark_steps=10),
+                     uv_layout=(ts.uvs, ts.uv_faces))
+
+
+def test_colmap_model_that_explains_no_face_is_dropped_and_flags_every_camera():
+    """COLMAP's whole model wrong (camera distances 0.5-2.5x: what one camera for lenses of different
+    focal lengths gives): every camera carries the scene's flag and the note says why; the same scene
+    with COLMAP's cameras right follows them, unflagged by that rule."""
+    from flame_prior.fit.multiview import INCONSISTENT_FLAG
+
+    good = _fit_with_colmap_poses([1.0, 1.0, 1.0, 1.0])
+    log = next(s for s in good.stages if s.name == "multiview")
+    assert log.details["used"] == 4 and "scene_flags" not in log.details
+    assert all(INCONSISTENT_FLAG not in v.flags for v in good.views)
+    bad = _fit_with_colmap_poses([0.5, 2.5, 0.6, 2.0])
+    log = next(s for s in bad.stages if s.name == "multiview")
+    assert log.details["scene_flags"] == [INCONSISTENT_FLAG], log.details
+    assert all(INCONSISTENT_FLAG in v.flags for v in bad.views)
+    assert any("do not explain the faces" in n for n in bad.notes)

@@ -230,13 +230,14 @@ def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], app
     eye = _outer_eye_distance(pred, st.emb)
     np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
     c = cams.to_numpy()
+    scene_flags = [flag for s in stages for flag in s.details.get("scene_flags", [])]  # e.g. multiview's
     view_fits = []
     for i, v in enumerate(views):
         rot_sigma, centre_sigma = pose_uncertainty(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i],
                                                    c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
         view_fits.append(ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]),
                                  float(eye[i]), rot_sigma, centre_sigma, float(yaw[i]),
-                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i])),
+                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i])) + scene_flags,
                                  landmark_occluded=occluded[i].cpu().numpy()))
     flame = {
         "shape": np_(st.shape[0]), "expression": np_(st.expression[0]), "rotation": np.zeros(3),

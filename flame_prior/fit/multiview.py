@@ -198,6 +198,14 @@ def minimise_lbfgs(energy: Callable[[], Tensor], params: list[Tensor], steps: in
     return history
 
 
+#: COLMAP's model is rejected as a whole when the median landmark error of the views that follow it
+#: exceeds this many times ``FitterConfig.multiview_max_landmark_error`` (a good scene: a few %).
+INCONSISTENT_FACTOR = 3.0
+
+#: The flag every camera of such a scene gets (``StageLog.details["scene_flags"]``, read by the fitter).
+INCONSISTENT_FLAG = "intrinsics not trusted: COLMAP's model does not explain the faces (multi-view stage)"
+
+
 #: The flag of a camera that only COLMAP gave (no face detected in its image).
 FACELESS_FLAG = "no face detected: COLMAP's camera through the similarity, no landmark check"
 
@@ -279,6 +287,20 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
     if not new.finite():
         notes.append("multi-view: the refinement produced NaN/Inf; landmark cameras kept")
         return st, stage_log("multiview", st, tg, started, 0, history, notes)
+    if typical > INCONSISTENT_FACTOR * cfg.multiview_max_landmark_error:
+        # Not one bad registration but COLMAP's whole model: its cameras cannot explain the faces, so its
+        # intrinsics (the focal the landmark cameras used too) are not this capture's. Its relative
+        # rotations were still the best cameras on the scan rigs that showed it (ten cameras of
+        # different focal lengths given one COLMAP camera: "focals" 0.97 deg median against 8.3 deg for
+        # the landmark cameras, "small_faces" 0.69 against 2.6), so they are kept, and every camera is
+        # flagged: before this rule a landmark camera 10 deg off went unflagged there.
+        details["scene_flags"] = [INCONSISTENT_FLAG]
+        notes.append(f"multi-view: COLMAP's cameras do not explain the faces (median landmark error "
+                     f"{100 * typical:.0f} % of the face size with them, limit "
+                     f"{100 * INCONSISTENT_FACTOR * cfg.multiview_max_landmark_error:.0f} %): its model, focal "
+                     f"length included, is not this capture's (cameras of different focal lengths or lenses?); "
+                     f"every camera is flagged. Pass the calibration (--intrinsics.file) or try "
+                     f"--intrinsics.colmap-cameras per_view")
     new = dataclasses.replace(new, camera_fixed=torch.as_tensor(use, device=device))
     A_t, d_t, log_k = sim
     if poses.faceless is not None:
