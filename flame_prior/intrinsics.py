@@ -203,7 +203,7 @@ class IntrinsicsConfig:
     """Radial lens distortion estimated by COLMAP (its RADIAL camera, ``k1, k2`` refined in bundle adjustment) and
     handed to the fit like a calibration's lens: radial = always; none = never (SIMPLE_PINHOLE); auto = in a
     rigid scene only (tracks over the whole frame constrain the lens; a turning head's tracks on the head alone
-    do not). An implausible lens, or one that does not lower the reprojection error by 10 %, is dropped with a note."""
+    do not). An implausible lens, or one that does not lower the reprojection error by 1 %, is dropped with a note."""
     scene_kind: Literal["auto", "turning-head", "rigid-scene"] = "auto"
     """turning-head: a fixed camera and a turning head, only head pixels are rigid with the head (COLMAP on the
     head masks); rigid-scene: a camera moving around a still head or a synchronised rig, the whole image is rigid
@@ -598,7 +598,7 @@ def detect_scene_kind(views: list[ViewObservation], notes: list[str] | None = No
 
     def small(v):
         gray = cv2.resize(cv2.cvtColor(v.image.pixels, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
-        head = cv2.dilate(cv2.resize((v.detection.mask >= 0.5).astype(np.uint8), size,
+        head = cv2.dilate(cv2.resize(v.detection.head_mask.astype(np.uint8), size,
                                      interpolation=cv2.INTER_NEAREST), kernel)
         return gray.astype(np.float32), head > 0
 
@@ -630,7 +630,7 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
     h = hashlib.sha256()
     for v in views:
         h.update(v.image.sha256.encode())
-        h.update(hashlib.sha256(np.ascontiguousarray((v.detection.mask >= 0.5).astype(np.uint8))).digest())
+        h.update(hashlib.sha256(np.ascontiguousarray(v.detection.head_mask.astype(np.uint8))).digest())
     settings = {k: getattr(config, k) for k in ("colmap_peak_threshold", "colmap_max_features",
                                                 "colmap_mask_erode_px", "colmap_seed", "colmap_max_image_side",
                                                 "colmap_pair_max_angle_deg",
@@ -745,7 +745,7 @@ def _colmap_windows(views: list[ViewObservation], config: IntrinsicsConfig, scen
             boxes = []
             for v, size in zip(views, sizes):
                 if size == (W, H):
-                    ys, xs = np.nonzero(v.detection.mask >= 0.5)
+                    ys, xs = np.nonzero(v.detection.head_mask)
                     if len(xs):
                         boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
             if boxes:
@@ -829,14 +829,14 @@ def run_colmap(
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         step("writing images" + (" and head masks" if scene_kind == "turning-head" else ""))
         for name, view, win in zip(names, views, windows):
-            check_shape(view.detection.mask, [view.image.height, view.image.width], f"{view.image.name}: mask")
+            check_shape(view.detection.mask_u8, [view.image.height, view.image.width], f"{view.image.name}: mask")
             crop = (slice(win.y0, win.y0 + win.h), slice(win.x0, win.x0 + win.w))
             pixels = cv2.resize(view.image.pixels[crop], (win.out_w, win.out_h), interpolation=cv2.INTER_AREA)
             (image_dir / name).parent.mkdir(exist_ok=True)
             cv2.imwrite(str(image_dir / name), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
                         [cv2.IMWRITE_PNG_COMPRESSION, 1])
             if scene_kind == "turning-head":
-                mask = (view.detection.mask >= 0.5).astype(np.uint8) * 255
+                mask = view.detection.head_mask.astype(np.uint8) * 255
                 if kernel is not None:
                     mask = cv2.erode(mask, kernel)
                 mask = cv2.resize(mask[crop], (win.out_w, win.out_h), interpolation=cv2.INTER_NEAREST)

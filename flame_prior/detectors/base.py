@@ -74,6 +74,12 @@ class Detection:
         """``(H, W)`` uint8 head mask, 255 = 1.0 (the stored array itself: do not modify it)."""
         return self._mask_u8
 
+    @property
+    def head_mask(self) -> np.ndarray:
+        """``(H, W)`` bool: the head, ``mask >= 0.5`` (read off :attr:`mask_u8`: 128/255 is the first step
+        at or above 0.5), without the float32 copy that reading :attr:`mask` makes."""
+        return self._mask_u8 >= 128
+
 
 def _get_mask(self: Detection) -> np.ndarray:
     return self._mask_u8.astype(np.float32) / np.float32(255)

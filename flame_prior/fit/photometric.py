@@ -79,8 +79,8 @@ def make_crops(views: list[ViewObservation], tg: LandmarkTargets, size: int, dev
         M = np.array([[s, 0, -x0 * s + 0.5 * s - 0.5], [0, s, -y0 * s + 0.5 * s - 0.5]])
         warp = lambda a, interp: cv2.warpAffine(a, M, (size, size), flags=interp, borderValue=0)  # noqa: E731
         imgs.append(warp(v.image.pixels, cv2.INTER_AREA).astype(np.float32) / 255.0)
-        heads.append(warp(v.detection.mask.astype(np.float32), cv2.INTER_LINEAR))
-        valids.append(warp(np.ones(v.detection.mask.shape, np.float32), cv2.INTER_NEAREST))
+        heads.append(warp(v.detection.mask, cv2.INTER_LINEAR))  # reading mask makes a float32 copy
+        valids.append(warp(np.ones(v.detection.mask_u8.shape, np.float32), cv2.INTER_NEAREST))
         hull = cv2.convexHull(((p - [x0, y0]) * s).astype(np.float32))
         fm = np.zeros((size, size), np.uint8)
         cv2.fillConvexPoly(fm, np.round(hull[:, 0]).astype(np.int32), 1)
