@@ -24,7 +24,7 @@ from flame_prior.cache import CacheMiss, DetectionCache, default_cache_dir, quan
 from flame_prior.detectors import DetectConfig, Detection, make_detector
 from flame_prior.images import InputImage, SkippedInput
 
-__all__ = ["ViewObservation", "observe"]
+__all__ = ["NO_FACE", "ViewObservation", "observe"]
 
 
 @dataclass
@@ -43,6 +43,11 @@ class ViewObservation:
     image: InputImage
     detection: Detection
     notes: list[str] = field(default_factory=list)
+
+
+#: The reason a photo is left out when the detector finds no face in it (read by the pipeline: such
+#: photos get a second look through a known lens, and COLMAP may pose them in a rigid scene).
+NO_FACE = "no face found"
 
 
 def observe(
@@ -96,7 +101,7 @@ def observe(
                 if bar:
                     bar.advance(task)
                 if det is None:
-                    skipped.append(SkippedInput(image.path, "no face found"))
+                    skipped.append(SkippedInput(image.path, NO_FACE))
                     continue
                 if det.face_size < config.min_face_px:
                     skipped.append(

@@ -31,7 +31,7 @@ from flame_prior.flame import FlameModel, LandmarkEmbedding
 from flame_prior.flame.assets import Assets, ModelInfo, load_assets
 from flame_prior.images import InputImage, SkippedInput
 from flame_prior.intrinsics import Intrinsics, estimate_intrinsics
-from flame_prior.observe import ViewObservation, observe
+from flame_prior.observe import NO_FACE, ViewObservation, observe
 from flame_prior.progress import make_console, make_progress, stage
 from flame_prior.quiet import native_chatter_filtered
 from flame_prior.summary import print_summary
@@ -138,15 +138,20 @@ def faceless_images(prepared: PreparedViews) -> list[InputImage]:
     only: the frames of clips are many, and a frame without a face is no view anyone asked for."""
     if prepared.intake.source != "images":
         return []
-    missed = {s.path for s in prepared.skipped if s.reason == "no face found"}
+    missed = missed_faces(prepared)
     return [im for im in prepared.intake.images if im.path in missed]
+
+
+def missed_faces(prepared: PreparedViews) -> set[Path]:
+    """The paths of the inputs left out because no face was found in them."""
+    return {s.path for s in prepared.skipped if s.reason == NO_FACE}
 
 
 def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progress) -> SceneFit:
     """Intrinsics and the fit of a static scene's views (``prepared.sequence == "static"``); their
     seconds are added to ``prepared.timings``."""
     timings = prepared.timings
-    if config.intrinsics.file is not None and any(s.reason == "no face found" for s in prepared.skipped):
+    if config.intrinsics.file is not None and missed_faces(prepared):
         # A calibration with a lens: missed faces get a second look on the undistorted image, before
         # COLMAP, so that it runs once, on the views and faceless images as they end up.
         t0 = time.perf_counter()
@@ -176,7 +181,7 @@ def detect_through_lens(config: FitConfig, embedding: LandmarkEmbedding, prepare
     from flame_prior.camera_file import intrinsics_for_views
     from flame_prior.lens_detection import observe_through_lens
 
-    missed = {s.path for s in prepared.skipped if s.reason == "no face found"}
+    missed = missed_faces(prepared)
     images, known = [], []
     for im in prepared.intake.images:
         if im.path not in missed:
