@@ -111,8 +111,7 @@ def photometric_loss(st: FitState, tg: LandmarkTargets, crops: FaceCrops, idx: T
         inside = inside * (1 - crops.occluded[idx])
     # The head's colour (render_head's: albedo(uv) * SH shading) at those pixels only, in view order
     # (about a third of the crop: texturing and shading the rest was half of a step's work).
-    keep = (inside > 0).reshape(-1).nonzero().squeeze(1)
-    counts = torch.bincount(torch.div(keep, S * S, rounding_mode="floor"), minlength=len(idx)).tolist()
+    keep, counts = inside_pixels(inside)
     pixels = lambda x: x.reshape(-1, x.shape[-1]).index_select(0, keep)  # noqa: E731
     albedo = render.texture(appearance.albedo(), pixels(uv)[None, None])[0, 0]  # (P, 3)
     shading = torch.cat([y @ sh for y, sh in zip(sh_basis(pixels(normals)).split(counts), appearance.sh()[idx])])
@@ -254,6 +253,13 @@ def photometric_stage(st: FitState, tg: LandmarkTargets, views: list[ViewObserva
     return st, log
 
 
+def inside_pixels(inside: Tensor) -> tuple[Tensor, list[int]]:
+    """The pixels where ``inside (V, S, S) > 0`` as flat indices into ``V * S * S`` (view-major), and
+    how many of them each view has: the photometric terms work on these lists, not on whole crops."""
+    flags = (inside > 0).reshape(inside.shape[0], -1)
+    return flags.reshape(-1).nonzero().squeeze(1), flags.sum(1).tolist()
+
+
 def photometric_lr_factor(it: int, cfg: FitterConfig) -> float:
     """The factor on the photometric stage's learning rates at step ``it`` (1-based): a linear rise over
     ``cfg.photometric_warmup`` steps, then a cosine fall to ``cfg.photometric_lr_final`` at the last
@@ -337,8 +343,7 @@ def solve_appearance(st: FitState, crops: FaceCrops, appearance: "Appearance", c
     uv, Y, inside = torch.cat(uvs), torch.cat(basis), torch.cat(inside)  # (N,S,S,2) (N,S,S,9) (N,S,S)
     # Only the pixels inside take part (about a third of a crop): each becomes one entry of a
     # (1, 1, P) "image", in view order, so the texture sampling and its adjoint see no empty pixels.
-    keep = (inside > 0).reshape(-1).nonzero().squeeze(1)
-    counts = (inside > 0).reshape(n, -1).sum(1).tolist()
+    keep, counts = inside_pixels(inside)
     pixels = lambda x: x.reshape(n * S * S, -1).index_select(0, keep)[None, None]  # noqa: E731
     uv, Y, image = pixels(uv), pixels(Y), pixels(crops.image)
     w = torch.ones(1, 1, keep.numel(), dtype=dtype, device=device)
