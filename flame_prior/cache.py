@@ -15,6 +15,8 @@ Keys (all plain arrays, read with ``np.load(allow_pickle=False)``, nothing execu
 ``mask``           uint8 ``(H, W)``    head mask, 0..255 for [0, 1] (steps of 1/255)
 ``face_box``       float64 ``(4,)``
 ``notes``          str ``(n,)``
+``provenance``     str ``()``          "detector" or "seeded" (``Detection.provenance``; absent
+                                       in older files: "detector")
 ``image_shape``    int64 ``(2,)``      ``(H, W)``, checked on read
 ``version``        str ``()``          the backend version, checked on read
 =================  ==================  ==============================================
@@ -94,7 +96,9 @@ class DetectionCache:
                 box = tuple(float(v) for v in z["face_box"])
                 if lm.ndim != 2 or lm.shape[1] != 2 or conf.shape != (len(lm),) or mask.shape != tuple(image_shape) or len(box) != 4:
                     raise ValueError("arrays of the wrong shape")
-                return Detection(lm, conf, str(z["landmark_format"]), mask, box, [str(n) for n in z["notes"]])
+                provenance = str(z["provenance"]) if "provenance" in z.files else "detector"
+                return Detection(lm, conf, str(z["landmark_format"]), mask, box, [str(n) for n in z["notes"]],
+                                 provenance)
         except Exception as err:  # noqa: BLE001 — any unreadable cache file is only a miss
             return CacheMiss(f"cache file {path.name} was unreadable ({type(err).__name__}: {err}); detected again")
 
@@ -112,7 +116,7 @@ class DetectionCache:
                 found=np.array(True), landmarks=np.asarray(det.landmarks, np.float32),
                 confidence=np.asarray(det.confidence, np.float32), landmark_format=np.array(det.landmark_format),
                 mask=det.mask_u8, face_box=np.asarray(det.face_box, np.float64),
-                notes=np.array(det.notes, dtype=str),
+                notes=np.array(det.notes, dtype=str), provenance=np.array(det.provenance),
             )
         arrays.update(image_shape=np.array(image_shape, np.int64), version=np.array(version))
         return save_npz_atomic(path, **arrays)

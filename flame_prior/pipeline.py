@@ -214,8 +214,10 @@ def write_scene(out: Path, config: FitConfig, assets: Assets, fit: SceneFit,
               overwrite=config.overwrite, avatar_format=config.avatar_format, export=config.export,
               extra_files=extra_files, summary_extra={"sequence": {"kind": "static", "reason": fit.prepared.sequence_reason},
                              "video": fit.prepared.intake.summary(),
-                             "cameras_without_face": fit.faceless_cameras},
-              report_html=sequence_report_html(fit.prepared) + faceless_report_html(fit.faceless_cameras))
+                             "cameras_without_face": fit.faceless_cameras,
+                             "seeded_detections": seeded_detections(fit.views)},
+              report_html=sequence_report_html(fit.prepared) + faceless_report_html(fit.faceless_cameras)
+              + seeded_report_html(fit.views))
 
 
 def run(config: FitConfig, console: Console | None = None) -> Path:
@@ -278,6 +280,31 @@ def faceless_report_html(cameras: list[dict]) -> str:
             "found in them: their cameras are COLMAP's, brought into FLAME's frame by the similarity of the "
             "fitted views; no landmark checks them (fit_summary.json <code>cameras_without_face</code>; not in "
             "transforms.json).</p><table><thead><tr><th>view</th><th>fx (px)</th><th>flag</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>")
+
+
+def seeded_detections(views: list[ViewObservation]) -> list[dict]:
+    """The views whose face the seeded second pass found (:mod:`flame_prior.detectors.seeded`), for
+    fit_summary.json ``seeded_detections``: ``{"name", "note"}`` each, the note saying from which
+    view's face region, whether on the mirror image, and the face presence."""
+    return [{"name": v.image.name, "note": next((n for n in v.detection.notes if n.startswith("seeded")), "")}
+            for v in views if v.detection.provenance == "seeded"]
+
+
+def seeded_report_html(views: list[ViewObservation]) -> str:
+    """The report's section on the faces found by the seeded second pass (empty if none)."""
+    seeded = seeded_detections(views)
+    if not seeded:
+        return ""
+    from html import escape
+
+    rows = "".join(f"<tr><td>{escape(s['name'])}</td><td style='color:#b60'>{escape(s['note'])}</td></tr>"
+                   for s in seeded)
+    return ("<section><h2>Faces found by the seeded second pass</h2><p>The detector found no face in these "
+            "photos; the landmark model alone found one in the region of a neighbouring view's face (or on the "
+            "mirror image), accepted by its face-presence score and a size check against that view "
+            "(fit_summary.json <code>seeded_detections</code>). Their landmarks are drawn on the views above: "
+            "look at them.</p><table><thead><tr><th>view</th><th>how</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></section>")
 
 

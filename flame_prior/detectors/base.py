@@ -33,6 +33,8 @@ class DetectConfig:
     """Detection cache folder; default $XDG_CACHE_HOME/flame-prior/detections (else ~/.cache/flame-prior/detections)."""
     use_cache: bool = True
     """Read and write cached detections (keyed by image content, backend and its version)."""
+    seeded: bool = True
+    """Second pass for photos without a face when others have one: the landmark model on the region of the nearest view's face, and on its mirror image (mediapipe only; flame_prior.detectors.seeded)."""
 
     def check(self, prefix: str = "detect.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
@@ -54,6 +56,9 @@ class Detection:
             mask quantises it, a uint8 one is taken as 0..255.
         face_box: ``(x0, y0, x1, y1)`` the landmarks' bounding box, pixels.
         notes: remarks (e.g. "2 faces, took the largest").
+        provenance: what found it: ``"detector"`` (the backend's own pass) or ``"seeded"`` (the
+            seeded second pass, :mod:`flame_prior.detectors.seeded`, on a photo where the backend
+            found no face).
     """
 
     landmarks: np.ndarray
@@ -62,6 +67,7 @@ class Detection:
     mask: np.ndarray
     face_box: tuple[float, float, float, float]
     notes: list[str] = field(default_factory=list)
+    provenance: str = "detector"
 
     @property
     def face_size(self) -> float:
@@ -104,6 +110,9 @@ class Detector(Protocol):
     cacheable: bool
 
     def detect(self, image: InputImage) -> Detection | None: ...
+
+    # Optional: ``detect_seeded(image, seeds) -> Detection | None``, the seeded second pass
+    # (flame_prior.detectors.seeded); backends without it get none.
 
     def close(self) -> None: ...
 

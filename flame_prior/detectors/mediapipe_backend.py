@@ -19,6 +19,10 @@ Detection:
 4. A face that is small in the downscaled image (under 256 px) is re-run on an original-resolution
    crop, so a big photo does not lose precision to the downscale.
 
+The seeded second pass (:meth:`MediaPipeDetector.detect_seeded`, run by :func:`flame_prior.observe.observe`
+on photos where all of the above found nothing): the landmark model alone on regions taken from a
+neighbouring view's face, and on the mirror image (:mod:`flame_prior.detectors.seeded`).
+
 Coordinates: Face Mesh's normalised ``x * W, y * H`` of the image (or crop) it was given is already
 the corner-origin, pixel-centre-at-+0.5 convention; crops map back by adding their integer corner.
 
@@ -42,6 +46,7 @@ import numpy as np
 
 from flame_prior.detectors.base import Detection
 from flame_prior.detectors.headmask import HeadMasker
+from flame_prior.detectors.seeded import check_seeded, seeded_search
 from flame_prior.images import InputImage
 
 __all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
@@ -136,11 +141,14 @@ class MediaPipeDetector:
             min_detection_confidence=min_detection_confidence,
         )
         self._boxes = None  # full- and short-range face detectors, created when first needed
+        self._roi_landmarker = None  # the landmark model alone (seeded pass), created when first needed
         self._masker = HeadMasker()
 
     def close(self) -> None:
         self._mesh.close()
         self._masker.close()
+        if self._roi_landmarker is not None:
+            self._roi_landmarker.close()
         for graph in (self._boxes or []) + ([self._mesh_low] if self._mesh_low is not None else []):
             graph.close()
 
@@ -191,6 +199,29 @@ class MediaPipeDetector:
         confidence = facing_confidence(face)
         mask = self._masker(pixels, landmarks, "mediapipe478")
         return Detection(landmarks, confidence, "mediapipe478", mask, _box(face), notes)
+
+    def detect_seeded(self, image: InputImage, seeds: list[tuple[str, Detection]]) -> Detection | None:
+        """The face of ``image`` looked for in regions seeded by other views' faces (``(view name,
+        detection)``, landmarks in a pixel grid of the same size), on the image and its mirror; None
+        when no candidate passes the sanity check (:mod:`flame_prior.detectors.seeded`). The
+        detection has ``provenance="seeded"`` and a note that says how it was found."""
+        usable = [(name, d.landmarks) for name, d in seeds if d.landmark_format == "mediapipe478"]
+        if not usable:
+            return None
+        if self._roi_landmarker is None:
+            from flame_prior.detectors.roi_landmarker import RoiLandmarker
+
+            self._roi_landmarker = RoiLandmarker()
+        face = seeded_search(self._roi_landmarker, image.pixels, usable)
+        if face is None or check_seeded(face) is not None:
+            return None
+        landmarks = face.points[:, :2].astype(np.float32)
+        mask = self._masker(image.pixels, landmarks, "mediapipe478")
+        note = (f"seeded detection: no face on the first pass; found by the landmark model in the region of "
+                f"{face.seed}'s face{' on the mirror image' if face.mirrored else ''} (face presence "
+                f"{face.presence:.2f}; {face.size:.0f} px, {face.seed_size:.0f} px in {face.seed})")
+        return Detection(landmarks, facing_confidence(face.points), "mediapipe478", mask, _box(face.points), [note],
+                         "seeded")
 
     def _run_mesh(self, image: np.ndarray, size: tuple[int, int], low: bool = False) -> list[np.ndarray]:
         """Face Mesh on ``image``: ``(478, 3)`` float64 ``(x * w, y * h, z * w)`` per face, ``(w, h) = size``.
