@@ -18,8 +18,9 @@ order, ``observe`` picks them):
    the 192 px input upsamples small faces by itself).
 2. The best region of each image (highest presence) is refined as MediaPipe tracks a face from frame
    to frame: the region is re-made from the landmarks found, up to 4 times, until its centre moves
-   less than 2 % of its size.
-3. The better of the two (image or mirror) is accepted only if the **sanity check** passes
+   less than 2 % of its size. A face that passes the check below with a presence of 0.9 or more ends
+   the search; else every seed and both images are tried.
+3. The candidate with the highest presence is accepted only if the **sanity check** passes
    (:func:`check_seeded`): presence at least :data:`MIN_PRESENCE` (MediaPipe's own gate), the
    refinement converged, and the face's size (long side of its landmark box) within a factor
    :data:`MAX_SIZE_RATIO` of the seed's.
@@ -48,6 +49,8 @@ __all__ = ["MIN_PRESENCE", "MAX_SIZE_RATIO", "SeededFace", "face_mesh_mirror", "
 
 #: MediaPipe keeps a face when the landmark model's presence score is at least this (its own gate).
 MIN_PRESENCE = 0.5
+#: A face that passes the check with at least this presence ends the search (the rest are not tried).
+SURE_PRESENCE = 0.9
 #: A seeded face's size may differ from the seed view's by at most this factor (either way).
 MAX_SIZE_RATIO = 1.5
 #: Region sizes (times the seed's landmark box) and shifts (fractions of the box) tried in step 1.
@@ -153,11 +156,14 @@ def seeded_search(landmarker: Landmarker, pixels: np.ndarray, seeds: list[tuple[
     1-2). Returns the candidate with the highest presence, not yet checked (:func:`check_seeded`),
     or None when there are no seeds."""
     W = pixels.shape[1]
-    images = {False: pixels, True: np.ascontiguousarray(pixels[:, ::-1])}
+    images = {False: pixels, True: None}  # the mirror image is made when first needed
     best: SeededFace | None = None
     for name, seed in seeds:
         seed_size = _box_side(seed)
-        for mirrored, image in images.items():
+        for mirrored in (False, True):
+            if images[mirrored] is None:
+                images[mirrored] = np.ascontiguousarray(pixels[:, ::-1])
+            image = images[mirrored]
             top = (-1.0, None)
             for scale in SCALES:
                 for shift in SHIFTS:
@@ -172,6 +178,8 @@ def seeded_search(landmarker: Landmarker, pixels: np.ndarray, seeds: list[tuple[
             face = SeededFace(points, presence, mirrored, converged, name, seed_size)
             if best is None or face.presence > best.presence:
                 best = face
+            if face.presence >= SURE_PRESENCE and check_seeded(face) is None:
+                return face  # a sure face: the other tries cannot do better by much (and cost)
     return best
 
 
