@@ -65,7 +65,7 @@ def face_mesh_mirror() -> np.ndarray:
 
     The 468 mesh points pair up by MediaPipe's canonical face model, which is exactly symmetric
     (:func:`build_face_mesh_mirror`, shipped as ``flame_prior/data/mediapipe478_mirror.npz``;
-    ``scripts/build_face_mesh_mirror.py`` regenerates it); 28 points on the midline map to themselves.
+    ``scripts/build_mediapipe_embedding.py --mirror`` regenerates it); 28 points on the midline map to themselves.
     The irises swap (468..472 <-> 473..477) with the ring's points renumbered 469 <-> 476, 470 <-> 475,
     471 <-> 474, 472 <-> 477 (read off Face Mesh on a photo and its mirror: FFHQ 00000 and the shared
     30-view scene's 15.jpg agree to 0.4-5 px). An involution: ``m[m] == arange(478)``.
