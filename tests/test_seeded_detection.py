@@ -104,3 +104,34 @@ def test_seeded_pass_finds_the_side_view_the_detector_misses(tmp_path):
     again, _ = observe(images, DetectConfig(cache_dir=cache), progress=False)  # from the cache
     assert again[0].detection.provenance == "seeded"
     np.testing.assert_array_equal(again[0].detection.landmarks, found.detection.landmarks)
+
+
+def test_seeded_views_are_named_in_the_summary_and_report(tmp_path):
+    """fit_summary.json's ``seeded_detections`` and the report's section list the seeded views (and
+    only those) with their note; the cache keeps the provenance, and a file written before it existed
+    reads as the detector's."""
+    from flame_prior.cache import DetectionCache
+    from flame_prior.detectors import Detection
+    from flame_prior.images import InputImage
+    from flame_prior.observe import ViewObservation
+    from flame_prior.pipeline import seeded_detections, seeded_report_html
+
+    def view(name, provenance, notes):
+        det = Detection(np.zeros((478, 2), np.float32), np.ones(478, np.float32), "mediapipe478",
+                        np.zeros((4, 4), np.uint8), (0.0, 0.0, 1.0, 1.0), notes, provenance)
+        return ViewObservation(InputImage(tmp_path / f"{name}.png", name, np.zeros((4, 4, 3), np.uint8), "0" * 64), det)
+
+    note = "seeded detection: no face on the first pass; found by the landmark model in the region of b's face"
+    views = [view("a", "seeded", ["2 faces, took the largest", note]), view("b", "detector", [])]
+    assert seeded_detections(views) == [{"name": "a", "note": note}]
+    html = seeded_report_html(views)
+    assert "seeded second pass" in html and "<td>a</td>" in html and "<td>b</td>" not in html
+    assert seeded_report_html(views[1:]) == ""
+
+    cache = DetectionCache(tmp_path / "cache")
+    path = cache.save("1" * 64, "mediapipe-seeded", "v", (4, 4), views[0].detection)
+    assert cache.load("1" * 64, "mediapipe-seeded", "v", (4, 4)).provenance == "seeded"
+    with np.load(path) as z:
+        old = {k: z[k] for k in z.files if k != "provenance"}
+    np.savez(path, **old)
+    assert cache.load("1" * 64, "mediapipe-seeded", "v", (4, 4)).provenance == "detector"
