@@ -129,8 +129,9 @@ def _check_inputs(pos: Tensor, tri: Tensor) -> None:
         raise ValueError(f"pos and tri on different devices: {pos.device}, {tri.device}")
 
 
-def _face_table(pos: Tensor, tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-face linear forms ``(B, F, 12)`` (differentiable), validity ``(B, F)`` and vertices ``(B, F, 3, 4)``.
+def _face_table(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-face linear forms ``(..., 12)`` (differentiable) and validity ``(...)`` of the faces' clip
+    vertices ``v (..., 3, 4)``.
 
     With ``c_j = (x_j, y_j, w_j)`` the homogeneous 2D clip vertices and ``p = (xn, yn, 1)`` an NDC
     point, ``bh = M^-1 p`` (``M = [c_0 c_1 c_2]``, rows ``(c_{k+1} x c_{k+2}) / det``) are the
@@ -139,7 +140,6 @@ def _face_table(pos: Tensor, tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     at the reference vertex), ``u, v = bh_0 / sum(bh), bh_1 / sum(bh)``; ``z/w = sum_k z_k bh_k``.
     Columns: ``xn0, yn0, a0, a1, a2, c0, c1, c2, 1/w0, zw0, d(z/w)/dxn, d(z/w)/dyn``.
     """
-    v = _gather_faces(pos, tri)  # (B, F, 3, 4)
     x, y, z, w = v.unbind(-1)
     ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
     x1, y1, w1, x2, y2, w2 = x.roll(-1, -1), y.roll(-1, -1), w.roll(-1, -1), x.roll(-2, -1), y.roll(-2, -1), w.roll(-2, -1)
@@ -153,7 +153,18 @@ def _face_table(pos: Tensor, tri: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     a, c = Px / det, Py / det
     table = torch.cat([x[..., :1] / w0, y[..., :1] / w0, a, c, 1.0 / w0, z[..., :1] / w0,
                        (z * a).sum(-1, keepdim=True), (z * c).sum(-1, keepdim=True)], -1)
-    return table, ok, v
+    return table, ok
+
+
+@torch.no_grad()
+def _clip_ok(v: Tensor) -> Tensor:
+    """:func:`_face_table`'s validity ``(...)`` alone (no table): every vertex inside the near/far range and
+    a nonzero clip-space determinant."""
+    x, y, z, w = v.unbind(-1)
+    ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
+    x1, y1, w1, x2, y2, w2 = x[..., 1], y[..., 1], w[..., 1], x[..., 2], y[..., 2], w[..., 2]
+    det = x[..., 0] * (y1 * w2 - w1 * y2) + y[..., 0] * (w1 * x2 - x1 * w2) + w[..., 0] * (x1 * y2 - y1 * x2)
+    return ok & (det != 0)
 
 
 @torch.no_grad()
@@ -304,8 +315,8 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     B = pos.shape[0]
     Fn = tri.shape[0]
     tri = tri.long()
-    table, ok, v = _face_table(pos, tri)
-    key = _visibility(v.detach(), ok, H, W, cull_backfaces)
+    v = _gather_faces(pos.detach(), tri)
+    key = _visibility(v, _clip_ok(v), H, W, cull_backfaces)
     pix = (key != _SENTINEL).nonzero().squeeze(1)
     f = key.index_select(0, pix) & 0xFFFFFFFF
     b = torch.div(pix, H * W, rounding_mode="floor")
@@ -313,7 +324,16 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     row = torch.div(rem, W, rounding_mode="floor")
     xn = ((2.0 * (rem - row * W) + 1.0) / W - 1.0).to(pos.dtype)
     yn = ((2.0 * row + 1.0) / H - 1.0).to(pos.dtype)
-    out = _RastEval.apply(table.reshape(B * Fn, 12), b * Fn + f, pix, xn, yn, (f + 1).to(pos.dtype), B * H * W)
+    # The differentiable face table only for the faces some pixel shows (in a face crop, under half of
+    # FLAME's: the back of the head, the inner mouth and the eyeballs' hidden sides cost nothing).
+    shown = torch.zeros(B * Fn, dtype=torch.bool, device=pos.device)
+    shown[b * Fn + f] = True
+    faces = shown.nonzero().squeeze(1)
+    compact = torch.cumsum(shown, 0) - 1
+    fb = torch.div(faces, Fn, rounding_mode="floor")
+    corners = (fb[:, None] * pos.shape[1] + tri.index_select(0, faces - fb * Fn)).reshape(-1)
+    table, _ = _face_table(pos.reshape(-1, 4).index_select(0, corners).reshape(-1, 3, 4))
+    out = _RastEval.apply(table, compact.index_select(0, b * Fn + f), pix, xn, yn, (f + 1).to(pos.dtype), B * H * W)
     return out.reshape(B, H, W, 4)
 
 
@@ -325,7 +345,7 @@ def _covered(rast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return pix, torch.div(pix, H * W, rounding_mode="floor"), ids.index_select(0, pix).long() - 1
 
 
-def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
+def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, pixels: Tensor | None = None) -> Tensor:
     """Interpolate per-vertex attributes over the image with the barycentrics in ``rast``.
 
     Args:
@@ -333,10 +353,13 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
         rast: ``(B, H, W, 4)`` from :func:`rasterize`.
         tri: ``(F, 3)`` int indices into ``attr``; may differ from the rasterized ``tri`` as long
             as it has the same F (e.g. FLAME's ``uv_faces`` with ``attr`` = the UV table).
+        pixels: ``(P,)`` int64 flat indices into ``B * H * W`` of covered pixels: the attribute at
+            those pixels only, ``(P, C)`` (a loss on part of the image skips the dense image and its
+            adjoint; same values as the dense result there).
 
     Returns:
-        ``(B, H, W, C)``, 0 on background. Gradients flow to ``attr`` and to ``rast[..., :2]``
-        (hence to the clip positions).
+        ``(B, H, W, C)``, 0 on background; or ``(P, C)`` with ``pixels``. Gradients flow to ``attr``
+        and to ``rast[..., :2]`` (hence to the clip positions).
     """
     check_shape(rast, ["B", "H", "W", 4], "rast")
     check_shape(tri, ["F", 3], "tri")
@@ -349,11 +372,20 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
     # Per-face table (a2, a0 - a2, a1 - a2): one row gathered per covered pixel.
     fa = (attr[None] if shared else attr).index_select(1, tri.reshape(-1)).reshape(-1, tri.shape[0], 3, C)
     fa = torch.cat([fa[:, :, 2], fa[:, :, 0] - fa[:, :, 2], fa[:, :, 1] - fa[:, :, 2]], -1)  # (1 or B, F, 3C)
-    pix, b, f = _covered(rast)
+    if pixels is None:
+        pix, b, f = _covered(rast)
+    else:
+        pix = pixels.long()
+        b = torch.div(pix, H * W, rounding_mode="floor")
+        f = rast[..., 3].detach().reshape(-1).index_select(0, pix).long() - 1
+        if pix.numel() and bool((f < 0).any()):
+            raise ValueError("interpolate: pixels must be covered (rast[..., 3] > 0)")
     g = fa.reshape(-1, 3 * C).index_select(0, f if shared else b * tri.shape[0] + f)
     uv = rast.reshape(-1, 4).index_select(0, pix)
     vals = g[:, :C] + uv[:, 0:1] * g[:, C:2 * C] + uv[:, 1:2] * g[:, 2 * C:]
     dtype = torch.promote_types(attr.dtype, rast.dtype)
+    if pixels is not None:
+        return vals.to(dtype)
     out = torch.zeros(B * H * W, C, dtype=dtype, device=rast.device).index_copy(0, pix, vals.to(dtype))
     return out.reshape(B, H, W, C)
 

@@ -14,7 +14,7 @@ from flame_prior import render
 from flame_prior.flame.appearance import shade_sh
 from flame_prior.geometry import PinholeCameras
 
-__all__ = ["render_head", "head_surface"]
+__all__ = ["render_head", "head_surface", "head_clip", "surface_at"]
 
 
 def render_head(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Tensor, uv_faces: Tensor,
@@ -45,18 +45,42 @@ def head_surface(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Ten
     """What :func:`render_head` shades, before texturing and lighting (the photometric stage's
     closed-form appearance solve needs exactly these): texture coordinates ``(B, H, W, 2)``, unit
     world-frame normals ``(B, H, W, 3)``, ``rast`` and ``pos``. Arguments as :func:`render_head`."""
-    b = len(cameras)
-    if size is None:
-        sizes = set(zip(cameras.height, cameras.width))
-        if len(sizes) != 1:
-            raise ValueError(f"render_head: cameras of different image sizes {sorted(sizes)}; pass size")
-        size = sizes.pop()
-    H, W = size
-    pc = verts.expand(b, -1, -1) @ cameras.R.transpose(1, 2) + cameras.t[:, None]
-    pos = render.pinhole_to_clip(pc, cameras.fx, cameras.fy, cameras.cx, cameras.cy, W, H)
-    rast = render.rasterize(pos, faces, (H, W))
-    uv = render.interpolate(uvs, rast, uv_faces)
+    pos = head_clip(verts, cameras, size)
+    rast = render.rasterize(pos, faces, _image_size(cameras, size))
     if vertex_normals is None:
         vertex_normals = render.vertex_normals(verts, faces)
+    b = len(cameras)
+    uv = render.interpolate(uvs, rast, uv_faces)
     normals = torch.nn.functional.normalize(render.interpolate(vertex_normals.expand(b, -1, -1), rast, faces), dim=-1)
     return uv, normals, rast, pos
+
+
+def _image_size(cameras: PinholeCameras, size: tuple[int, int] | None) -> tuple[int, int]:
+    """``size`` or, when None, the one ``(H, W)`` all ``cameras`` share (ValueError when they differ)."""
+    if size is not None:
+        return int(size[0]), int(size[1])
+    sizes = set(zip(cameras.height, cameras.width))
+    if len(sizes) != 1:
+        raise ValueError(f"render_head: cameras of different image sizes {sorted(sizes)}; pass size")
+    H, W = sizes.pop()
+    return int(H), int(W)
+
+
+def head_clip(verts: Tensor, cameras: PinholeCameras, size: tuple[int, int] | None = None) -> Tensor:
+    """Clip-space positions ``(B, V, 4)`` of ``verts (1, V, 3)`` (world frame) in B cameras'
+    ``size`` images (default the cameras' own), for :func:`flame_prior.render.rasterize`."""
+    H, W = _image_size(cameras, size)
+    pc = verts.expand(len(cameras), -1, -1) @ cameras.R.transpose(1, 2) + cameras.t[:, None]
+    return render.pinhole_to_clip(pc, cameras.fx, cameras.fy, cameras.cx, cameras.cy, W, H)
+
+
+def surface_at(verts: Tensor, faces: Tensor, rast: Tensor, uvs: Tensor, uv_faces: Tensor, pixels: Tensor,
+               vertex_normals: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`head_surface`'s texture coordinates ``(P, 2)`` and unit normals ``(P, 3)`` at the covered
+    ``pixels`` ``(P,)`` (flat indices into ``B * H * W`` of ``rast``) only: a loss on part of the
+    crops interpolates, normalises and differentiates nothing else."""
+    if vertex_normals is None:
+        vertex_normals = render.vertex_normals(verts, faces)
+    uv = render.interpolate(uvs, rast, uv_faces, pixels)
+    normals = render.interpolate(vertex_normals.expand(rast.shape[0], -1, -1), rast, faces, pixels)
+    return uv, torch.nn.functional.normalize(normals, dim=-1)

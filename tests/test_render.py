@@ -133,6 +133,32 @@ def test_interpolate_with_other_indices():
     assert torch.allclose(out1, out2)
 
 
+def test_interpolate_at_pixels_matches_dense_and_its_gradient(device):
+    """``pixels=``: the dense result's rows at those pixels, and the same gradients (the photometric loss
+    works on a list of inside pixels only); an uncovered pixel is refused."""
+    verts, faces, fx, t = _setup(device)
+    attr = torch.rand(2, 9, 3, dtype=F64, device=device)
+    rast = render.rasterize(_project(verts, fx, t), faces, (20, 24))
+    covered = (rast[..., 3].reshape(-1) > 0).nonzero().squeeze(1)
+    pick = covered[::3]
+    weights = torch.rand(pick.numel(), 3, dtype=F64, device=device)
+    grads = []
+    for sparse in (False, True):
+        a = attr.clone().requires_grad_(True)
+        v = verts.clone().requires_grad_(True)
+        rast = render.rasterize(_project(v, fx, t), faces, (20, 24))
+        out = render.interpolate(a, rast, faces, pick) if sparse else \
+            render.interpolate(a, rast, faces).reshape(-1, 3).index_select(0, pick)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), a.grad, v.grad))
+    for dense, sparse in zip(*grads):
+        assert torch.allclose(dense, sparse, atol=1e-12)
+    assert grads[0][2].abs().max() > 0  # the barycentrics carry a gradient to the vertices
+    background = (rast[..., 3].reshape(-1) == 0).nonzero().squeeze(1)[:1]
+    with pytest.raises(ValueError, match="covered"):
+        render.interpolate(attr, rast, faces, background)
+
+
 # ---------------------------------------------------------------------------------------------- gradients
 
 

@@ -31,7 +31,7 @@ from flame_prior.fit.state import (FitState, LandmarkTargets, StageLog, free_par
 from flame_prior.flame import TextureSpace, sh_basis
 from flame_prior.geometry import PinholeCameras
 from flame_prior.observe import ViewObservation
-from flame_prior.render_head import head_surface
+from flame_prior.render_head import head_clip, surface_at
 
 __all__ = ["FaceCrops", "make_crops", "Adam", "Appearance", "AppearanceFit", "initial_albedo_color", "solve_appearance",
            "occlusion_weights", "occluded_pixels", "occlusion_stage", "photometric_loss", "photometric_stage"]
@@ -98,8 +98,8 @@ def photometric_loss(st: FitState, tg: LandmarkTargets, crops: FaceCrops, idx: T
     verts = st.model(st.flame_params()).vertices  # (1, V, 3)
     faces = st.model.faces
     S = crops.size
-    uv, normals, rast, pos = head_surface(verts, faces, crops.cameras(cams, idx), appearance.uvs,
-                                          appearance.uv_faces, (S, S))
+    pos = head_clip(verts, crops.cameras(cams, idx), (S, S))
+    rast = render.rasterize(pos, faces, (S, S))
     # Silhouette gradients come from the coverage (mask term) only: an antialiased colour would blend
     # edge pixels towards the renderer's black background, not the photo's, and bias the outline.
     cov = render.coverage(rast, pos, faces, topology)[..., 0]
@@ -112,10 +112,11 @@ def photometric_loss(st: FitState, tg: LandmarkTargets, crops: FaceCrops, idx: T
     # The head's colour (render_head's: albedo(uv) * SH shading) at those pixels only, in view order
     # (about a third of the crop: texturing and shading the rest was half of a step's work).
     keep, counts = inside_pixels(inside)
-    pixels = lambda x: x.reshape(-1, x.shape[-1]).index_select(0, keep)  # noqa: E731
-    albedo = render.texture(appearance.albedo(), pixels(uv)[None, None])[0, 0]  # (P, 3)
-    shading = torch.cat([y @ sh for y, sh in zip(sh_basis(pixels(normals)).split(counts), appearance.sh()[idx])])
-    photo = (albedo * shading - pixels(crops.image[idx])).abs().sum() / inside.sum().clamp_min(1.0)
+    uv, normals = surface_at(verts, faces, rast, appearance.uvs, appearance.uv_faces, keep)  # (P, 2), (P, 3)
+    albedo = render.texture(appearance.albedo(), uv[None, None])[0, 0]  # (P, 3)
+    shading = torch.cat([y @ sh for y, sh in zip(sh_basis(normals).split(counts), appearance.sh()[idx])])
+    photo = (albedo * shading - crops.image[idx].reshape(-1, 3).index_select(0, keep)).abs().sum() \
+        / inside.sum().clamp_min(1.0)
     mask = ((cov * (1 - head) * valid).mean() + ((1 - cov) * face).mean())
     # Landmarks on the vertices just rendered (no second FLAME evaluation).
     pred = st.project(st.landmarks_on(verts, faces, yaw), cams)
@@ -332,20 +333,24 @@ def solve_appearance(st: FitState, crops: FaceCrops, appearance: "Appearance", c
     vn = render.vertex_normals(verts, faces)
     cams = st.cameras()
     n, S = crops.image.shape[0], crops.size
-    uvs, basis, inside = [], [], []
+    uvs, basis, inside, keeps, counts = [], [], [], [], []
     for lo in range(0, n, max(cfg.photometric_views, 1)):
         idx = torch.arange(lo, min(n, lo + cfg.photometric_views), device=device)
-        uv, nrm, rast, _ = head_surface(verts, faces, crops.cameras(cams, idx), appearance.uvs, appearance.uv_faces,
-                                        (S, S), vn)
+        pos = head_clip(verts, crops.cameras(cams, idx), (S, S))
+        rast = render.rasterize(pos, faces, (S, S))
+        inside.append(_erode((rast[..., 3] > 0).to(dtype) * (crops.head[idx] > 0.5).to(dtype) * crops.valid[idx]))
+        keep, count = inside_pixels(inside[-1])
+        uv, nrm = surface_at(verts, faces, rast, appearance.uvs, appearance.uv_faces, keep, vn)
         uvs.append(uv)
         basis.append(sh_basis(nrm))
-        inside.append(_erode((rast[..., 3] > 0).to(dtype) * (crops.head[idx] > 0.5).to(dtype) * crops.valid[idx]))
-    uv, Y, inside = torch.cat(uvs), torch.cat(basis), torch.cat(inside)  # (N,S,S,2) (N,S,S,9) (N,S,S)
+        keeps.append(keep + lo * S * S)
+        counts += count
+    inside = torch.cat(inside)  # (N, S, S)
     # Only the pixels inside take part (about a third of a crop): each becomes one entry of a
     # (1, 1, P) "image", in view order, so the texture sampling and its adjoint see no empty pixels.
-    keep, counts = inside_pixels(inside)
-    pixels = lambda x: x.reshape(n * S * S, -1).index_select(0, keep)[None, None]  # noqa: E731
-    uv, Y, image = pixels(uv), pixels(Y), pixels(crops.image)
+    keep = torch.cat(keeps)
+    uv, Y = torch.cat(uvs)[None, None], torch.cat(basis)[None, None]  # (1, 1, P, 2), (1, 1, P, 9)
+    image = crops.image.reshape(n * S * S, 3).index_select(0, keep)[None, None]
     w = torch.ones(1, 1, keep.numel(), dtype=dtype, device=device)
     for _ in range(max(rounds, 1)):
         albedo = render.texture(appearance.albedo(), uv)  # (1, 1, P, 3)
