@@ -21,11 +21,9 @@ from rich.console import Console
 from flame_prior.config import FitConfig
 from flame_prior.errors import FitError, InputError
 from flame_prior.export import write_outputs
-from flame_prior.export._common import ideal_views
 from flame_prior.export.output_dir import atomic_output_dir, check_output_dir
 from flame_prior.export_config import ExportConfig
 from flame_prior.export.sequence import append_report_section, extend_summary, frame_selection_html
-from flame_prior.export.texture_bake import bake_texture
 from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
 from flame_prior.flame import FlameModel, LandmarkEmbedding
 from flame_prior.flame.assets import Assets, ModelInfo, load_assets
@@ -255,11 +253,10 @@ def write_all(out: Path, views: list[ViewObservation], intrinsics: Intrinsics, r
 
     ``export``: the report's options (default :class:`ExportConfig`'s); ``summary_extra`` adds top-level entries to ``fit_summary.json`` (the sequence kind, the frames
     chosen from clips); ``report_html`` is a section appended to the report."""
-    # texture.png and the textured previews: the photos projected onto the mesh (see texture_bake).
-    result = dataclasses.replace(result, texture=bake_texture(result, ideal_views(views, result)))
     with atomic_output_dir(out, overwrite) as tmp:
+        # bake: texture.png and the textured previews are the photos projected onto the mesh (see texture_bake).
         write_outputs(tmp, views, intrinsics, result, skipped, timings, model=model, avatar_format=avatar_format,
-                      export=export)
+                      export=export, bake=True)
         if summary_extra:
             extend_summary(tmp / "fit_summary.json", summary_extra)
         if report_html:

@@ -12,7 +12,8 @@ from PIL import Image
 from export_fixtures import MODEL, VIEW_SPECS, make_fit
 from flame_prior.errors import InputError
 from flame_prior.export.alignment import alignment_overlay
-from flame_prior.export.report import THUMB_SIDE, _thumbnail_rasters, full_size_views, write_report
+from flame_prior import render
+from flame_prior.export.report import THUMB_SIDE, ReportMesh, full_size_views, view_surface, write_report
 from flame_prior.export_config import ExportConfig
 
 
@@ -139,26 +140,39 @@ def test_full_size_views_choice():
     assert full_size_views(result, "flagged", 10) == list(range(n))
 
 
-def test_batched_thumbnail_rasters_match_the_alignment_check_of_each_view():
-    """The thumbnails' batched rasterization (views of one size together) draws the same picture as
-    the alignment check rasterizing its view alone, and that picture shows the model over the photo."""
+def test_shared_view_rasterization_matches_the_alignment_check_of_each_view():
+    """The rasterization a view's pictures share (view_surface, at thumbnail size) draws the same alignment
+    picture as the alignment check rasterizing its view alone, and that picture shows the model over the photo."""
     specs = [VIEW_SPECS[0], (320, 240, 520.0, 520.0, 165.0, 118.0, 25.0, 3.0), VIEW_SPECS[3]]
-    views, result, _, _ = make_fit(specs)  # views 0 and 1 share a size: one batch of two
-    scale = [THUMB_SIDE / max(v.image.width, v.image.height) for v in views]
-    sizes = {i: (round(v.image.width * scale[i]), round(v.image.height * scale[i])) for i, v in enumerate(views)}
-    assert sizes[0] == sizes[1] != sizes[2]
-    rasters = _thumbnail_rasters(result, list(range(len(views))), sizes)
+    views, result, _, _ = make_fit(specs)
+    mesh = ReportMesh.of(result)
     for i, v in enumerate(views):
-        rast, normals = rasters[i]
-        w, h = sizes[i]
-        assert tuple(rast.shape) == (1, h, w, 4)
-        batched = np.asarray(alignment_overlay(v.image.pixels, result, i, scale[i], rast=rast, normals=normals), float)
-        alone = np.asarray(alignment_overlay(v.image.pixels, result, i, scale[i]), float)
-        assert np.abs(batched - alone).max() <= 1.0
+        scale = THUMB_SIDE / max(v.image.width, v.image.height)
+        w, h = round(v.image.width * scale), round(v.image.height * scale)
+        uv, normals, rast = view_surface(mesh, i, (w, h))
+        assert tuple(rast.shape) == (1, h, w, 4) and tuple(uv.shape) == (1, h, w, 2)
+        shared = np.asarray(alignment_overlay(v.image.pixels, result, i, scale, rast=rast, normals=normals,
+                                              features=mesh.features), float)
+        alone = np.asarray(alignment_overlay(v.image.pixels, result, i, scale), float)
+        assert np.abs(shared - alone).max() <= 1.0
         covered = rast[0, ..., 3].numpy() > 0
         assert 0.02 < covered.mean() < 0.98  # the head is in the picture, not all of it
         photo = np.asarray(Image.fromarray(v.image.pixels).resize((w, h)), float)
-        assert np.abs(batched - photo)[covered].mean() > 10  # the model is drawn over the photo there
+        assert np.abs(shared - photo)[covered].mean() > 10  # the model is drawn over the photo there
+
+
+def test_front_faces_cover_what_both_sides_cover():
+    """The report rasterizes front faces only: on the fitted head that shows the same pixels as both sides."""
+    views, result, _, _ = make_fit()
+    mesh = ReportMesh.of(result)
+    for i, v in enumerate(views):
+        _, _, rast = view_surface(mesh, i, (v.image.width, v.image.height))
+        cam = mesh.cameras.subset([i])
+        pc = mesh.verts @ cam.R.transpose(1, 2) + cam.t[:, None]
+        both = render.rasterize(render.pinhole_to_clip(pc, cam.fx, cam.fy, cam.cx, cam.cy, v.image.width, v.image.height),
+                                mesh.faces, (v.image.height, v.image.width))
+        front, any_side = rast[0, ..., 3] > 0, both[0, ..., 3] > 0
+        assert front.sum() > 0 and (front != any_side).float().mean() < 0.002
 
 
 def test_export_config_refuses_bad_values():
@@ -167,3 +181,28 @@ def test_export_config_refuses_bad_values():
         ExportConfig(report_full_views="some").check()
     with pytest.raises(InputError, match="report-worst-views"):
         ExportConfig(report_worst_views=-1).check()
+
+
+def test_loss_plot_draws_each_stage_falling_where_the_loss_falls(tmp_path):
+    """One panel per stage with a history; a falling loss is drawn falling (the blue line's pixels lower
+    on the right), on ticks that are round numbers inside the plotted range."""
+    from types import SimpleNamespace
+
+    from flame_prior.export.loss_plot import LINE, PANEL_W, nice_ticks, write_loss_plot
+
+    stages = [SimpleNamespace(name="a", iterations=50, seconds=1.0, loss_history=list(np.geomspace(10.0, 0.01, 50))),
+              SimpleNamespace(name="b", iterations=0, seconds=0.0, loss_history=[]),
+              SimpleNamespace(name="c", iterations=20, seconds=2.0, loss_history=list(np.linspace(5.0, -1.0, 20)))]
+    path = write_loss_plot(stages, tmp_path / "loss.png")
+    im = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert im.shape[1] == 2 * PANEL_W  # stage b has no history: no panel
+    for k in range(2):
+        panel = im[:, k * PANEL_W:(k + 1) * PANEL_W]
+        rows, cols = np.nonzero((np.abs(panel - np.array(LINE)).sum(-1) < 60))
+        assert len(cols) > 50
+        left, right = rows[cols < np.percentile(cols, 20)].mean(), rows[cols > np.percentile(cols, 80)].mean()
+        assert right > left + 100  # image rows grow downwards
+    assert write_loss_plot([stages[1]], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    ticks = nice_ticks(0.0123, 0.0871)
+    assert 3 <= len(ticks) <= 8 and ticks.min() >= 0.0123 and ticks.max() <= 0.0871
+    assert np.allclose(ticks / 0.01, np.round(ticks / 0.01))

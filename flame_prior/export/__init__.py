@@ -23,22 +23,27 @@ coordinates with the origin at the image's top-left corner (pixel centres at +0.
 
 from __future__ import annotations
 
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from flame_prior.export._common import ideal_views
 from flame_prior.export.avatar import write_avatar_dataset
 from flame_prior.export.colmap import write_colmap_text
 from flame_prior.export.flame_params import write_flame_params
 from flame_prior.export.mesh import write_textured_mesh
 from flame_prior.export.nerfstudio import write_images_and_masks, write_transforms
 from flame_prior.export.report import write_report
+from flame_prior.export.texture_bake import bake_texture
 from flame_prior.export_config import ExportConfig
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
+from flame_prior.threads import torch_threads
 
 __all__ = [
     "write_outputs",
@@ -59,10 +64,16 @@ COLMAP_SUBDIR = "colmap_text"
 
 def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics: Intrinsics, result: FitResult,
                   skipped: list[SkippedInput], timings: dict, *, model: ModelInfo, avatar_format: bool,
-                  renders: list[np.ndarray] | None = None, export: ExportConfig | None = None) -> None:
+                  renders: list[np.ndarray] | None = None, export: ExportConfig | None = None,
+                  bake: bool = False) -> None:
     """Write every export of ``result`` into ``out_dir`` (created if missing; layout: module docstring).
 
     The caller owns atomicity (write into a temporary folder, then rename).
+
+    The writers run at the same time on a pool of threads (their work, PNG/JPEG coding, numpy and torch,
+    releases the GIL; torch at one thread inside each), each starting as soon as what it needs is there:
+    the texture (``bake``) beside the photos, masks, parameters and the report's thumbnails; the mesh,
+    point cloud and the report's textured views once the texture is done.
 
     Args:
         out_dir: the output folder.
@@ -75,16 +86,26 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
         avatar_format: also write the FLAME-avatar data set under ``avatar/``.
         renders: per-view renders for the report (default: :func:`~.report.render_previews`).
         export: the report's options (default: :class:`~flame_prior.export_config.ExportConfig`'s).
+        bake: replace ``result.texture`` by the photos projected onto the mesh
+            (:func:`~.texture_bake.bake_texture`) in ``texture.png``, the point colours and the report.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = write_images_and_masks(out, views, result)
-    write_transforms(out, views, result, paths)
-    write_flame_params(out, result, model, skipped)
-    write_colmap_text(out / COLMAP_SUBDIR, result, [Path(image).name for image, _ in paths])
-    write_textured_mesh(out, result)
-    if avatar_format:
-        write_avatar_dataset(out / AVATAR_SUBDIR, views, result, model=model)
     export = export or ExportConfig()
-    write_report(out, views, result, intrinsics, skipped, timings, renders=renders, model=model,
-                 full_views=export.report_full_views, worst_views=export.report_worst_views)
+    with torch_threads(1), ThreadPoolExecutor(max_workers=8, thread_name_prefix="flame-prior-export") as pool:
+        # Waiting jobs hold a thread each but no core: 8 threads for at most 7 jobs, none can starve.
+        baked = pool.submit(bake_texture, result, ideal_views(views, result)) if bake else None
+        final = (lambda: dataclasses.replace(result, texture=baked.result())) if baked else (lambda: result)  # noqa: E731
+        paths = pool.submit(write_images_and_masks, out, views, result)
+        jobs = [paths, pool.submit(write_flame_params, out, result, model, skipped),
+                pool.submit(lambda: write_colmap_text(out / COLMAP_SUBDIR, result,
+                                                      [Path(image).name for image, _ in paths.result()])),
+                pool.submit(lambda: write_transforms(out, views, final(), paths.result())),
+                pool.submit(lambda: write_textured_mesh(out, final()))]
+        if avatar_format:
+            jobs.append(pool.submit(write_avatar_dataset, out / AVATAR_SUBDIR, views, result, model=model))
+        write_report(out, views, result, intrinsics, skipped, timings, renders=renders, model=model,
+                     full_views=export.report_full_views, worst_views=export.report_worst_views,
+                     texture=(lambda: baked.result()) if baked else None)
+        for job in jobs:
+            job.result()

@@ -86,14 +86,16 @@ def feature_lines(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 @torch.no_grad()
 def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
                       base: Image.Image | None = None, rast: torch.Tensor | None = None,
-                      normals: torch.Tensor | None = None) -> Image.Image:
+                      normals: torch.Tensor | None = None,
+                      features: tuple[np.ndarray, np.ndarray] | None = None) -> Image.Image:
     """View ``i``'s photo (``(H, W, 3)`` uint8, original grid) at display scale ``s`` with the
     shaded model at 50 %, its silhouette and feature lines (see the module docstring). ``base``:
     the photo already resized to display scale, when the caller has it (resized here otherwise);
     ``rast``: the rasterization of this view at the render size used here, when the caller has it
     (:func:`flame_prior.export.report.render_preview` makes the same one: the mesh is rasterized once);
     ``normals``: the unit world-frame normals ``(1, h, w, 3)`` at that rasterization's pixels, when
-    the caller has them (render_preview's)."""
+    the caller has them (render_preview's); ``features``: :func:`feature_lines` of the result, when the
+    caller draws several views. The mesh is rasterized front faces only, as the report's own renders."""
     H, W = photo.shape[:2]
     w, h = max(1, round(W * s)), max(1, round(H * s))
     r = min(1.0, RENDER_SIDE / max(w, h))  # render scale relative to the display
@@ -105,7 +107,7 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
     pc = verts @ cams.R.transpose(1, 2) + cams.t[:, None]
     pos = render.pinhole_to_clip(pc, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, rw, rh)
     if rast is None or tuple(rast.shape[1:3]) != (rh, rw):
-        rast, normals = render.rasterize(pos, faces, (rh, rw)), None
+        rast, normals = render.rasterize(pos, faces, (rh, rw), cull_backfaces=True), None
     if normals is None:
         normals = torch.nn.functional.normalize(
             render.interpolate(render.vertex_normals(verts, faces), rast, faces), dim=-1)
@@ -141,7 +143,7 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
     out[edge] = SILHOUETTE
     im = Image.fromarray(np.round(out).astype(np.uint8))
 
-    pts3, segs = feature_lines(result.vertices, result.faces)
+    pts3, segs = features if features is not None else feature_lines(result.vertices, result.faces)
     if len(segs):
         p = torch.as_tensor(pts3, dtype=torch.float64) @ cams.R[0].double().T + cams.t[0].double()
         z = p[:, 2].numpy()

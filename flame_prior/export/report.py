@@ -6,7 +6,7 @@ Contents, top to bottom:
   COLMAP's figures when it ran), the FLAME model used and what it lacks, time per stage;
 * a contact sheet: every fitted view as a thumbnail (long side ``THUMB_SIDE``) of its alignment check,
   captioned with its landmark error and status; flagged cameras outlined in red;
-* loss curves per fitting stage (matplotlib, Agg backend, log scale);
+* loss curves per fitting stage (:mod:`flame_prior.export.loss_plot`, log scale);
 * a per-view table: size, focal length, median landmark error in pixels and as a fraction of the
   outer-eye-corner distance of the projected model, with a status colour;
 * the views shown at full size (:func:`full_size_views`: by default the flagged cameras and the few
@@ -31,9 +31,10 @@ names: ``report/<view>_thumb.jpg`` (every view), ``report/<view>_landmarks.jpg``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import html
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -42,9 +43,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from flame_prior.export._common import flame_prior_version, ideal_views
-from flame_prior.export.alignment import alignment_overlay
+from flame_prior.export.alignment import alignment_overlay, feature_lines
+from flame_prior.export.loss_plot import write_loss_plot
 from flame_prior.export_config import ReportFullViews
 from flame_prior.fit import FitResult
+from flame_prior.geometry import PinholeCameras
 from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
@@ -52,11 +55,10 @@ from flame_prior.observe import ViewObservation
 from flame_prior import render
 from flame_prior.flame import shade_sh
 from flame_prior.render import vertex_normals
-from flame_prior.render_head import head_surface
 from flame_prior.threads import parallel_map
 
 __all__ = ["write_report", "render_preview", "render_previews", "draw_landmark_overlay", "draw_model_overlay",
-           "full_size_views", "MAX_SIDE", "THUMB_SIDE"]
+           "full_size_views", "view_surface", "ReportMesh", "MAX_SIDE", "THUMB_SIDE"]
 
 #: Long side of the pictures at most: the page shows them at most 620 px wide, and a picture drawn at
 #: the render size needs no upsampling of the render (a 1024 px long side cost 2.5x the pixels).
@@ -98,9 +100,9 @@ def _resized(pixels: np.ndarray, s: float) -> Image.Image:
     return Image.fromarray(a).resize(size, Image.LANCZOS)
 
 
-def _mask_outline(mask: np.ndarray, size: tuple[int, int], thickness: int) -> np.ndarray:
-    """Boolean ``(h, w)`` outline of ``mask >= 0.5`` at display size ``(w, h)``."""
-    m = Image.fromarray((np.asarray(mask) >= 0.5).astype(np.uint8) * 255).resize(size, Image.NEAREST)
+def _mask_outline(head: np.ndarray, size: tuple[int, int], thickness: int) -> np.ndarray:
+    """Boolean ``(h, w)`` outline of the boolean head mask ``head`` at display size ``(w, h)``."""
+    m = Image.fromarray(np.asarray(head, bool).view(np.uint8) * np.uint8(255)).resize(size, Image.NEAREST)
     b = np.asarray(m) > 127
     inner = b.copy()
     inner[1:] &= b[:-1]; inner[:-1] &= b[1:]; inner[:, 1:] &= b[:, :-1]; inner[:, :-1] &= b[:, 1:]  # noqa: E702
@@ -121,7 +123,7 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
     s = _scale_for(obs.image.width, obs.image.height) if s is None else s
     im = photo.copy() if photo is not None else _resized(obs.image.pixels, s).convert("RGB")
     r = max(2.0, max(im.size) / 300)
-    edge = _mask_outline(obs.detection.mask, im.size, max(1, round(r / 2)))
+    edge = _mask_outline(obs.detection.head_mask, im.size, max(1, round(r / 2)))
     arr = np.asarray(im).copy()
     arr[edge] = YELLOW
     im = Image.fromarray(arr)
@@ -144,24 +146,62 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
     return im
 
 
+@dataclasses.dataclass(frozen=True)
+class ReportMesh:
+    """The fitted mesh as the report's renders need it, built once per report: ``verts (1, V, 3)``,
+    ``faces (F, 3)`` int64, unit vertex normals ``(1, V, 3)``, ``uvs (T, 2)``, ``uv_faces (F, 3)``,
+    float32 cameras, and the feature lines of :func:`~.alignment.feature_lines`."""
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    normals: torch.Tensor
+    uvs: torch.Tensor
+    uv_faces: torch.Tensor
+    cameras: PinholeCameras
+    features: tuple[np.ndarray, np.ndarray]
+
+    @staticmethod
+    def of(result: FitResult) -> "ReportMesh":
+        verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)[None]
+        faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
+        return ReportMesh(verts, faces, vertex_normals(verts, faces), torch.as_tensor(np.asarray(result.uvs), dtype=torch.float32),
+                          torch.as_tensor(np.asarray(result.uv_faces, dtype=np.int64)), result.cameras.to(dtype=torch.float32),
+                          feature_lines(result.vertices, result.faces))
+
+
+@torch.no_grad()
+def view_surface(mesh: ReportMesh, i: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """View ``i`` rasterized at ``size = (w, h)`` (any scale of its pixel grid), front faces only (a back
+    face never shows on a closed head seen from outside; culling halves the rasterizer's work): texture
+    coordinates ``(1, h, w, 2)``, unit world-frame normals ``(1, h, w, 3)`` and ``rast``. The one
+    rasterization of a view that its textured render and its alignment check share."""
+    w, h = size
+    cams = mesh.cameras
+    cam = cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i]))
+    pc = mesh.verts @ cam.R.transpose(1, 2) + cam.t[:, None]
+    rast = render.rasterize(render.pinhole_to_clip(pc, cam.fx, cam.fy, cam.cx, cam.cy, w, h), mesh.faces, (h, w),
+                            cull_backfaces=True)
+    uv = render.interpolate(mesh.uvs, rast, mesh.uv_faces)
+    normals = torch.nn.functional.normalize(render.interpolate(mesh.normals, rast, mesh.faces), dim=-1)
+    return uv, normals, rast
+
+
 @torch.no_grad()
 def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640,
-                   return_rast: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+                   return_rast: bool = False, mesh: ReportMesh | None = None
+                   ) -> np.ndarray | tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """The fitted, textured, lit head over view ``i``: ``(h, w, 4)`` uint8 RGBA for ``size = (w, h)``
     (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up; with
     ``return_rast`` also the rasterization and the unit world-frame normals ``(1, h, w, 3)`` (for the
-    alignment picture of the same view: the mesh is rasterized and interpolated once)."""
-    verts = torch.as_tensor(result.vertices, dtype=torch.float32)[None]
-    faces = torch.as_tensor(result.faces)
-    uvs, uv_faces = torch.as_tensor(result.uvs), torch.as_tensor(result.uv_faces)
+    alignment picture of the same view: the mesh is rasterized and interpolated once). ``mesh``:
+    :meth:`ReportMesh.of` ``result``, when the caller renders several views."""
+    mesh = mesh or ReportMesh.of(result)
     tex = torch.as_tensor(result.texture, dtype=torch.float32)
-    cams = result.cameras.to(dtype=torch.float32)
     W, H = size
     s = min(1.0, max_side / max(W, H))
     w, h = max(1, round(W * s)), max(1, round(H * s))
     sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
-    uv, normals, rast, _ = head_surface(verts, faces, cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i])),
-                                        uvs, uv_faces, size=(h, w), vertex_normals=vertex_normals(verts, faces))
+    uv, normals, rast = view_surface(mesh, i, (w, h))
     # Texture and light only where the head is (render_head's shading, on the covered pixels only:
     # the head covers about half of a portrait's grid, and the background is transparent anyway).
     covered = rast[0, ..., 3] > 0
@@ -217,55 +257,6 @@ def full_size_views(result: FitResult, full_views: ReportFullViews = "flagged", 
     return sorted(flagged | {int(i) for i in worst})
 
 
-@torch.no_grad()
-def _thumbnail_rasters(result: FitResult, indices: list[int], sizes: dict[int, tuple[int, int]]
-                       ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Rasterization and unit world-frame normals ``(1, h, w, 3)`` of each view in ``indices`` at its
-    thumbnail size ``sizes[i] = (w, h)`` (the grid :func:`~.alignment.alignment_overlay` renders at that
-    display size): the views of one size are rasterized in one batch (one pass over the faces)."""
-    verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)[None]
-    faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
-    vn = render.vertex_normals(verts, faces)
-    cams = result.cameras.to(dtype=torch.float32)
-    out = {}
-    for size in sorted({sizes[i] for i in indices}):
-        group = [i for i in indices if sizes[i] == size]
-        w, h = size
-        c = cams.subset(group)
-        sx = torch.tensor([w / float(W) for W in c.width], dtype=torch.float32)
-        sy = torch.tensor([h / float(H) for H in c.height], dtype=torch.float32)
-        pc = verts @ c.R.transpose(1, 2) + c.t[:, None]
-        pos = render.pinhole_to_clip(pc, c.fx * sx, c.fy * sy, c.cx * sx, c.cy * sy, w, h)
-        rast = render.rasterize(pos, faces, (h, w))
-        normals = torch.nn.functional.normalize(render.interpolate(vn.expand(len(group), -1, -1), rast, faces), dim=-1)
-        out.update({i: (rast[k:k + 1], normals[k:k + 1]) for k, i in enumerate(group)})
-    return out
-
-
-def _loss_plot(result: FitResult, path: Path) -> Path | None:
-    stages = [s for s in result.stages if len(s.loss_history) > 0]
-    if not stages:
-        return None
-    from matplotlib.figure import Figure  # not pyplot: no global state, so it may run beside the pictures' threads
-
-    n = len(stages)
-    fig = Figure(figsize=(min(4.0 * n, 16), 3.0))
-    axes = fig.subplots(1, n, squeeze=False)
-    for ax, st in zip(axes[0], stages):
-        y = np.asarray(st.loss_history, dtype=np.float64)
-        ax.plot(np.arange(1, len(y) + 1), y, color="#2563eb", lw=1.5)
-        if np.all(y[np.isfinite(y)] > 0) and np.isfinite(y).any():
-            ax.set_yscale("log")
-        ax.set_title(f"{st.name}  ({st.iterations} it, {st.seconds:.1f} s)", fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("loss", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
 def _esc(x) -> str:
     return html.escape(str(x))
 
@@ -318,7 +309,8 @@ ul{margin:4px 0 0 18px;padding:0}
 
 def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitResult, intrinsics: Intrinsics,
                  skipped: list[SkippedInput], timings: dict, renders: list[np.ndarray] | None = None, *,
-                 model: ModelInfo | None = None, full_views: ReportFullViews = "flagged", worst_views: int = 4) -> Path:
+                 model: ModelInfo | None = None, full_views: ReportFullViews = "flagged", worst_views: int = 4,
+                 texture: Callable[[], np.ndarray] | None = None) -> Path:
     """Write ``report.html`` and ``report/`` into ``out_dir`` (contents: module docstring).
 
     Args:
@@ -333,6 +325,10 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         model: the model files the fit used (the Model card), when known.
         full_views, worst_views: the views drawn at full size (:func:`full_size_views`); every view
             gets a contact-sheet thumbnail.
+        texture: returns the texture of the textured renders (in place of ``result.texture``) when it is
+            still being computed beside the report (:func:`flame_prior.export.write_outputs` bakes it
+            meanwhile); called, and waited for, only by the first view drawn at full size, after the
+            thumbnails, which need no texture.
 
     Returns:
         the path of ``report.html``.
@@ -349,36 +345,41 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     thumb_scale = [THUMB_SIDE / max(o.image.width, o.image.height) for o in obs]
     thumb_size = {i: (max(1, round(o.image.width * thumb_scale[i])), max(1, round(o.image.height * thumb_scale[i])))
                   for i, o in enumerate(obs)}
-    small = [i for i in range(len(obs)) if i not in full_set]
-    rasters = _thumbnail_rasters(result, small, thumb_size) if small else {}
+    mesh = ReportMesh.of(result)
+    textured: list[FitResult] = []  # the result with its final texture, fetched by the first full view
 
     def full_pictures(i: int) -> None:
         """View ``i``'s three full-size pictures and its thumbnail, written. The photo is resized once
-        and the model rendered once, at display size (runs on a pool of threads)."""
+        and the model rasterized once, at display size (runs on a pool of threads)."""
         o, vf = obs[i], result.views[i]
         s = _scale_for(o.image.width, o.image.height)
         photo = _resized(o.image.pixels, s).convert("RGB")
-        render, rast, normals = ((renders[i], None, None) if renders is not None
-                                 else render_preview(result, i, photo.size, return_rast=True))
         draw_landmark_overlay(o, vf, s, photo=photo).save(rep / f"{vf.name}_landmarks.jpg", quality=JPEG_QUALITY)
+        if renders is not None:
+            render, rast, normals = renders[i], None, None
+        else:
+            if not textured:
+                textured.append(result if texture is None else dataclasses.replace(result, texture=texture()))
+            render, rast, normals = render_preview(textured[0], i, photo.size, return_rast=True, mesh=mesh)
         draw_model_overlay(o, render, s, photo=photo).save(rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
-        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, rast=rast, normals=normals)
+        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, rast=rast, normals=normals, features=mesh.features)
         aim.save(rep / f"{vf.name}_alignment.jpg", quality=JPEG_QUALITY)
         _resized(np.asarray(aim), thumb_size[i][0] / aim.width).save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
     def thumbnail(i: int) -> None:
-        """View ``i``'s contact-sheet thumbnail: its alignment check drawn at thumbnail size."""
+        """View ``i``'s contact-sheet thumbnail: its alignment check drawn (and the model rasterized) at
+        thumbnail size."""
         o, vf = obs[i], result.views[i]
         s = thumb_scale[i]
-        rast, normals = rasters[i]
+        _, normals, rast = view_surface(mesh, i, thumb_size[i])
         aim = alignment_overlay(o.image.pixels, result, i, s, base=_resized(o.image.pixels, s).convert("RGB"),
-                                rast=rast, normals=normals)
+                                rast=rast, normals=normals, features=mesh.features)
         aim.save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
-    with ThreadPoolExecutor(max_workers=1) as plotter:  # matplotlib beside the pictures
-        plot_job = plotter.submit(_loss_plot, result, rep / "loss_curves.png")
-        parallel_map(lambda i: full_pictures(i) if i in full_set else thumbnail(i), range(len(obs)))
-        plot = plot_job.result()
+    # Thumbnails first: the full views wait for the texture when it is still being baked (``texture``).
+    order = [i for i in range(len(obs)) if i not in full_set] + full
+    parallel_map(lambda i: full_pictures(i) if i in full_set else thumbnail(i), order)
+    plot = write_loss_plot(result.stages, rep / "loss_curves.png")
 
     rows, blocks, cells = [], [], []
     model_caption = "rendered model over the photo"
