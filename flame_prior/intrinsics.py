@@ -194,6 +194,14 @@ class IntrinsicsConfig:
     share no SIFT descriptor. 180 matches every pair (as a rigid scene always does)."""
     colmap_mask_erode_px: int = 4
     """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
+    colmap_retry_below: float = 0.6
+    """When COLMAP registers fewer than this fraction of the images it was given (the views, and in a rigid scene
+    the images without a face), it runs again with ``colmap_retry_max_features`` at ``colmap_retry_max_image_side``
+    and the result that registers more images is kept (a tie: the lower reprojection error). 0 = never."""
+    colmap_retry_max_features: int = 8192
+    """Most SIFT features per image in the retry (:attr:`colmap_retry_below`)."""
+    colmap_retry_max_image_side: int = 1280
+    """Long image side in the retry (:attr:`colmap_retry_below`); images are never upscaled."""
     colmap_seed: int = 0
     """Random seed of COLMAP's RANSAC and mapper, for repeatable runs."""
     colmap_max_image_side: int = 1024
@@ -238,6 +246,12 @@ class IntrinsicsConfig:
                      "at least 1")
         check_option(0 < self.colmap_pair_max_angle_deg <= 180, prefix + "colmap_pair_max_angle_deg",
                      self.colmap_pair_max_angle_deg, "in (0, 180] degrees")
+        check_option(0 <= self.colmap_retry_below <= 1, prefix + "colmap_retry_below", self.colmap_retry_below,
+                     "a fraction in [0, 1]")
+        check_option(self.colmap_retry_max_features >= 1, prefix + "colmap_retry_max_features",
+                     self.colmap_retry_max_features, "at least 1")
+        check_option(self.colmap_retry_max_image_side >= 64, prefix + "colmap_retry_max_image_side",
+                     self.colmap_retry_max_image_side, "at least 64 pixels")
         check_option(self.colmap_mask_erode_px >= 0, prefix + "colmap_mask_erode_px", self.colmap_mask_erode_px,
                      "0 or more")
         check_option(self.colmap_max_image_side >= 64, prefix + "colmap_max_image_side", self.colmap_max_image_side,
@@ -432,6 +446,37 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
     elif len(sizes) > 1:
         notes.append(f"COLMAP: one camera per image size ({len(sizes)} sizes)")
     kind = config.scene_kind if config.scene_kind != "auto" else detect_scene_kind(views, notes)
+    images = n + (len(faceless) if kind == "rigid-scene" else 0)  # a turning head's COLMAP sees no faceless image
+    rec = _colmap_with_fallbacks(views, config, workdir, progress, notes, kind, known, faceless, faceless_known)
+    retry = _retry_config(config, max(max(v.image.width, v.image.height) for v in views))
+    if retry is None or _registered_images(rec) >= config.colmap_retry_below * images:
+        return rec
+    # Too few images registered: more and finer features (issue 12's ring of cameras: 4 of 12 at 2048 features
+    # and 1024 px, 12 of 12 at 8192 and 1280). Costs nothing where the first run registered enough.
+    first = _registered_images(rec)
+    notes.append(f"COLMAP registered {first} of {images} images (fewer than "
+                 f"{100 * config.colmap_retry_below:.0f} %): again with {retry.colmap_max_features} features at "
+                 f"{retry.colmap_max_image_side} px")
+    again = _colmap_with_fallbacks(views, retry, workdir, progress, notes, kind, known, faceless, faceless_known)
+    better = _registered_images(again) > first or (
+        again is not None and rec is not None and _registered_images(again) == first
+        and again.figures["mean_reprojection_error_px"] < rec.figures["mean_reprojection_error_px"])
+    notes.append(f"COLMAP retry registered {_registered_images(again)} of {images} images: "
+                 + ("its result is used" if better else "the first result is kept"))
+    chosen = again if better else rec
+    if chosen is not None:
+        chosen.figures["retry"] = {"first_registered": first, "retry_registered": _registered_images(again),
+                                   "images": images, "used": bool(better),
+                                   "max_features": retry.colmap_max_features,
+                                   "max_image_side": retry.colmap_max_image_side}
+    return chosen
+
+
+def _colmap_with_fallbacks(views, config: IntrinsicsConfig, workdir, progress, notes: list[str], kind: SceneKind,
+                           known: KnownIntrinsics | None, faceless: Sequence[InputImage],
+                           faceless_known: Sequence[KnownIntrinsics]) -> ColmapResult | None:
+    """One COLMAP run for the scene kind (with the faceless images in a rigid scene), and on the head
+    masks alone when the whole images gave no usable model and the kind was detected, not forced."""
     if kind == "rigid-scene" and faceless:
         rec = _colmap_with_faceless(views, config, workdir, progress, notes, known, list(faceless),
                                     list(faceless_known))
@@ -442,6 +487,29 @@ def _try_colmap(views, config: IntrinsicsConfig, workdir, progress, notes: list[
         notes.append("COLMAP on the whole image gave no usable model; trying the head masks alone")
         rec = _colmap_attempt(views, config, workdir, progress, notes, "turning-head", known)
     return rec
+
+
+def _registered_images(rec: ColmapResult | None) -> int:
+    """How many images a COLMAP result gives a camera: the views and the images without a face."""
+    if rec is None:
+        return 0
+    return int(rec.registered.sum()) + (0 if rec.faceless is None else len(rec.faceless.names))
+
+
+def _retry_config(config: IntrinsicsConfig, longest_side: int) -> IntrinsicsConfig | None:
+    """The settings of the retry when too few images register (:attr:`IntrinsicsConfig.colmap_retry_below`):
+    ``colmap_retry_max_features`` and ``colmap_retry_max_image_side`` where they exceed the first run's; None
+    when the retry is off or would change nothing (``longest_side``: the views' longest image side, pixels:
+    a larger side than that changes nothing, images are not upscaled)."""
+    if config.colmap_retry_below <= 0:
+        return None
+    retry = dataclasses.replace(config, colmap_max_features=max(config.colmap_max_features,
+                                                                config.colmap_retry_max_features),
+                                colmap_max_image_side=max(config.colmap_max_image_side,
+                                                          config.colmap_retry_max_image_side))
+    side = lambda c: min(c.colmap_max_image_side, longest_side)  # noqa: E731
+    same = retry.colmap_max_features == config.colmap_max_features and side(retry) == side(config)
+    return None if same else retry
 
 
 def _faceless_observation(image: InputImage) -> ViewObservation:

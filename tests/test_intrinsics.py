@@ -283,3 +283,48 @@ def test_implausible_per_view_focals_leave_the_poses():
                         view_cx=np.full(5, 51.0), view_cy=np.full(5, 41.0))
     _drop_implausible_cameras(rec2, views, notes)
     assert rec2.registered.all() and len(notes) == 1
+
+
+def test_retry_settings():
+    """The retry (too few images registered) asks for more features and a larger side, and is skipped when
+    it would change nothing: off, or settings no larger than the first run's for images this small."""
+    from flame_prior.intrinsics import _retry_config
+
+    retry = _retry_config(IntrinsicsConfig(), longest_side=1280)
+    assert (retry.colmap_max_features, retry.colmap_max_image_side) == (8192, 1280)
+    assert _retry_config(IntrinsicsConfig(colmap_retry_below=0.0), longest_side=1280) is None
+    # 8192 features asked for already, images of 1000 px: a larger side would not upscale them.
+    assert _retry_config(IntrinsicsConfig(colmap_max_features=8192), longest_side=1000) is None
+    assert _retry_config(IntrinsicsConfig(colmap_max_features=8192), longest_side=1200) is not None
+    with pytest.raises(Exception, match="colmap-retry-below"):
+        IntrinsicsConfig(colmap_retry_below=1.5).check()
+
+
+def test_colmap_retries_when_too_few_register(tmp_path):
+    """Issue 12's ring of cameras registered 4 of 12 images with the default features: when fewer than
+    colmap_retry_below of the images register, COLMAP runs again with more features and the result that
+    registers more is used, and the notes say so. Here the first run gets 8 features per image (nothing
+    registers) and the retry 2048; a run that registers enough (the same views at 2048: the retry's cached
+    result) does not retry."""
+    from conftest import shared_path
+
+    src = shared_path("data/multiview/2-346/images")
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in (1, 4, 8, 12, 16, 20, 24, 28):
+        Image.open(src / f"{i}.jpg").save(data / f"{i:02d}.png")
+    images, _ = load_images(data)
+    views, _ = observe(images, DetectConfig(cache_dir=tmp_path / "det"), progress=False)
+    starved = IntrinsicsConfig(cache_dir=tmp_path / "colmap", colmap_max_features=8, colmap_retry_max_features=2048,
+                               colmap_retry_max_image_side=1024)
+    intr = estimate_intrinsics(views, starved)
+    assert intr.source == "colmap", intr.notes
+    assert intr.colmap["registered"] >= 6 and intr.colmap["retry"]["used"], intr.colmap
+    assert intr.colmap["retry"]["first_registered"] < 0.6 * len(views) <= intr.colmap["retry"]["retry_registered"]
+    assert any("again with 2048 features" in n for n in intr.notes), intr.notes
+    assert any("its result is used" in n for n in intr.notes), intr.notes
+
+    fine = estimate_intrinsics(views, IntrinsicsConfig(cache_dir=tmp_path / "colmap"))
+    assert any("reused from the cache" in n for n in fine.notes), fine.notes  # the retry's run, keyed by its settings
+    assert fine.colmap["registered"] == intr.colmap["registered"] and "retry" not in fine.colmap
+    assert not any("again with" in n for n in fine.notes), fine.notes
