@@ -179,6 +179,10 @@ class IntrinsicsConfig:
     colmap_cameras: Literal["per_size", "per_view"] = "per_size"
     """COLMAP's cameras: one per image size (views of one camera body share it), or one per view (a rig of
     different cameras or zooms: a focal and principal point each)."""
+    colmap_per_view_retry: bool = True
+    """When the fit finds that COLMAP's cameras (one per image size) explain no face (the multi-view stage's
+    whole-capture rule: a rig of different focal lengths given one camera), run COLMAP again with one camera
+    per view and fit again; the fit whose cameras explain the faces is kept."""
     colmap_min_views: int = 3
     """Fewest views for which COLMAP is tried; fewer views go straight to EXIF or the prior."""
     colmap_min_registered: float = 0.5

@@ -25,6 +25,7 @@ from flame_prior.export.output_dir import atomic_output_dir, check_output_dir
 from flame_prior.export_config import ExportConfig
 from flame_prior.export.sequence import append_report_section, extend_summary, frame_selection_html
 from flame_prior.fit import FitResult, check_observation, fit_flame, resolve_device
+from flame_prior.fit.multiview import INCONSISTENT_FLAG
 from flame_prior.flame import FlameModel, LandmarkEmbedding
 from flame_prior.flame.assets import Assets, ModelInfo, load_assets
 from flame_prior.images import InputImage, SkippedInput
@@ -166,9 +167,67 @@ def fit_static(config: FitConfig, assets: Assets, prepared: PreparedViews, progr
         result = fit_flame(assets.model, assets.embedding, prepared.views, intrinsics, config.fitter,
                            texture_space=assets.texture_space, uv_layout=assets.uv_layout, progress=progress)
     timings["fit"] = time.perf_counter() - t0
+    if _colmap_inconsistent(result) is not None and _per_view_retry_applies(config, intrinsics):
+        t0 = time.perf_counter()
+        with stage(progress, "COLMAP again with one camera per view"):
+            intrinsics, result = _refit_with_per_view_cameras(config, assets, prepared, progress, intrinsics, result)
+        timings["per-view retry"] = time.perf_counter() - t0
     for s in result.stages:
         timings[f"fit.{s.name}"] = s.seconds
     return SceneFit(prepared, intrinsics, result)
+
+
+def _colmap_inconsistent(result: FitResult) -> float | None:
+    """The median landmark error (face sizes) of the views that follow COLMAP when the multi-view stage found
+    that COLMAP's cameras explain no face (:data:`flame_prior.fit.multiview.INCONSISTENT_FLAG`), else None."""
+    for s in result.stages:
+        if s.name == "multiview" and INCONSISTENT_FLAG in s.details.get("scene_flags", []):
+            return float(s.details.get("median_landmark_error_rel", float("inf")))
+    return None
+
+
+def _per_view_retry_applies(config: FitConfig, intrinsics: Intrinsics) -> bool:
+    """COLMAP estimated the focal with one camera per image size, and the retry is on
+    (:attr:`flame_prior.intrinsics.IntrinsicsConfig.colmap_per_view_retry`)."""
+    ic = config.intrinsics
+    return ic.colmap_per_view_retry and ic.colmap_cameras == "per_size" and intrinsics.source == "colmap"
+
+
+def per_view_fit_is_better(shared_error: float, per_view_error: float | None) -> bool:
+    """Whether the fit with one COLMAP camera per view replaces the shared camera's, which the multi-view rule
+    flagged with median landmark error ``shared_error`` (face sizes): when its COLMAP cameras explain the faces
+    (``per_view_error`` None: not flagged) or, flagged too, when they explain them better."""
+    return per_view_error is None or per_view_error < shared_error
+
+
+def _refit_with_per_view_cameras(config: FitConfig, assets: Assets, prepared: PreparedViews, progress,
+                                 intrinsics: Intrinsics, result: FitResult) -> tuple[Intrinsics, FitResult]:
+    """COLMAP's shared camera explained no face (cameras of different focal lengths given one): COLMAP
+    again with a camera per view and the fit again; the fit whose COLMAP cameras explain the faces (not
+    flagged by the multi-view rule; both flagged: the lower median landmark error) is kept, and the notes
+    of both the intrinsics and the fit say which. Runs only on such scenes: the others pay nothing."""
+    first = _colmap_inconsistent(result)
+    per_view = estimate_intrinsics(prepared.views, dataclasses.replace(config.intrinsics, colmap_cameras="per_view"),
+                                   progress=progress, faceless=faceless_images(prepared))
+    if per_view.source != "colmap":
+        note = ("COLMAP's shared camera explains no face; with one camera per view COLMAP gave no usable model: "
+                "the shared camera's fit is kept (flagged)")
+        intrinsics.notes.append(note)
+        result.notes.append(note)
+        return intrinsics, result
+    again = fit_flame(assets.model, assets.embedding, prepared.views, per_view, config.fitter,
+                      texture_space=assets.texture_space, uv_layout=assets.uv_layout, progress=progress)
+    second = _colmap_inconsistent(again)
+    better = per_view_fit_is_better(first, second)
+    figures = ("its cameras explain the faces" if second is None else
+               f"median landmark error {100 * second:.0f} % of the face size, still beyond the rule")
+    note = (f"COLMAP's shared camera explained no face (median landmark error {100 * first:.0f} % of the face size): "
+            f"COLMAP again with one camera per view, {figures}: "
+            + ("the per-view cameras are used" if better else "the shared camera's fit is kept (flagged)"))
+    chosen_intrinsics, chosen = (per_view, again) if better else (intrinsics, result)
+    chosen_intrinsics.notes.append(note)
+    chosen.notes.append(note)
+    return chosen_intrinsics, chosen
 
 
 def detect_through_lens(config: FitConfig, embedding: LandmarkEmbedding, prepared: PreparedViews,
@@ -213,7 +272,8 @@ def write_scene(out: Path, config: FitConfig, assets: Assets, fit: SceneFit,
               extra_files=extra_files, summary_extra={"sequence": {"kind": "static", "reason": fit.prepared.sequence_reason},
                              "video": fit.prepared.intake.summary(),
                              "cameras_without_face": fit.faceless_cameras,
-                             "seeded_detections": seeded_detections(fit.views)},
+                             "seeded_detections": seeded_detections(fit.views),
+                             "intrinsics_notes": list(fit.intrinsics.notes)},
               report_html=sequence_report_html(fit.prepared) + faceless_report_html(fit.faceless_cameras)
               + seeded_report_html(fit.views))
 

@@ -199,3 +199,35 @@ def test_colmap_model_that_explains_no_face_is_dropped_and_flags_every_camera():
     assert log.details["scene_flags"] == [INCONSISTENT_FLAG], log.details
     assert all(INCONSISTENT_FLAG in v.flags for v in bad.views)
     assert any("do not explain the faces" in n for n in bad.notes)
+    # What the pipeline's per-view retry reads (test_the_per_view_retry_decision): the rule and its error.
+    from flame_prior.fit import FitterConfig
+    from flame_prior.fit.multiview import INCONSISTENT_FACTOR
+    from flame_prior.pipeline import _colmap_inconsistent
+
+    assert _colmap_inconsistent(good) is None
+    assert _colmap_inconsistent(bad) > INCONSISTENT_FACTOR * FitterConfig().multiview_max_landmark_error
+
+
+def test_the_per_view_retry_decision():
+    """The pipeline runs COLMAP again with a camera per view when the multi-view rule flagged the scene (read
+    off the fit's stage log: the test above), only when COLMAP estimated the focal with shared cameras and the
+    retry is on, and keeps the per-view fit when it is not flagged or explains the faces better."""
+    from dataclasses import replace
+
+    from flame_prior.config import FitConfig
+    from flame_prior.intrinsics import Intrinsics
+    from flame_prior.pipeline import _per_view_retry_applies, per_view_fit_is_better
+
+    one = np.ones(3)
+    cfg = FitConfig(data=Path("."), output_dir=Path("out"))
+    colmap = Intrinsics(one, one, one, one, "colmap", False)
+    assert _per_view_retry_applies(cfg, colmap)
+    assert not _per_view_retry_applies(cfg, replace(colmap, source="given"))
+    assert not _per_view_retry_applies(cfg, replace(colmap, source="file"))
+    for off in ({"colmap_cameras": "per_view"}, {"colmap_per_view_retry": False}):
+        assert not _per_view_retry_applies(replace(cfg, intrinsics=replace(cfg.intrinsics, **off)), colmap)
+
+    error = 0.3  # the shared camera's median landmark error, face sizes
+    assert per_view_fit_is_better(error, None)
+    assert per_view_fit_is_better(error, 0.5 * error)
+    assert not per_view_fit_is_better(error, error) and not per_view_fit_is_better(error, 2 * error)

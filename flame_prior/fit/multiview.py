@@ -299,8 +299,7 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
                      f"{100 * typical:.0f} % of the face size with them, limit "
                      f"{100 * INCONSISTENT_FACTOR * cfg.multiview_max_landmark_error:.0f} %): its model, focal "
                      f"length included, is not this capture's (cameras of different focal lengths or lenses?); "
-                     f"every camera is flagged. Pass the calibration (--intrinsics.file) or try "
-                     f"--intrinsics.colmap-cameras per_view")
+                     f"every camera is flagged. Pass the calibration (--intrinsics.file)")
     new = dataclasses.replace(new, camera_fixed=torch.as_tensor(use, device=device))
     A_t, d_t, log_k = sim
     if poses.faceless is not None:
@@ -315,6 +314,7 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
         "similarity": {"A": A_t.double().cpu().numpy().tolist(), "d": d_t.double().cpu().numpy().tolist(),
                        "scale_colmap_per_metre": float(torch.exp(-log_k).item())},
         "rotation_change_deg": {"median": float(np.median(moved)), "max": float(np.max(moved))},
+        "median_landmark_error_rel": typical,  # of the views that follow COLMAP, in face sizes (the rule above)
     })
     notes.append(f"multi-view: {int(use.sum())} of {n} cameras follow COLMAP's relative poses ({poses.scene_kind}), "
                  f"moved from the landmark cameras by {np.median(moved):.2f} deg median, {np.max(moved):.2f} max"
