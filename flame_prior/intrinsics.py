@@ -200,12 +200,12 @@ class IntrinsicsConfig:
     """Shrink the head mask by this many pixels so that keypoints on the silhouette edge are dropped."""
     colmap_retry_below: float = 0.6
     """When COLMAP registers fewer than this fraction of the images it was given (the views, and in a rigid scene
-    the images without a face), it runs again with ``colmap_retry_max_features`` at ``colmap_retry_max_image_side``
-    and the result that registers more images is kept (a tie: the lower reprojection error). 0 = never."""
+    the images without a face), it runs again with colmap-retry-max-features at colmap-retry-max-image-side and
+    the result that registers more images is kept (a tie: the lower reprojection error). 0 = never."""
     colmap_retry_max_features: int = 8192
-    """Most SIFT features per image in the retry (:attr:`colmap_retry_below`)."""
+    """Most SIFT features per image in the retry (colmap-retry-below)."""
     colmap_retry_max_image_side: int = 1280
-    """Long image side in the retry (:attr:`colmap_retry_below`); images are never upscaled."""
+    """Long image side in the retry (colmap-retry-below); images are never upscaled."""
     colmap_seed: int = 0
     """Random seed of COLMAP's RANSAC and mapper, for repeatable runs."""
     colmap_max_image_side: int = 1024
