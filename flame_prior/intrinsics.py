@@ -28,7 +28,10 @@ applies wins, and every source that is skipped leaves a note saying why:
    (:attr:`IntrinsicsConfig.colmap_lens`) the camera is RADIAL instead: its ``k1, k2`` are refined in
    bundle adjustment, checked (plausible, and lowering the reprojection error against the same tracks
    re-adjusted as a pinhole) and handed to the fit as :attr:`Intrinsics.distortion`, the path a
-   calibration's lens takes.
+   calibration's lens takes. When fewer than :attr:`IntrinsicsConfig.colmap_retry_below` of the images
+   register, COLMAP runs again with more features on larger images and the run that registers more is kept
+   (:func:`_try_colmap`). (A shared camera whose model explains no face is retried with one camera per view
+   by the pipeline, after the fit has judged it: :func:`flame_prior.pipeline.fit_static`.)
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
 4. ``"optimised"`` (two views or more): the focal starts at :attr:`IntrinsicsConfig.prior_fov_deg`
    and the fitter refines one shared focal scale (``Intrinsics.optimise_focal``).
