@@ -232,18 +232,24 @@ def test_colmap_runs_on_views_of_two_sizes(tmp_path):
     assert np.all(np.abs(intr.cx - widths / 2) < 0.1 * widths)
 
 
-def test_colmap_one_camera_per_view(tmp_path):
-    """colmap_cameras="per_view" (a rig of different cameras): every registered view gets its own
-    COLMAP camera, so its own focal and principal point; here all are one lens, so they agree."""
+def _eight_shared_views(tmp_path: Path) -> list[ViewObservation]:
+    """Eight of the shared scene's 30 photos (every fourth, about 10 degrees of head turn apart), detected."""
     from conftest import shared_path
 
-    src = shared_path("data/multiview/2-346/images")
+    src = shared_path(SCENE)
     data = tmp_path / "imgs"
     data.mkdir()
     for i in (1, 4, 8, 12, 16, 20, 24, 28):
         Image.open(src / f"{i}.jpg").save(data / f"{i:02d}.png")
     images, _ = load_images(data)
     views, _ = observe(images, DetectConfig(cache_dir=tmp_path / "det"), progress=False)
+    return views
+
+
+def test_colmap_one_camera_per_view(tmp_path):
+    """colmap_cameras="per_view" (a rig of different cameras): every registered view gets its own
+    COLMAP camera, so its own focal and principal point; here all are one lens, so they agree."""
+    views = _eight_shared_views(tmp_path)
     intr = estimate_intrinsics(views, IntrinsicsConfig(cache_dir=tmp_path / "colmap", colmap_cameras="per_view"))
     assert intr.source == "colmap", intr.notes
     assert any("one camera per view" in n for n in intr.notes), intr.notes
@@ -306,15 +312,7 @@ def test_colmap_retries_when_too_few_register(tmp_path):
     registers more is used, and the notes say so. Here the first run gets 8 features per image (nothing
     registers) and the retry 2048; a run that registers enough (the same views at 2048: the retry's cached
     result) does not retry."""
-    from conftest import shared_path
-
-    src = shared_path("data/multiview/2-346/images")
-    data = tmp_path / "imgs"
-    data.mkdir()
-    for i in (1, 4, 8, 12, 16, 20, 24, 28):
-        Image.open(src / f"{i}.jpg").save(data / f"{i:02d}.png")
-    images, _ = load_images(data)
-    views, _ = observe(images, DetectConfig(cache_dir=tmp_path / "det"), progress=False)
+    views = _eight_shared_views(tmp_path)
     starved = IntrinsicsConfig(cache_dir=tmp_path / "colmap", colmap_max_features=8, colmap_retry_max_features=2048,
                                colmap_retry_max_image_side=1024)
     intr = estimate_intrinsics(views, starved)
