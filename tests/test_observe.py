@@ -160,8 +160,14 @@ def test_cache_skips_detection_and_follows_content(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
     calls.clear()
-    second, _ = observe(images, config, progress=False)
+    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
+
+    opened = []
+    with monkeypatch.context() as m:
+        m.setattr(MediaPipeDetector, "__init__", lambda self, *a, **k: opened.append(1))
+        second, _ = observe(images, config, progress=False)
     assert calls == [], "second run reads the cache"
+    assert opened == [], "every detection cached: the backend (MediaPipe's graphs) is never opened"
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a.detection.landmarks, b.detection.landmarks)
         np.testing.assert_array_equal(a.detection.confidence, b.detection.confidence)

@@ -13,8 +13,6 @@ from flame_prior.flame.landmarks import (LandmarkEmbedding, check_embedding, hea
                                          load_ringnet_embedding)
 from flame_prior.flame.lbs import batch_rigid_transform, blend_shapes, lbs, pose_correctives, vertices2joints
 from flame_prior.flame.model import FlameModel, FlameOutput, FlameParams
-from flame_prior.flame.synthetic import (build_test_landmark_embedding, build_test_model, build_test_texture_space,
-                                         build_test_uv_layout, write_flame_pkl, write_flame_texture_npz)
 
 __all__ = [
     "FlameModelData", "load_flame_model", "safe_unpickle",
@@ -27,3 +25,16 @@ __all__ = [
     "build_test_model", "build_test_landmark_embedding", "build_test_uv_layout", "build_test_texture_space",
     "write_flame_texture_npz", "write_flame_pkl",
 ]
+
+#: The names :mod:`.synthetic` provides, imported on first use (PEP 562): it needs scipy.optimize, which a
+#: fit of real files never uses (a third of a second of a single-image run's start-up).
+_SYNTHETIC = frozenset({"build_test_model", "build_test_landmark_embedding", "build_test_uv_layout",
+                        "build_test_texture_space", "write_flame_texture_npz", "write_flame_pkl"})
+
+
+def __getattr__(name: str):
+    if name in _SYNTHETIC:
+        from flame_prior.flame import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,11 +24,11 @@ Joints: 0 root (global rotation), 1 neck, 2 jaw, 3 left eye (+X), 4 right eye (-
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from flame_prior.errors import ModelFileError
 from flame_prior.files import file_sha256
@@ -129,7 +129,10 @@ def _array(d: dict, key: str, path, required: bool = True) -> np.ndarray | None:
             raise ModelFileError(f"missing array '{key}' (keys present: {sorted(map(str, d))})", path, MODEL_HINT)
         return None
     v = d[key]
-    if sp.issparse(v):
+    # A scipy sparse matrix (pickled models' J_regressor) exists only once scipy.sparse is loaded, which
+    # this module leaves to the pickle reader: .npz models never pay for the import.
+    sparse = sys.modules.get("scipy.sparse")
+    if sparse is not None and sparse.issparse(v):
         v = v.toarray()
     try:
         return np.asarray(v)

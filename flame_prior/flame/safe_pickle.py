@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
-import scipy.sparse as sp
 
 from flame_prior.errors import ModelFileError, UnsafePickleError
 
@@ -252,6 +251,8 @@ def _chumpy_value(obj: ChStandIn, path) -> np.ndarray:
 
 
 def _sparse_value(obj: _SparseStandIn, path):
+    import scipy.sparse as sp  # here: only pickled FLAME files hold sparse matrices (scipy costs start-up time)
+
     s = obj.state
     try:
         shape = tuple(int(n) for n in s.get("_shape", s.get("shape")))
