@@ -104,6 +104,21 @@ def test_rigid_stage_converges_in_few_steps(scene):
     assert np.median(rigid.landmark_px) < 5.0, rigid.landmark_px
 
 
+def test_one_view_rule(scene):
+    """One view: the occlusion stage runs, the photometric stage takes ``photometric_steps_one_view``
+    steps (none by default); two views keep ``photometric_steps``."""
+    model, emb, ts, sc = scene
+    one = _intrinsics(sc, False)
+    one = Intrinsics(one.fx[:1], one.fy[:1], one.cx[:1], one.cy[:1], one.source, False)
+    result = fit_flame(model, emb, sc.views[:1], one, FitterConfig(), texture_space=ts)
+    assert [s.name for s in result.stages] == ["rigid", "landmarks", "occlusion"]
+    result = fit_flame(model, emb, sc.views[:1], one, FitterConfig(photometric_steps_one_view=2), texture_space=ts)
+    assert [s.name for s in result.stages][-1] == "photometric" and result.stages[-1].iterations == 2
+    cfg = FitterConfig(photometric_steps=7)
+    assert cfg.for_views(2) is cfg and cfg.for_views(1).photometric_steps == 0
+    assert FitterConfig(photometric_steps=0).for_views(1).photometric_steps == 0  # 0: no photometric stage at all
+
+
 def test_deterministic(scene):
     """Same seed, same result (to float32 round-off: multi-threaded scatter-adds in the renderer's
     backward may sum in another order)."""

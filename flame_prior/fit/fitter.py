@@ -22,7 +22,9 @@ zero) and every view gets its own camera, so the cameras come out directly in FL
    appearance refined with the geometry from the closed-form solve: geometry and cameras by Adam
    (warm-up, cosine fall of the rates) on a photometric L1 term
    inside the head mask, a two-sided mask term (model outside the head mask; face region left
-   uncovered) and the landmark term; early stopping. Cameras fixed by the multiview stage
+   uncovered) and the landmark term; early stopping. A scene of one view runs
+   ``photometric_steps_one_view`` steps (none by default: :class:`FitterConfig` says why), after
+   the occlusion stage all the same. Cameras fixed by the multiview stage
    (``FitState.camera_fixed``) or marked in ``frozen_cameras`` stay where they are.
 
 Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, 2b in :mod:`flame_prior.fit.multiview`, stages 3-4 in
@@ -154,6 +156,7 @@ def fit_flame(
         stages.append(("multiview", 2 * config.multiview_steps,
                        lambda st, tick: multiview_stage(st, tg, intrinsics.poses, names, config, tick)))
     occluded = torch.zeros(tg.weight.shape, dtype=torch.bool, device=device)
+    schedule = config.for_views(n)  # one view: photometric_steps_one_view Adam steps (FitterConfig)
     if config.photometric_steps > 0:
         crops = make_crops(views, tg, config.render_size, device, dtype)
 
@@ -166,8 +169,9 @@ def fit_flame(
             return st, log
 
         stages.append(("occlusion", config.landmark_steps, occlusion))
-        stages.append(("photometric", config.photometric_steps,
-                       lambda st, tick: photometric_stage(st, tg, views, optimise_focal, config, appearance, tick,
+    if schedule.photometric_steps > 0:
+        stages.append(("photometric", schedule.photometric_steps,
+                       lambda st, tick: photometric_stage(st, tg, views, optimise_focal, schedule, appearance, tick,
                                                           frozen_cameras=frozen_cameras, crops=crops,
                                                           appearance_ready=True)))
     logs: list[StageLog] = []
