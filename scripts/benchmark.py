@@ -66,7 +66,8 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   whole run (``run_batch`` in a process that has imported flame_prior: start-up — Ray's start, worker
   spawn, imports, models, detector, warm-up — and the end included, each also reported alone) and as
   the steady rate between the first and the last scene finished; and the accuracy of the fast schedule: NME51/NME68 of the fitted model's
-  projected landmarks against FAN's on the five images, fast vs the full single-image schedule.
+  projected landmarks against FAN's on the five images, fast vs the full single-image schedule (``fit``'s),
+  whose median and worst image are checked against issue 16's NME51 targets (<= 0.035, <= 0.05).
 * **speed** (``--only-speed`` runs only this section; ``--skip-speed`` none; ``scripts/benchmark_speed.py``):
   ``flame-prior --help`` and ``fit --help`` wall time, whether the CLI's import loads torch, the time to
   a fit's first progress line; the 8-view demo fit (``--speed-steps`` photometric steps, 30) alone and
@@ -1119,6 +1120,11 @@ def _targets(report: dict) -> None:
     if cpu:
         add("batch: fast path, images/s from CPU time per image (2 workers)", ">= 5", cpu, cpu >= 5,
             "2 / median CPU s per image: the rate with the 2 cores to itself")
+    per_image = [r["full_nme51"] for r in acc.get("per_image", [])]
+    if per_image:  # issue 16: `fit`'s own schedule (one view: photometric_steps_one_view) on the shared photos
+        med, worst = float(np.median(per_image)), max(per_image)
+        add(f"NME51 median, {len(per_image)} shared FFHQ images (fit's schedule)", "<= 0.035", med, med <= 0.035)
+        add(f"NME51 worst image, {len(per_image)} shared FFHQ images (fit's schedule)", "<= 0.05", worst, worst <= 0.05)
     if "nme51_fast_minus_full" in acc:
         d = acc["nme51_fast_minus_full"]
         add("fast path NME51 - full single-image fit NME51", "<= +0.005", d, d <= 0.005)
@@ -1147,8 +1153,9 @@ def _targets(report: dict) -> None:
     if r and "error" not in r:
         single = r["seconds"]["total_excl_detection_colmap"] - r["seconds"]["detection_cached"]
         add("single image (fit)", "<= 5 s", r["seconds"]["fit"], r["seconds"]["fit"] <= 5, quick_note)
-        add("single image (end to end, cached detection, excl. model load)", "<= 5 s",
-            single - r["seconds"]["assets"], single - r["seconds"]["assets"] <= 5, quick_note)
+        add("single image (end to end, cached detection, excl. model load)", "<= 2.5 s",
+            single - r["seconds"]["assets"], single - r["seconds"]["assets"] <= 2.5,
+            "in one process: the command line's imports (torch) come on top; " + quick_note)
     for key, r in c.items():
         if "error" not in r and "rigid" in r.get("seconds", {}):
             add(f"rigid stage ({key})", "<= 1 s", r["seconds"]["rigid"], r["seconds"]["rigid"] <= 1)
