@@ -160,7 +160,7 @@ def _seeded_pass(detector, cache: DetectionCache | None, images: list[InputImage
         seeds = [(images[j].name, found[j][0]) for j in before + after]
         if seeds:
             # Cached under the image AND its seeds: another neighbour is another search.
-            key = hashlib.sha256("".join([image.sha256, ":seeded"] + [
+            key = hashlib.sha256("".join([image.sha256, ":", getattr(detector, "seeded_version", "seeded")] + [
                 f":{name}:" + ",".join(f"{v:.1f}" for v in d.face_box) for name, d in seeds]).encode()).hexdigest()
             det, notes = _detect_cached(detector, cache, image, key=key, seeds=seeds)
             if det is not None:

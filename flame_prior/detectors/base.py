@@ -112,7 +112,8 @@ class Detector(Protocol):
     def detect(self, image: InputImage) -> Detection | None: ...
 
     # Optional: ``detect_seeded(image, seeds) -> Detection | None``, the seeded second pass
-    # (flame_prior.detectors.seeded); backends without it get none.
+    # (flame_prior.detectors.seeded), with ``seeded_version`` its cache version; backends without
+    # it get none.
 
     def close(self) -> None: ...
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from flame_prior.detectors.base import Detection
 from flame_prior.detectors.headmask import HeadMasker
-from flame_prior.detectors.seeded import check_seeded, seeded_search
+from flame_prior.detectors.seeded import VERSION as SEEDED_VERSION, check_seeded, seeded_search
 from flame_prior.images import InputImage
 
 __all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
@@ -124,6 +124,7 @@ class MediaPipeDetector:
 
     name = "mediapipe"
     version = VERSION
+    seeded_version = SEEDED_VERSION  # the seeded pass's own cache version (flame_prior.observe)
     cacheable = True
 
     def __init__(self, max_side: int = 1600, min_detection_confidence: float = 0.5,

@@ -44,8 +44,11 @@ import numpy as np
 
 from flame_prior.detectors.roi_landmarker import Roi
 
-__all__ = ["MIN_PRESENCE", "MAX_SIZE_RATIO", "SeededFace", "face_mesh_mirror", "mirror_points",
+__all__ = ["VERSION", "MIN_PRESENCE", "MAX_SIZE_RATIO", "SeededFace", "face_mesh_mirror", "mirror_points",
            "roi_from_landmarks", "seeded_search", "check_seeded", "build_face_mesh_mirror"]
+
+VERSION = "seeded/1"
+"""Cache version of the seeded search: bump it whenever its output for the same photo and seeds changes."""
 
 #: MediaPipe keeps a face when the landmark model's presence score is at least this (its own gate).
 MIN_PRESENCE = 0.5
