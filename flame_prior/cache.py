@@ -6,7 +6,7 @@ Every file is an ``.npz`` read with ``allow_pickle=False`` and written by :func:
 
 Detection cache: one ``.npz`` per (image content, backend, backend version). File: ``<cache_dir>/<sha256 of the image file>-<backend>-<first 12 hex of sha256(version)>.npz``.
 The seeded second pass (:mod:`flame_prior.detectors.seeded`) caches its result as
-``<sha256 of (image sha256, seeded version, each seed's view name and face box)>-<backend>-seeded-<...>.npz``:
+``<sha256 of (image sha256, seeded version, each seed photo's sha256 and face box)>-<backend>-seeded-<...>.npz``:
 another seed is another search, and a first-pass file is never overwritten by a seeded one.
 Keys (all plain arrays, read with ``np.load(allow_pickle=False)``, nothing executed):
 

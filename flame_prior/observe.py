@@ -157,11 +157,11 @@ def _seeded_pass(detector, cache: DetectionCache | None, images: list[InputImage
         same = [j for j in with_face if (images[j].height, images[j].width) == (image.height, image.width)]
         before = [j for j in same if j < i][-1:]
         after = [j for j in same if j > i][:1]
-        seeds = [(images[j].name, found[j][0]) for j in before + after]
+        seeds = [(images[j], found[j][0]) for j in before + after]
         if seeds:
             # Cached under the image AND its seeds: another neighbour is another search.
             key = hashlib.sha256("".join([image.sha256, ":", getattr(detector, "seeded_version", "seeded")] + [
-                f":{name}:" + ",".join(f"{v:.1f}" for v in d.face_box) for name, d in seeds]).encode()).hexdigest()
+                f":{im.sha256}:" + ",".join(f"{v:.1f}" for v in d.face_box) for im, d in seeds]).encode()).hexdigest()
             det, notes = _detect_cached(detector, cache, image, key=key, seeds=seeds)
             if det is not None:
                 found[i] = (det, found[i][1] + notes)

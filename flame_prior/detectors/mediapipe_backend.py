@@ -46,7 +46,7 @@ import numpy as np
 
 from flame_prior.detectors.base import Detection
 from flame_prior.detectors.headmask import HeadMasker
-from flame_prior.detectors.seeded import VERSION as SEEDED_VERSION, check_seeded, seeded_search
+from flame_prior.detectors.seeded import VERSION as SEEDED_VERSION, face_forward, face_yaw, roi_from_landmarks, seeded_search
 from flame_prior.images import InputImage
 
 __all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
@@ -90,13 +90,8 @@ def facing_confidence(points3d: np.ndarray) -> np.ndarray:
     P = np.asarray(points3d, dtype=np.float64)
     mesh = P[:468]
     tri = mesh_triangles()
-    right = mesh[263] - mesh[33]
-    up = mesh[10] - mesh[152]
-    fwd = np.cross(right, up)
-    fwd /= np.linalg.norm(fwd) + 1e-12
+    fwd = face_forward(mesh)
     centroid = mesh.mean(axis=0)
-    if np.dot(fwd, mesh[1] - centroid) < 0:  # out through the nose tip
-        fwd = -fwd
     width = np.linalg.norm(mesh[454] - mesh[234])
     centre = centroid - fwd * 0.6 * width
 
@@ -201,26 +196,31 @@ class MediaPipeDetector:
         mask = self._masker(pixels, landmarks, "mediapipe478")
         return Detection(landmarks, confidence, "mediapipe478", mask, _box(face), notes)
 
-    def detect_seeded(self, image: InputImage, seeds: list[tuple[str, Detection]]) -> Detection | None:
-        """The face of ``image`` looked for in regions seeded by other views' faces (``(view name,
-        detection)``, landmarks in a pixel grid of the same size), on the image and its mirror; None
-        when no candidate passes the sanity check (:mod:`flame_prior.detectors.seeded`). The
-        detection has ``provenance="seeded"`` and a note that says how it was found."""
-        usable = [(name, d.landmarks) for name, d in seeds if d.landmark_format == "mediapipe478"]
+    def detect_seeded(self, image: InputImage, seeds: list[tuple[InputImage, Detection]]) -> Detection | None:
+        """The face of ``image`` looked for in regions seeded by other photos' faces (``(photo, its
+        detection)``, a pixel grid of the same size), on the image and its mirror; None when no
+        candidate passes the sanity check (:mod:`flame_prior.detectors.seeded`). The detection has
+        ``provenance="seeded"`` and a note that says how it was found."""
+        usable = [(im, d) for im, d in seeds if d.landmark_format == "mediapipe478"]
         if not usable:
             return None
         if self._roi_landmarker is None:
             from flame_prior.detectors.roi_landmarker import RoiLandmarker
 
             self._roi_landmarker = RoiLandmarker()
-        face = seeded_search(self._roi_landmarker, image.pixels, usable)
-        if face is None or check_seeded(face) is not None:
+        # The seed's head yaw from the landmark model's 3D points on its own region (cached
+        # detections keep only 2D landmarks): one run of the model.
+        seed_faces = [(im.name, d.landmarks, face_yaw(self._roi_landmarker(im.pixels, roi_from_landmarks(d.landmarks))[1]))
+                      for im, d in usable]
+        face = seeded_search(self._roi_landmarker, image.pixels, seed_faces)
+        if face is None or face.rejected is not None:
             return None
         landmarks = face.points[:, :2].astype(np.float32)
         mask = self._masker(image.pixels, landmarks, "mediapipe478")
         note = (f"seeded detection: no face on the first pass; found by the landmark model in the region of "
                 f"{face.seed}'s face{' on the mirror image' if face.mirrored else ''} (face presence "
-                f"{face.presence:.2f}; {face.size:.0f} px, {face.seed_size:.0f} px in {face.seed})")
+                f"{face.presence:.2f}; {face.size:.0f} px, {face.seed_size:.0f} px in {face.seed}; head yaw "
+                f"{face.yaw_deg:.0f}°, {face.seed_yaw_deg:.0f}° there)")
         return Detection(landmarks, facing_confidence(face.points), "mediapipe478", mask, _box(face.points), [note],
                          "seeded")
 

@@ -20,10 +20,16 @@ order, ``observe`` picks them):
    to frame: the region is re-made from the landmarks found, up to 4 times, until its centre moves
    less than 2 % of its size. A face that passes the check below with a presence of 0.9 or more ends
    the search; else every seed and both images are tried.
-3. The candidate with the highest presence is accepted only if the **sanity check** passes
-   (:func:`check_seeded`): presence at least :data:`MIN_PRESENCE` (MediaPipe's own gate), the
-   refinement converged, and the face's size (long side of its landmark box) within a factor
-   :data:`MAX_SIZE_RATIO` of the seed's.
+3. A candidate is accepted only if the **sanity check** passes (:func:`check_seeded`); of those,
+   the one with the highest presence. The check: presence at least :data:`MIN_PRESENCE` (MediaPipe's
+   own gate), the refinement converged, the face's size (long side of its landmark box) within a
+   factor :data:`MAX_SIZE_RATIO` of the seed's, and its **head yaw consistent with the seed's**
+   (:func:`face_yaw`, from the landmark model's 3D points): at most :data:`MAX_YAW_GAP_DEG` apart,
+   and when the seed is turned (:data:`TURNED_DEG` or more) turned the same way and not less than
+   :data:`YAW_SLACK_DEG` less. Why the yaw rule: on profiles and back views (the ring scan rig at
+   90-150°) the landmark model "finds" a face with presence up to 1.0, frontal (yaw 6-14°) next to a
+   seed turned 27-54°: a face the detector missed next to one it found is turned further, not back
+   to frontal. A true -60° face measured 60° next to its -49° seed (52°).
 
 Landmarks found on the mirror image are mirrored back: ``x -> W - x`` and the Face Mesh points
 renumbered by :func:`face_mesh_mirror` (the subject's left eye of the mirror image is the right eye
@@ -44,10 +50,11 @@ import numpy as np
 
 from flame_prior.detectors.roi_landmarker import Roi
 
-__all__ = ["VERSION", "MIN_PRESENCE", "MAX_SIZE_RATIO", "SeededFace", "face_mesh_mirror", "mirror_points",
-           "roi_from_landmarks", "seeded_search", "check_seeded", "build_face_mesh_mirror"]
+__all__ = ["VERSION", "MIN_PRESENCE", "MAX_SIZE_RATIO", "MAX_YAW_GAP_DEG", "SeededFace", "face_mesh_mirror",
+           "mirror_points", "roi_from_landmarks", "face_forward", "face_yaw", "seeded_search", "check_seeded",
+           "build_face_mesh_mirror"]
 
-VERSION = "seeded/1"
+VERSION = "seeded/2"  # 2: the head-yaw rule
 """Cache version of the seeded search: bump it whenever its output for the same photo and seeds changes."""
 
 #: MediaPipe keeps a face when the landmark model's presence score is at least this (its own gate).
@@ -56,6 +63,12 @@ MIN_PRESENCE = 0.5
 SURE_PRESENCE = 0.9
 #: A seeded face's size may differ from the seed view's by at most this factor (either way).
 MAX_SIZE_RATIO = 1.5
+#: Largest head-yaw difference between a seeded face and its seed, degrees.
+MAX_YAW_GAP_DEG = 30.0
+#: A seed turned at least this far (degrees) fixes the side the seeded face must be turned to ...
+TURNED_DEG = 20.0
+#: ... and the seeded face may be turned at most this much less than the seed (degrees).
+YAW_SLACK_DEG = 10.0
 #: Region sizes (times the seed's landmark box) and shifts (fractions of the box) tried in step 1.
 SCALES = (1.5, 1.25, 1.8)
 SHIFTS = ((0.0, 0.0), (0.12, 0.0), (-0.12, 0.0), (0.0, 0.12), (0.0, -0.12))
@@ -123,6 +136,25 @@ def roi_from_landmarks(landmarks: np.ndarray, scale: float = 1.5, shift: tuple[f
     return Roi(float(centre[0]), float(centre[1]), scale * side, scale * side, rotation)
 
 
+def face_forward(mesh: np.ndarray) -> np.ndarray:
+    """Unit ``(3,)`` forward axis of a face from Face Mesh's 3D points ``(>= 468, 3)`` as
+    ``(x * W, y * H, z * W)``: ``(263 - 33) x (10 - 152)``, signed to point out through the nose
+    tip (1). Frontal to the camera it is about ``(0, 0, -1)`` (Face Mesh's z grows away from it)."""
+    m = np.asarray(mesh, dtype=np.float64)
+    fwd = np.cross(m[263] - m[33], m[10] - m[152])
+    fwd /= np.linalg.norm(fwd) + 1e-12
+    if np.dot(fwd, m[1] - m[:468].mean(axis=0)) < 0:  # out through the nose tip
+        fwd = -fwd
+    return fwd
+
+
+def face_yaw(points3d: np.ndarray) -> float:
+    """Head yaw, degrees, from Face Mesh's 3D points (:func:`face_forward`): 0 facing the camera,
+    positive when the face turns towards +x of the image (the nose points right on the screen)."""
+    f = face_forward(points3d)
+    return float(np.degrees(np.arctan2(f[0], -f[2])))
+
+
 @dataclass
 class SeededFace:
     """What the seeded search found for one view.
@@ -135,6 +167,8 @@ class SeededFace:
         converged: the region refinement settled (step 2).
         seed: the name of the seed view.
         seed_size: the seed face's size (long side of its landmark box), pixels.
+        seed_yaw_deg: the seed face's head yaw (:func:`face_yaw`), degrees.
+        rejected: why the sanity check refused it (:func:`check_seeded`), None when it passed.
     """
 
     points: np.ndarray
@@ -143,6 +177,13 @@ class SeededFace:
     converged: bool
     seed: str
     seed_size: float
+    seed_yaw_deg: float
+    rejected: str | None = None
+
+    @property
+    def yaw_deg(self) -> float:
+        """The face's head yaw (:func:`face_yaw`), degrees."""
+        return face_yaw(self.points)
 
     @property
     def size(self) -> float:
@@ -153,15 +194,16 @@ class SeededFace:
 Landmarker = Callable[[np.ndarray, Roi], tuple[float, np.ndarray]]
 
 
-def seeded_search(landmarker: Landmarker, pixels: np.ndarray, seeds: list[tuple[str, np.ndarray]]) -> SeededFace | None:
+def seeded_search(landmarker: Landmarker, pixels: np.ndarray,
+                  seeds: list[tuple[str, np.ndarray, float]]) -> SeededFace | None:
     """Look for the face of ``pixels`` ``(H, W, 3)`` uint8 RGB in regions seeded by ``seeds``
-    (``(view name, (478, 2) landmarks of its face in the same pixel grid)``; module docstring, steps
-    1-2). Returns the candidate with the highest presence, not yet checked (:func:`check_seeded`),
-    or None when there are no seeds."""
+    (``(view name, (478, 2) landmarks of its face in the same pixel grid, its head yaw in degrees)``;
+    module docstring, steps 1-3). Returns the checked candidate with the highest presence, else the
+    best refused one (``rejected`` says why), or None when there are no seeds."""
     W = pixels.shape[1]
     images = {False: pixels, True: None}  # the mirror image is made when first needed
     best: SeededFace | None = None
-    for name, seed in seeds:
+    for name, seed, seed_yaw in seeds:
         seed_size = _box_side(seed)
         for mirrored in (False, True):
             if images[mirrored] is None:
@@ -178,10 +220,11 @@ def seeded_search(landmarker: Landmarker, pixels: np.ndarray, seeds: list[tuple[
             presence, points, converged = _refine(landmarker, image, top[1])
             if mirrored:
                 points = mirror_points(points, W)
-            face = SeededFace(points, presence, mirrored, converged, name, seed_size)
-            if best is None or face.presence > best.presence:
+            face = SeededFace(points, presence, mirrored, converged, name, seed_size, seed_yaw)
+            face.rejected = check_seeded(face)
+            if best is None or (face.rejected is None, face.presence) > (best.rejected is None, best.presence):
                 best = face
-            if face.presence >= SURE_PRESENCE and check_seeded(face) is None:
+            if face.rejected is None and face.presence >= SURE_PRESENCE:
                 return face  # a sure face: the other tries cannot do better by much (and cost)
     return best
 
@@ -195,6 +238,11 @@ def check_seeded(face: SeededFace) -> str | None:
     ratio = face.size / max(face.seed_size, 1e-6)
     if not 1 / MAX_SIZE_RATIO <= ratio <= MAX_SIZE_RATIO:
         return f"face {face.size:.0f} px against {face.seed_size:.0f} px in {face.seed} (more than {MAX_SIZE_RATIO}x)"
+    yaw, seed_yaw = face.yaw_deg, face.seed_yaw_deg
+    if abs(yaw - seed_yaw) > MAX_YAW_GAP_DEG:
+        return f"head yaw {yaw:.0f}° against {seed_yaw:.0f}° in {face.seed} (more than {MAX_YAW_GAP_DEG:.0f}° apart)"
+    if abs(seed_yaw) >= TURNED_DEG and (np.sign(yaw) != np.sign(seed_yaw) or abs(yaw) < abs(seed_yaw) - YAW_SLACK_DEG):
+        return f"head yaw {yaw:.0f}°: turned back from {seed_yaw:.0f}° in {face.seed}"
     return None
 
 
