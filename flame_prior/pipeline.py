@@ -353,7 +353,7 @@ def seeded_report_html(views: list[ViewObservation]) -> str:
                    for s in seeded)
     return ("<section><h2>Faces found by the seeded second pass</h2><p>The detector found no face in these "
             "photos; the landmark model alone found one in the region of a neighbouring view's face (or on the "
-            "mirror image), accepted by its face-presence score and a size check against that view "
+            "mirror image), accepted by its face-presence score and a size and head-yaw check against that view "
             "(fit_summary.json <code>seeded_detections</code>). Their landmarks are drawn on the views above: "
             "look at them.</p><table><thead><tr><th>view</th><th>how</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></section>")

@@ -135,3 +135,45 @@ def test_seeded_views_are_named_in_the_summary_and_report(tmp_path):
         old = {k: z[k] for k in z.files if k != "provenance"}
     np.savez(path, **old)
     assert cache.load("1" * 64, "mediapipe-seeded", "v", (4, 4)).provenance == "detector"
+
+
+def test_head_yaw_rule():
+    """face_yaw follows a rotation of Face Mesh's 3D points about the vertical axis (a real face's
+    points, FFHQ 00000), and the sanity check refuses a seeded face turned back towards frontal or
+    far from its seed's yaw (the ring rig's back view and -90° profile, 'found' frontal next to seeds
+    turned 27-54°), while a face turned further than its seed passes (the -60° view beside -49°)."""
+    from flame_prior.detectors.roi_landmarker import RoiLandmarker
+    from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
+    from flame_prior.detectors.seeded import SeededFace, check_seeded, face_yaw, roi_from_landmarks
+
+    img = np.asarray(Image.open(shared_path("data/singleview/ffhq/00000.png")).convert("RGB"))
+    with MediaPipeDetector() as det:
+        lm2d = det.detect_pixels(img).landmarks
+    roi_landmarker = RoiLandmarker()
+    try:
+        presence, points = roi_landmarker(img, roi_from_landmarks(lm2d))
+    finally:
+        roi_landmarker.close()
+    assert presence > 0.9 and np.median(np.linalg.norm(points[:, :2] - lm2d, axis=1)) < 3.0
+    base = face_yaw(points)
+    assert abs(base) < 20  # a near-frontal photo
+
+    def turned(deg):
+        a = np.radians(deg)
+        R = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])  # x towards -z: nose turns to +x
+        c = points.mean(axis=0)
+        return (points - c) @ R.T + c
+
+    for deg in (-40, -15, 15, 40):
+        assert face_yaw(turned(deg)) == pytest.approx(base + deg, abs=1.0)
+
+    size = float(np.ptp(points[:468, :2], axis=0).max())
+
+    def check(yaw, seed_yaw):
+        return check_seeded(SeededFace(turned(yaw - base), 0.99, False, True, "seed", size, seed_yaw))
+
+    assert check(60, 52) is None and check(-56, -41) is None and check(-50, -54) is None
+    assert check(10, 5) is None  # a frontal seed fixes no side
+    assert "apart" in check(12, -54)  # the mirrored -90° profile next to a +60° seed
+    assert "turned back" in check(6, 27)  # the back view next to a -30° seed
+    assert "turned back" in check(-5, 22)  # the other side of frontal
