@@ -178,3 +178,16 @@ def test_head_yaw_rule():
     assert "less turned" in check(6, 27)  # the back view next to a -30° seed
     assert "less turned" in check(-5, 22)  # the other side of frontal
     assert "less turned" in check(-50, -54)  # the 90° profile next to a 60° seed
+
+
+def test_the_seeded_cache_key_carries_the_seeded_version():
+    """The backend observe() gets (opened on its first detect) offers the seeded pass and its cache
+    version, so a changed seeded search is not answered from old cache files."""
+    from flame_prior.detectors import make_detector
+    from flame_prior.detectors.seeded import VERSION
+
+    detector = make_detector(DetectConfig())
+    try:
+        assert hasattr(detector, "detect_seeded") and detector.seeded_version == VERSION
+    finally:
+        detector.close()

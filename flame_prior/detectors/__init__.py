@@ -28,6 +28,7 @@ class OpenedOnFirstDetect:
         self._open: Detector | None = None
         if hasattr(backend, "detect_seeded"):  # the optional seeded pass (observe looks for it), opened likewise
             self.detect_seeded = lambda image, seeds: self.opened().detect_seeded(image, seeds)
+            self.seeded_version = backend.seeded_version  # part of the seeded pass's cache key
 
     def opened(self) -> Detector:
         """The backend itself, opened now if it was not yet."""
