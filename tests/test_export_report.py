@@ -13,7 +13,9 @@ from export_fixtures import MODEL, VIEW_SPECS, make_fit
 from flame_prior.errors import InputError
 from flame_prior.export.alignment import alignment_overlay
 from flame_prior import render
-from flame_prior.export.report import THUMB_SIDE, ReportMesh, full_size_views, view_surface, write_report
+from flame_prior.export.alignment import feature_lines
+from flame_prior.export.report import THUMB_SIDE, full_size_views, write_report
+from flame_prior.export.view_render import ViewMesh, view_surface
 from flame_prior.export_config import ExportConfig
 
 
@@ -145,14 +147,15 @@ def test_shared_view_rasterization_matches_the_alignment_check_of_each_view():
     picture as the alignment check rasterizing its view alone, and that picture shows the model over the photo."""
     specs = [VIEW_SPECS[0], (320, 240, 520.0, 520.0, 165.0, 118.0, 25.0, 3.0), VIEW_SPECS[3]]
     views, result, _, _ = make_fit(specs)
-    mesh = ReportMesh.of(result)
+    mesh = ViewMesh.of(result, feature_lines(result.vertices, result.faces))
     for i, v in enumerate(views):
         scale = THUMB_SIDE / max(v.image.width, v.image.height)
         w, h = round(v.image.width * scale), round(v.image.height * scale)
-        uv, normals, rast = view_surface(mesh, i, (w, h))
-        assert tuple(rast.shape) == (1, h, w, 4) and tuple(uv.shape) == (1, h, w, 2)
-        shared = np.asarray(alignment_overlay(v.image.pixels, result, i, scale, rast=rast, normals=normals,
-                                              features=mesh.features), float)
+        surface = view_surface(mesh, i, (w, h))
+        rast = surface.rast
+        assert tuple(rast.shape) == (1, h, w, 4) and surface.uv.shape == (len(surface.pixels), 2)
+        assert surface.normals.norm(dim=-1).sub(1).abs().max() < 1e-4
+        shared = np.asarray(alignment_overlay(v.image.pixels, result, i, scale, surface=surface, mesh=mesh), float)
         alone = np.asarray(alignment_overlay(v.image.pixels, result, i, scale), float)
         assert np.abs(shared - alone).max() <= 1.0
         covered = rast[0, ..., 3].numpy() > 0
@@ -164,9 +167,9 @@ def test_shared_view_rasterization_matches_the_alignment_check_of_each_view():
 def test_front_faces_cover_what_both_sides_cover():
     """The report rasterizes front faces only: on the fitted head that shows the same pixels as both sides."""
     views, result, _, _ = make_fit()
-    mesh = ReportMesh.of(result)
+    mesh = ViewMesh.of(result, feature_lines(result.vertices, result.faces))
     for i, v in enumerate(views):
-        _, _, rast = view_surface(mesh, i, (v.image.width, v.image.height))
+        rast = view_surface(mesh, i, (v.image.width, v.image.height)).rast
         cam = mesh.cameras.subset([i])
         pc = mesh.verts @ cam.R.transpose(1, 2) + cam.t[:, None]
         both = render.rasterize(render.pinhole_to_clip(pc, cam.fx, cam.fy, cam.cx, cam.cy, v.image.width, v.image.height),

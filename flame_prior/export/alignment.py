@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from flame_prior import render
+from flame_prior.export.view_render import ViewMesh, ViewSurface, view_surface
 from flame_prior.fit import FitResult
 
 __all__ = ["alignment_overlay", "feature_lines"]
@@ -85,55 +86,54 @@ def feature_lines(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 
 @torch.no_grad()
 def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
-                      base: Image.Image | None = None, rast: torch.Tensor | None = None,
-                      normals: torch.Tensor | None = None,
-                      features: tuple[np.ndarray, np.ndarray] | None = None) -> Image.Image:
+                      base: Image.Image | None = None, surface: ViewSurface | None = None,
+                      mesh: ViewMesh | None = None) -> Image.Image:
     """View ``i``'s photo (``(H, W, 3)`` uint8, original grid) at display scale ``s`` with the
     shaded model at 50 %, its silhouette and feature lines (see the module docstring). ``base``:
     the photo already resized to display scale, when the caller has it (resized here otherwise);
-    ``rast``: the rasterization of this view at the render size used here, when the caller has it
-    (:func:`flame_prior.export.report.render_preview` makes the same one: the mesh is rasterized once);
-    ``normals``: the unit world-frame normals ``(1, h, w, 3)`` at that rasterization's pixels, when
-    the caller has them (render_preview's); ``features``: :func:`feature_lines` of the result, when the
-    caller draws several views. The mesh is rasterized front faces only, as the report's own renders."""
+    ``surface``: this view rasterized at the render size used here (:func:`~.view_render.view_surface`),
+    when the caller has it (the report's textured render of the view uses the same one); ``mesh``:
+    :meth:`~.view_render.ViewMesh.of` ``result``, when the caller draws several views."""
     H, W = photo.shape[:2]
     w, h = max(1, round(W * s)), max(1, round(H * s))
     r = min(1.0, RENDER_SIDE / max(w, h))  # render scale relative to the display
     rw, rh = max(1, round(w * r)), max(1, round(h * r))
-    sx, sy = rw / W, rh / H
-    cams = result.cameras.subset([i]).to(dtype=torch.float32)
-    verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)[None]
-    faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
-    pc = verts @ cams.R.transpose(1, 2) + cams.t[:, None]
-    pos = render.pinhole_to_clip(pc, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, rw, rh)
-    if rast is None or tuple(rast.shape[1:3]) != (rh, rw):
-        rast, normals = render.rasterize(pos, faces, (rh, rw), cull_backfaces=True), None
-    if normals is None:
-        normals = torch.nn.functional.normalize(
-            render.interpolate(render.vertex_normals(verts, faces), rast, faces), dim=-1)
-    depth = render.interpolate(pos[..., 3:4], rast, faces)[0, ..., 0].numpy()  # camera depth (clip w)
+    if surface is None or surface.size != (rw, rh):
+        mesh = mesh or ViewMesh.of(result, feature_lines(result.vertices, result.faces))
+        surface = view_surface(mesh, i, (rw, rh))
+    cam = surface.camera
+    fx, fy, cx, cy = (float(v[0]) for v in (cam.fx, cam.fy, cam.cx, cam.cy))
+    pix = surface.pixels
     # Lit from the camera: brightness is |cos| between the surface normal and the ray of the pixel
     # (the ray through the pixel centre meets the surface the pixel shows; camera frame, OpenCV).
-    n_cam = normals[0] @ cams.R[0].T
-    ray_x = (torch.arange(rw, dtype=torch.float32) + 0.5 - cams.cx[0] * sx) / (cams.fx[0] * sx)
-    ray_y = (torch.arange(rh, dtype=torch.float32) + 0.5 - cams.cy[0] * sy) / (cams.fy[0] * sy)
-    cos = (n_cam[..., 0] * ray_x[None] + n_cam[..., 1] * ray_y[:, None] + n_cam[..., 2]) \
-        / torch.sqrt(ray_x[None] ** 2 + ray_y[:, None] ** 2 + 1.0)
+    n_cam = surface.normals @ cam.R[0].T
+    ray_x = ((pix % rw).float() + 0.5 - cx) / fx
+    ray_y = (torch.div(pix, rw, rounding_mode="floor").float() + 0.5 - cy) / fy
+    cos = (n_cam[:, 0] * ray_x + n_cam[:, 1] * ray_y + n_cam[:, 2]) / torch.sqrt(ray_x ** 2 + ray_y ** 2 + 1.0)
     shade = (0.25 + 0.75 * cos.abs()).numpy()
-    covered = (rast[0, ..., 3] > 0).numpy().astype(np.float32)
+    pix_np = pix.numpy()
+    covered = np.zeros(rh * rw, np.float32)
+    covered[pix_np] = 1.0
 
     if base is None or base.size != (w, h):
         base = Image.fromarray(np.asarray(photo, np.uint8)).resize((w, h), Image.LANCZOS)
-    base = np.asarray(base.convert("RGB"), np.float32)
-    if (rw, rh) == (w, h):  # rendered at display size
-        cover, lum = covered, shade * covered
+    base = np.asarray(base.convert("RGB"))
+    grey = MODEL_GREY.astype(np.float32)
+    if (rw, rh) == (w, h):  # rendered at display size: the model covers whole pixels, blended where it is
+        out = base.reshape(-1, 3).copy()
+        out[pix_np] = np.clip(np.round(base.reshape(-1, 3)[pix_np] * (1 - BLEND) + grey * (BLEND * shade[:, None])),
+                              0, 255).astype(np.uint8)
+        out = out.reshape(h, w, 3)
+        inside = covered.reshape(h, w) >= 0.5
     else:
-        up = lambda a: np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
-        cover, lum = up(covered), up(shade * covered)
-    grey = MODEL_GREY[None, None].astype(np.float32) * (lum / np.maximum(cover, 1e-6))[..., None]
-    alpha = BLEND * np.clip(cover, 0, 1)[..., None]
-    out = np.clip(base * (1 - alpha) + grey * alpha, 0, 255)
-    inside = cover >= 0.5
+        lum = np.zeros(rh * rw, np.float32)
+        lum[pix_np] = shade
+        up = lambda a: np.asarray(Image.fromarray(a.reshape(rh, rw), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
+        cover, lum = up(covered), up(lum)
+        alpha = BLEND * np.clip(cover, 0, 1)[..., None]
+        out = np.clip(base * (1 - alpha) + grey * (lum / np.maximum(cover, 1e-6))[..., None] * alpha, 0, 255)
+        out = np.round(out).astype(np.uint8)
+        inside = cover >= 0.5
     inner = inside.copy()
     inner[1:] &= inside[:-1]; inner[:-1] &= inside[1:]; inner[:, 1:] &= inside[:, :-1]; inner[:, :-1] &= inside[:, 1:]  # noqa: E702
     edge = inside & ~inner
@@ -141,21 +141,28 @@ def alignment_overlay(photo: np.ndarray, result: FitResult, i: int, s: float,
     for _ in range(thick - 1):
         edge[1:] |= edge[:-1].copy(); edge[:, 1:] |= edge[:, :-1].copy()  # noqa: E702
     out[edge] = SILHOUETTE
-    im = Image.fromarray(np.round(out).astype(np.uint8))
+    im = Image.fromarray(out)
 
-    pts3, segs = features if features is not None else feature_lines(result.vertices, result.faces)
+    pts3, segs = mesh.features if mesh is not None else feature_lines(result.vertices, result.faces)
     if len(segs):
-        p = torch.as_tensor(pts3, dtype=torch.float64) @ cams.R[0].double().T + cams.t[0].double()
+        R, t = cam.R[0].double(), cam.t[0].double()
+        p = torch.as_tensor(pts3, dtype=torch.float64) @ R.T + t
         z = p[:, 2].numpy()
-        u = (cams.fx[0].double() * p[:, 0] / p[:, 2] + cams.cx[0].double()).numpy() * s
-        v = (cams.fy[0].double() * p[:, 1] / p[:, 2] + cams.cy[0].double()).numpy() * s
-        # Hidden where the rendered surface is nearer than the point (by more than 3 mm).
-        cx = np.clip((u * r).astype(int), 0, rw - 1)
-        cy = np.clip((v * r).astype(int), 0, rh - 1)
-        front = depth[cy, cx]
-        visible = (z > 0) & ((covered[cy, cx] == 0) | (z <= front + 0.003))
+        u = (fx * p[:, 0] / p[:, 2] + cx).numpy()  # render pixels
+        v = (fy * p[:, 1] / p[:, 2] + cy).numpy()
+        kx, ky = s * W / rw, s * H / rh  # render pixels to display pixels
+        # Hidden where the rendered surface is nearer than the point (by more than 3 mm): the surface's
+        # depth (clip w) at the points' pixels only.
+        at = np.clip(v.astype(int), 0, rh - 1) * rw + np.clip(u.astype(int), 0, rw - 1)
+        hit = covered[at] > 0
+        front = np.full(len(at), np.inf)
+        if hit.any():
+            front[hit] = render.interpolate(surface.clip[..., 3:4], surface.rast, mesh.faces if mesh is not None else
+                                            torch.as_tensor(np.asarray(result.faces, dtype=np.int64)),
+                                            torch.as_tensor(at[hit]))[:, 0].numpy()
+        visible = (z > 0) & (~hit | (z <= front + 0.003))
         d = ImageDraw.Draw(im)
         for a, b in segs:
             if visible[a] and visible[b]:
-                d.line([(u[a], v[a]), (u[b], v[b])], fill=FEATURE, width=thick)
+                d.line([(u[a] * kx, v[a] * ky), (u[b] * kx, v[b] * ky)], fill=FEATURE, width=thick)
     return im

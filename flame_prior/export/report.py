@@ -45,20 +45,19 @@ from PIL import Image, ImageDraw
 from flame_prior.export._common import flame_prior_version, ideal_views
 from flame_prior.export.alignment import alignment_overlay, feature_lines
 from flame_prior.export.loss_plot import write_loss_plot
+from flame_prior.export.view_render import ViewMesh, ViewSurface, view_surface
 from flame_prior.export_config import ReportFullViews
 from flame_prior.fit import FitResult
-from flame_prior.geometry import PinholeCameras
 from flame_prior.flame.assets import ModelInfo
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
 from flame_prior.observe import ViewObservation
 from flame_prior import render
 from flame_prior.flame import shade_sh
-from flame_prior.render import vertex_normals
 from flame_prior.threads import parallel_map
 
 __all__ = ["write_report", "render_preview", "render_previews", "draw_landmark_overlay", "draw_model_overlay",
-           "full_size_views", "view_surface", "ReportMesh", "MAX_SIDE", "THUMB_SIDE"]
+           "full_size_views", "MAX_SIDE", "THUMB_SIDE"]
 
 #: Long side of the pictures at most: the page shows them at most 620 px wide, and a picture drawn at
 #: the render size needs no upsampling of the render (a 1024 px long side cost 2.5x the pixels).
@@ -146,74 +145,32 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
     return im
 
 
-@dataclasses.dataclass(frozen=True)
-class ReportMesh:
-    """The fitted mesh as the report's renders need it, built once per report: ``verts (1, V, 3)``,
-    ``faces (F, 3)`` int64, unit vertex normals ``(1, V, 3)``, ``uvs (T, 2)``, ``uv_faces (F, 3)``,
-    float32 cameras, and the feature lines of :func:`~.alignment.feature_lines`."""
-
-    verts: torch.Tensor
-    faces: torch.Tensor
-    normals: torch.Tensor
-    uvs: torch.Tensor
-    uv_faces: torch.Tensor
-    cameras: PinholeCameras
-    features: tuple[np.ndarray, np.ndarray]
-
-    @staticmethod
-    def of(result: FitResult) -> "ReportMesh":
-        verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)[None]
-        faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
-        return ReportMesh(verts, faces, vertex_normals(verts, faces), torch.as_tensor(np.asarray(result.uvs), dtype=torch.float32),
-                          torch.as_tensor(np.asarray(result.uv_faces, dtype=np.int64)), result.cameras.to(dtype=torch.float32),
-                          feature_lines(result.vertices, result.faces))
-
-
-@torch.no_grad()
-def view_surface(mesh: ReportMesh, i: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """View ``i`` rasterized at ``size = (w, h)`` (any scale of its pixel grid), front faces only (a back
-    face never shows on a closed head seen from outside; culling halves the rasterizer's work): texture
-    coordinates ``(1, h, w, 2)``, unit world-frame normals ``(1, h, w, 3)`` and ``rast``. The one
-    rasterization of a view that its textured render and its alignment check share."""
-    w, h = size
-    cams = mesh.cameras
-    cam = cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i]))
-    pc = mesh.verts @ cam.R.transpose(1, 2) + cam.t[:, None]
-    rast = render.rasterize(render.pinhole_to_clip(pc, cam.fx, cam.fy, cam.cx, cam.cy, w, h), mesh.faces, (h, w),
-                            cull_backfaces=True)
-    uv = render.interpolate(mesh.uvs, rast, mesh.uv_faces)
-    normals = torch.nn.functional.normalize(render.interpolate(mesh.normals, rast, mesh.faces), dim=-1)
-    return uv, normals, rast
-
-
 @torch.no_grad()
 def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640,
-                   return_rast: bool = False, mesh: ReportMesh | None = None
-                   ) -> np.ndarray | tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+                   return_surface: bool = False, mesh: ViewMesh | None = None
+                   ) -> np.ndarray | tuple[np.ndarray, ViewSurface]:
     """The fitted, textured, lit head over view ``i``: ``(h, w, 4)`` uint8 RGBA for ``size = (w, h)``
     (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up; with
-    ``return_rast`` also the rasterization and the unit world-frame normals ``(1, h, w, 3)`` (for the
-    alignment picture of the same view: the mesh is rasterized and interpolated once). ``mesh``:
-    :meth:`ReportMesh.of` ``result``, when the caller renders several views."""
-    mesh = mesh or ReportMesh.of(result)
+    ``return_surface`` also the rasterization (:func:`~.view_render.view_surface`, for the alignment
+    picture of the same view: the mesh is rasterized and interpolated once). ``mesh``:
+    :meth:`~.view_render.ViewMesh.of` ``result``, when the caller renders several views."""
+    mesh = mesh or ViewMesh.of(result, feature_lines(result.vertices, result.faces))
     tex = torch.as_tensor(result.texture, dtype=torch.float32)
     W, H = size
     s = min(1.0, max_side / max(W, H))
     w, h = max(1, round(W * s)), max(1, round(H * s))
     sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
-    uv, normals, rast = view_surface(mesh, i, (w, h))
-    # Texture and light only where the head is (render_head's shading, on the covered pixels only:
-    # the head covers about half of a portrait's grid, and the background is transparent anyway).
-    covered = rast[0, ..., 3] > 0
-    n = int(covered.sum())
-    rgba = torch.zeros(h, w, 4)
+    surface = view_surface(mesh, i, (w, h))
+    # Texture and light at the covered pixels only (render_head's shading; the background is transparent).
+    n = len(surface.pixels)
+    rgba = torch.zeros(h * w, 4)
     if n:
-        albedo = render.texture(tex, uv[0][covered].reshape(1, 1, n, 2))
-        rgba[covered] = torch.cat([shade_sh(albedo, normals[0][covered].reshape(1, 1, n, 3), sh)[0, 0].clamp(0, 1),
-                                   torch.ones(n, 1)], -1)
-    rgba = (rgba.numpy() * 255).round().astype(np.uint8)
+        albedo = render.texture(tex, surface.uv.reshape(1, 1, n, 2))
+        rgba[surface.pixels] = torch.cat([shade_sh(albedo, surface.normals.reshape(1, 1, n, 3), sh)[0, 0].clamp(0, 1),
+                                          torch.ones(n, 1)], -1)
+    rgba = (rgba.reshape(h, w, 4).numpy() * 255).round().astype(np.uint8)
     rgba = cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
-    return (rgba, rast, normals) if return_rast else rgba
+    return (rgba, surface) if return_surface else rgba
 
 
 def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
@@ -345,7 +302,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     thumb_scale = [THUMB_SIDE / max(o.image.width, o.image.height) for o in obs]
     thumb_size = {i: (max(1, round(o.image.width * thumb_scale[i])), max(1, round(o.image.height * thumb_scale[i])))
                   for i, o in enumerate(obs)}
-    mesh = ReportMesh.of(result)
+    mesh = ViewMesh.of(result, feature_lines(result.vertices, result.faces))
     textured: list[FitResult] = []  # the result with its final texture, fetched by the first full view
 
     def full_pictures(i: int) -> None:
@@ -356,13 +313,13 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         photo = _resized(o.image.pixels, s).convert("RGB")
         draw_landmark_overlay(o, vf, s, photo=photo).save(rep / f"{vf.name}_landmarks.jpg", quality=JPEG_QUALITY)
         if renders is not None:
-            render, rast, normals = renders[i], None, None
+            render, surface = renders[i], None
         else:
             if not textured:
                 textured.append(result if texture is None else dataclasses.replace(result, texture=texture()))
-            render, rast, normals = render_preview(textured[0], i, photo.size, return_rast=True, mesh=mesh)
+            render, surface = render_preview(textured[0], i, photo.size, return_surface=True, mesh=mesh)
         draw_model_overlay(o, render, s, photo=photo).save(rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
-        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, rast=rast, normals=normals, features=mesh.features)
+        aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, surface=surface, mesh=mesh)
         aim.save(rep / f"{vf.name}_alignment.jpg", quality=JPEG_QUALITY)
         _resized(np.asarray(aim), thumb_size[i][0] / aim.width).save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
@@ -371,9 +328,8 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         thumbnail size."""
         o, vf = obs[i], result.views[i]
         s = thumb_scale[i]
-        _, normals, rast = view_surface(mesh, i, thumb_size[i])
         aim = alignment_overlay(o.image.pixels, result, i, s, base=_resized(o.image.pixels, s).convert("RGB"),
-                                rast=rast, normals=normals, features=mesh.features)
+                                surface=view_surface(mesh, i, thumb_size[i]), mesh=mesh)
         aim.save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
     # Thumbnails first: the full views wait for the texture when it is still being baked (``texture``).

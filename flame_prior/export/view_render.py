@@ -1,0 +1,74 @@
+"""The report's rasterization of one view, shared by its pictures (the textured model, the alignment check).
+
+A view is rasterized once, at the size its picture is shown, front faces only (a back face never shows
+on a closed head seen from outside, and culling them halves the rasterizer's work), and the surface
+is interpolated at the covered pixels only (a list, not whole images: the head covers about half of
+a portrait's grid). Conventions are :mod:`flame_prior.render`'s (OpenCV camera axes, corner-origin pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from flame_prior import render
+from flame_prior.geometry import PinholeCameras
+from flame_prior.render_head import head_clip, surface_at
+
+__all__ = ["ViewMesh", "ViewSurface", "view_surface"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewMesh:
+    """The fitted mesh as the report's pictures render it, built once per report: ``verts (1, V, 3)``
+    float32 (world frame), ``faces (F, 3)`` int64, unit vertex normals ``(1, V, 3)``, ``uvs (T, 2)``,
+    ``uv_faces (F, 3)``, the float32 cameras, and ``features``: the feature lines of
+    :func:`flame_prior.export.alignment.feature_lines` (points ``(P, 3)``, segments ``(S, 2)``)."""
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    normals: torch.Tensor
+    uvs: torch.Tensor
+    uv_faces: torch.Tensor
+    cameras: PinholeCameras
+    features: tuple[np.ndarray, np.ndarray]
+
+    @staticmethod
+    def of(result, features: tuple[np.ndarray, np.ndarray]) -> "ViewMesh":
+        """The mesh of a :class:`~flame_prior.fit.FitResult` and its feature lines."""
+        verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)[None]
+        faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
+        return ViewMesh(verts, faces, render.vertex_normals(verts, faces),
+                        torch.as_tensor(np.asarray(result.uvs), dtype=torch.float32),
+                        torch.as_tensor(np.asarray(result.uv_faces, dtype=np.int64)),
+                        result.cameras.to(dtype=torch.float32), features)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSurface:
+    """One view rasterized at ``size = (w, h)``: ``camera`` (that view's, scaled to the size), ``clip``
+    ``(1, V, 4)`` positions, ``rast (1, h, w, 4)``, the covered ``pixels (P,)`` (flat indices, row-major)
+    and, at them, texture coordinates ``uv (P, 2)`` and unit world-frame ``normals (P, 3)``."""
+
+    size: tuple[int, int]
+    camera: PinholeCameras
+    clip: torch.Tensor
+    rast: torch.Tensor
+    pixels: torch.Tensor
+    uv: torch.Tensor
+    normals: torch.Tensor
+
+
+@torch.no_grad()
+def view_surface(mesh: ViewMesh, i: int, size: tuple[int, int]) -> ViewSurface:
+    """View ``i`` of ``mesh.cameras`` rasterized at ``size = (w, h)`` (any scale of its pixel grid)."""
+    w, h = int(size[0]), int(size[1])
+    cams = mesh.cameras
+    cam = cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i]))
+    clip = head_clip(mesh.verts, cam, (h, w))
+    rast = render.rasterize(clip, mesh.faces, (h, w), cull_backfaces=True)
+    pixels = (rast[..., 3].reshape(-1) > 0).nonzero().squeeze(1)
+    uv, normals = surface_at(mesh.verts, mesh.faces, rast, mesh.uvs, mesh.uv_faces, pixels, mesh.normals)
+    return ViewSurface((w, h), cam, clip, rast, pixels, uv, normals)
