@@ -83,7 +83,7 @@ def mask_to_u8(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask: expected (H, W), got {m.shape}")
-    return np.where(m >= (128 if m.dtype == np.uint8 else 0.5), 255, 0).astype(np.uint8)
+    return np.where(m >= (128 if m.dtype == np.uint8 else 0.5), np.uint8(255), np.uint8(0))
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

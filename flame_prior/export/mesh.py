@@ -47,12 +47,13 @@ def write_textured_mesh(out_dir: str | Path, result) -> Path:
 
     parts = ["# flame-prior fitted FLAME mesh: world = FLAME frame, metres, +Y up, +Z out of the face\n",
              "mtllib mesh.mtl\n"]
-    parts.append("".join(f"v {x:.9g} {y:.9g} {z:.9g}\n" for x, y, z in v))
-    parts.append("".join(f"vt {a:.9g} {b:.9g}\n" for a, b in vt))
+    # One %-format per block, the same bytes as a formatted string per line: the whole writer measured
+    # 0.04 s of CPU against 0.2-0.3 s on the shared 30-view scene.
+    parts.append(("v %.9g %.9g %.9g\n" * len(v)) % tuple(v.ravel().tolist()))
+    parts.append(("vt %.9g %.9g\n" * len(vt)) % tuple(vt.ravel().tolist()))
     parts.append(f"usemtl {MATERIAL}\n")
-    fv, fvt = f + 1, ft + 1
-    parts.append("".join(f"f {a}/{d} {b}/{e} {c}/{g}\n"
-                         for (a, b, c), (d, e, g) in zip(fv.tolist(), fvt.tolist())))
+    pairs = np.stack([f + 1, ft + 1], -1)  # (F, 3, 2): v/vt per corner
+    parts.append(("f %d/%d %d/%d %d/%d\n" * len(f)) % tuple(pairs.ravel().tolist()))
     obj = out_dir / "mesh.obj"
     obj.write_text("".join(parts), encoding="utf-8")
     return obj
