@@ -93,9 +93,11 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
     per_uv = lambda attr: torch.zeros(len(uvs), attr.shape[-1]).index_copy_(  # noqa: E731
         0, uv_faces.reshape(-1), attr[faces.reshape(-1)])
     normals_v = render.vertex_normals(verts[None], faces)[0]
-    texel_pos = render.interpolate(per_uv(verts)[None], rast, uv_faces)[0][covered].double()  # (T, 3)
-    texel_n = torch.nn.functional.normalize(render.interpolate(per_uv(normals_v)[None], rast, uv_faces)[0][covered],
-                                            dim=-1)
+    # Position and normal at the covered texels only (row-major, as covered's True entries), one pass.
+    at_texels = render.interpolate(per_uv(torch.cat([verts, normals_v], -1))[None], rast, uv_faces,
+                                   covered.reshape(-1).nonzero().squeeze(1))
+    texel_pos = at_texels[:, :3].double()  # (T, 3)
+    texel_n = torch.nn.functional.normalize(at_texels[:, 3:], dim=-1)
 
     cams = result.cameras.to(dtype=torch.float64)
     lighting = np.asarray(result.lighting, dtype=np.float32)
