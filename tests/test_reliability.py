@@ -979,7 +979,8 @@ def test_non_finite_loss_mid_stage_restores_the_last_good_state(fit_inputs, monk
     import flame_prior.fit.photometric as fit_photometric
 
     assets, views, intr = fit_inputs
-    cfg = fit.FitterConfig(photometric_steps=15, rigid_steps=3, landmark_steps=4, render_size=64, texture_size=64)
+    cfg = fit.FitterConfig(photometric_steps=15, photometric_steps_one_view=15,  # one view: its steps too
+                           rigid_steps=3, landmark_steps=4, render_size=64, texture_size=64)
     calls = {"n": 0}
     real_energy = fit_photometric.landmark_energy
 
