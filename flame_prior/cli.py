@@ -139,7 +139,34 @@ def _usage(argv: list[str]) -> None:
 def entrypoint() -> None:
     set_wait_policy()  # before torch is imported (by a command handler): see flame_prior.threads
     install_signal_handlers()
-    sys.exit(main())
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once a command has finished and written everything.
+
+    With torch loaded, the interpreter's own teardown (clearing torch's modules one by one) took
+    0.8 s of a 5.7 s one-photo run on an idle 2-core machine; the exit handlers (``atexit``: Ray,
+    multiprocessing, temporary folders) and the logging and stream flushes still run, then the
+    process ends without the teardown. Falls back to ``sys.exit`` without torch, or while a
+    non-daemon thread still runs (its work must not be cut short).
+    """
+    import threading
+
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if "torch" not in sys.modules or busy:
+        sys.exit(code)
+    import atexit
+    import logging
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to say
+            pass
+    os._exit(code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,24 @@ def test_entrypoint_policy_is_in_place_when_a_command_runs():
     assert "POLICY ACTIVE False" in p.stdout, (p.stdout, p.stderr)
 
 
+@pytest.mark.parametrize("worker", [False, True])
+def test_exit_now_runs_exit_handlers_and_keeps_the_code(worker, tmp_path):
+    """cli.exit_now (the console script's exit, skipping torch's slow interpreter teardown): the exit
+    code is kept, atexit handlers run, buffered output reaches the pipe; with a non-daemon thread still
+    working it waits for it (falls back to sys.exit) instead of cutting it short."""
+    marker, done = tmp_path / "atexit.txt", tmp_path / "thread.txt"
+    code = ("import atexit, sys, threading, time\nimport torch\nfrom flame_prior.cli import exit_now\n"
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+            f"def work():\n    time.sleep(0.5)\n    open({str(done)!r}, 'w').write('done')\n"
+            f"if {worker}:\n    threading.Thread(target=work).start()\n"
+            "sys.stdout.write('buffered, no newline')\nexit_now(3)\n")
+    p = _python(code)
+    assert p.returncode == 3, p.stderr
+    assert p.stdout.endswith("buffered, no newline"), p.stdout
+    assert marker.read_text() == "ran"
+    assert done.exists() == worker
+
+
 def test_set_wait_policy_keeps_the_users_choice():
     from flame_prior.threads import set_wait_policy
 
