@@ -973,7 +973,8 @@ def main(argv=None) -> int:
             meta["notes"].append(f"FFHQ image missing: {ffhq}")
 
     # ---- scaling
-    sweep_fitter = {"photometric_steps": sweep_steps, "early_stop": -1e9}
+    # Every point runs the same photometric steps, one view included (fit's one-view rule would skip them).
+    sweep_fitter = {"photometric_steps": sweep_steps, "photometric_steps_one_view": sweep_steps, "early_stop": -1e9}
     report["scaling"] = {"photometric_steps": sweep_steps, "early_stop": "off", "views": [], "render_size": []}
     for n in a.sweep_views:
         log(f"scaling: {n} views")
@@ -1225,6 +1226,11 @@ def _print_batch(console, b: dict) -> None:
         console.print(at)
 
 
+def _seconds(value: float | None) -> str:
+    """A stage's seconds for a table; "-" for a stage that did not run."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _print_tables(console, report: dict) -> None:
     from rich.table import Table
 
@@ -1275,7 +1281,7 @@ def _print_tables(console, report: dict) -> None:
                 st.add_row(str(p.get(key)), f"[red]{p['error'][:60]}[/red]")
                 continue
             mem = p.get("cuda_peak_allocated_mb") or p["peak_rss_mb"]
-            st.add_row(str(p[key]), f"{p['rigid_s']:.2f}", f"{p['landmarks_s']:.2f}", f"{p['photometric_s']:.2f}",
+            st.add_row(str(p[key]), f"{p['rigid_s']:.2f}", f"{p['landmarks_s']:.2f}", _seconds(p["photometric_s"]),
                        f"{p['photometric_ms_per_step'] or float('nan'):.0f}", f"{p['fit_s']:.2f}", f"{mem:.0f}")
         console.print(st)
     bt = Table(title="baseline (original schedule) vs flame-prior, same run")
