@@ -129,9 +129,9 @@ def _check_inputs(pos: Tensor, tri: Tensor) -> None:
         raise ValueError(f"pos and tri on different devices: {pos.device}, {tri.device}")
 
 
-def _face_table(v: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-face linear forms ``(..., 12)`` (differentiable) and validity ``(...)`` of the faces' clip
-    vertices ``v (..., 3, 4)``.
+def _face_table(v: Tensor) -> Tensor:
+    """Per-face linear forms ``(..., 12)`` (differentiable) of the faces' clip vertices ``v (..., 3, 4)``
+    (rows of faces that fail :func:`_clip_ok` are finite but meaningless).
 
     With ``c_j = (x_j, y_j, w_j)`` the homogeneous 2D clip vertices and ``p = (xn, yn, 1)`` an NDC
     point, ``bh = M^-1 p`` (``M = [c_0 c_1 c_2]``, rows ``(c_{k+1} x c_{k+2}) / det``) are the
@@ -141,25 +141,24 @@ def _face_table(v: Tensor) -> tuple[Tensor, Tensor]:
     Columns: ``xn0, yn0, a0, a1, a2, c0, c1, c2, 1/w0, zw0, d(z/w)/dxn, d(z/w)/dyn``.
     """
     x, y, z, w = v.unbind(-1)
-    ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
+    ok = _clip_ok(v.detach())
     x1, y1, w1, x2, y2, w2 = x.roll(-1, -1), y.roll(-1, -1), w.roll(-1, -1), x.roll(-2, -1), y.roll(-2, -1), w.roll(-2, -1)
     Px = y1 * w2 - w1 * y2  # rows of adj(M): c_{k+1} x c_{k+2}
     Py = w1 * x2 - x1 * w2
     Pw = x1 * y2 - y1 * x2
     det = x[..., 0] * Px[..., 0] + y[..., 0] * Py[..., 0] + w[..., 0] * Pw[..., 0]
-    ok &= det != 0
     det = torch.where(ok, det, torch.ones_like(det))[..., None]
     w0 = torch.where(ok, w[..., 0], torch.ones_like(det[..., 0]))[..., None]
     a, c = Px / det, Py / det
     table = torch.cat([x[..., :1] / w0, y[..., :1] / w0, a, c, 1.0 / w0, z[..., :1] / w0,
                        (z * a).sum(-1, keepdim=True), (z * c).sum(-1, keepdim=True)], -1)
-    return table, ok
+    return table
 
 
 @torch.no_grad()
 def _clip_ok(v: Tensor) -> Tensor:
-    """:func:`_face_table`'s validity ``(...)`` alone (no table): every vertex inside the near/far range and
-    a nonzero clip-space determinant."""
+    """Which faces ``(...)`` of clip vertices ``v (..., 3, 4)`` can be rasterized: every vertex inside the
+    near/far range and a nonzero clip-space determinant (:func:`_face_table`'s ``det``)."""
     x, y, z, w = v.unbind(-1)
     ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
     x1, y1, w1, x2, y2, w2 = x[..., 1], y[..., 1], w[..., 1], x[..., 2], y[..., 2], w[..., 2]
@@ -332,16 +331,17 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     compact = torch.cumsum(shown, 0) - 1
     fb = torch.div(faces, Fn, rounding_mode="floor")
     corners = (fb[:, None] * pos.shape[1] + tri.index_select(0, faces - fb * Fn)).reshape(-1)
-    table, _ = _face_table(pos.reshape(-1, 4).index_select(0, corners).reshape(-1, 3, 4))
+    table = _face_table(pos.reshape(-1, 4).index_select(0, corners).reshape(-1, 3, 4))
     out = _RastEval.apply(table, compact.index_select(0, b * Fn + f), pix, xn, yn, (f + 1).to(pos.dtype), B * H * W)
     return out.reshape(B, H, W, 4)
 
 
-def _covered(rast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Flat indices of covered pixels, their batch index and face id (int64)."""
+def _covered(rast: Tensor, pixels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat indices of the covered pixels (or of ``pixels``), their batch index and face id (int64;
+    -1 where a given pixel is background)."""
     B, H, W, _ = rast.shape
     ids = rast[..., 3].detach().reshape(-1)
-    pix = (ids > 0).nonzero().squeeze(1)
+    pix = (ids > 0).nonzero().squeeze(1) if pixels is None else pixels.long()
     return pix, torch.div(pix, H * W, rounding_mode="floor"), ids.index_select(0, pix).long() - 1
 
 
@@ -372,14 +372,9 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, pixels: Tensor | None =
     # Per-face table (a2, a0 - a2, a1 - a2): one row gathered per covered pixel.
     fa = (attr[None] if shared else attr).index_select(1, tri.reshape(-1)).reshape(-1, tri.shape[0], 3, C)
     fa = torch.cat([fa[:, :, 2], fa[:, :, 0] - fa[:, :, 2], fa[:, :, 1] - fa[:, :, 2]], -1)  # (1 or B, F, 3C)
-    if pixels is None:
-        pix, b, f = _covered(rast)
-    else:
-        pix = pixels.long()
-        b = torch.div(pix, H * W, rounding_mode="floor")
-        f = rast[..., 3].detach().reshape(-1).index_select(0, pix).long() - 1
-        if pix.numel() and bool((f < 0).any()):
-            raise ValueError("interpolate: pixels must be covered (rast[..., 3] > 0)")
+    pix, b, f = _covered(rast, pixels)
+    if pixels is not None and pix.numel() and bool((f < 0).any()):
+        raise ValueError("interpolate: pixels must be covered (rast[..., 3] > 0)")
     g = fa.reshape(-1, 3 * C).index_select(0, f if shared else b * tri.shape[0] + f)
     uv = rast.reshape(-1, 4).index_select(0, pix)
     vals = g[:, :C] + uv[:, 0:1] * g[:, C:2 * C] + uv[:, 1:2] * g[:, 2 * C:]

@@ -198,12 +198,11 @@ def test_small_faces_do_not_seed():
     small-faces rig's seeded reading was 60° off); the same real landmarks at full size do. The
     property can fail both ways: the FFHQ face (about 92 px) is kept, halved (about 46 px) dropped."""
     from flame_prior.detectors.mediapipe_backend import MediaPipeDetector
-    from flame_prior.detectors.seeded import MIN_SEED_EYE_PX, large_enough_seeds
+    from flame_prior.detectors.seeded import MIN_SEED_EYE_PX, seeds_a_search
 
     img = np.asarray(Image.open(shared_path("data/singleview/ffhq/00000.png")).convert("RGB"))
     with MediaPipeDetector() as det:
         points = det.detect_pixels(img).landmarks
     eye = float(np.linalg.norm(points[33] - points[263]))
     assert eye > MIN_SEED_EYE_PX > eye / 2
-    seeds = [("full", points), ("half", points * 0.5)]
-    assert [name for name, _ in large_enough_seeds(seeds, lambda s: s[1])] == ["full"]
+    assert seeds_a_search(points) and not seeds_a_search(points * 0.5)

@@ -46,7 +46,7 @@ import numpy as np
 
 from flame_prior.detectors.base import Detection
 from flame_prior.detectors.headmask import HeadMasker
-from flame_prior.detectors.seeded import VERSION as SEEDED_VERSION, face_forward, face_yaw, large_enough_seeds, roi_from_landmarks, seeded_search
+from flame_prior.detectors.seeded import VERSION as SEEDED_VERSION, face_forward, face_yaw, roi_from_landmarks, seeds_a_search, seeded_search
 from flame_prior.images import InputImage
 
 __all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
@@ -201,8 +201,7 @@ class MediaPipeDetector:
         detection)``, a pixel grid of the same size), on the image and its mirror; None when no
         candidate passes the sanity check (:mod:`flame_prior.detectors.seeded`). The detection has
         ``provenance="seeded"`` and a note that says how it was found."""
-        usable = large_enough_seeds([(im, d) for im, d in seeds if d.landmark_format == "mediapipe478"],
-                                    lambda seed: seed[1].landmarks)
+        usable = [(im, d) for im, d in seeds if d.landmark_format == "mediapipe478" and seeds_a_search(d.landmarks)]
         if not usable:
             return None
         if self._roi_landmarker is None:

@@ -36,7 +36,7 @@ order, ``observe`` picks them):
    the mirror image) and -56° next to -41°.
 
 Only faces with at least :data:`MIN_SEED_EYE_PX` between the outer eye corners seed a search
-(:func:`large_enough_seeds`): on the small-faces scan rig (full HD, 35-50 px between the eye corners)
+(:func:`seeds_a_search`): on the small-faces scan rig (full HD, 35-50 px between the eye corners)
 the landmark model's seeded reading of two missed studio views passed every check above and was
 wrong, one view 60° off (COLMAP's camera for it, kept without the seeded face: 0.6°); the issue's
 own line between well-resolved and small faces is 60 px (the turning-head rig's -49° seed is above it:
@@ -61,7 +61,7 @@ import numpy as np
 
 from flame_prior.detectors.roi_landmarker import Roi
 
-__all__ = ["VERSION", "MIN_SEED_EYE_PX", "large_enough_seeds", "MIN_PRESENCE", "MAX_SIZE_RATIO", "MAX_YAW_GAP_DEG", "SeededFace", "face_mesh_mirror",
+__all__ = ["VERSION", "MIN_SEED_EYE_PX", "seeds_a_search", "MIN_PRESENCE", "MAX_SIZE_RATIO", "MAX_YAW_GAP_DEG", "SeededFace", "face_mesh_mirror",
            "mirror_points", "roi_from_landmarks", "face_forward", "face_yaw", "seeded_search", "check_seeded",
            "build_face_mesh_mirror"]
 
@@ -242,14 +242,11 @@ def seeded_search(landmarker: Landmarker, pixels: np.ndarray,
     return best
 
 
-def large_enough_seeds(seeds: list, landmarks_of: Callable = lambda seed: seed) -> list:
-    """The seeds whose Face Mesh landmarks (``landmarks_of(seed)``, ``(478, 2+)``) have at least
+def seeds_a_search(points: np.ndarray) -> bool:
+    """Whether a face with these Face Mesh landmarks ``(478, 2+)`` may seed a search: at least
     :data:`MIN_SEED_EYE_PX` between the outer eye corners (points 33 and 263); module docstring."""
-    def eye_px(points) -> float:
-        p = np.asarray(points, dtype=np.float64)
-        return float(np.linalg.norm(p[33, :2] - p[263, :2]))
-
-    return [s for s in seeds if eye_px(landmarks_of(s)) >= MIN_SEED_EYE_PX]
+    p = np.asarray(points, dtype=np.float64)
+    return float(np.linalg.norm(p[33, :2] - p[263, :2])) >= MIN_SEED_EYE_PX
 
 
 def check_seeded(face: SeededFace) -> str | None:
