@@ -1227,8 +1227,8 @@ def _print_batch(console, b: dict) -> None:
 
 
 def _seconds(value: float | None) -> str:
-    """A stage's seconds for a table; "-" for a stage that did not run."""
-    return "-" if value is None else f"{value:.2f}"
+    """A stage's seconds for a table; "-" for a stage that did not run (None or NaN)."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
 def _print_tables(console, report: dict) -> None:
@@ -1251,15 +1251,14 @@ def _print_tables(console, report: dict) -> None:
             tb.add_row(name, f"[red]{r['error'][:80]}[/red]")
             continue
         s = r["seconds"]
-        fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"  # noqa: E731
         det_cold = s.get("detection_cold", s.get("detection_first", s.get("detection")))
         acc = r["accuracy"]
         cam = (f"{acc['rotation_deg_median']:.2f} / {acc['translation_pct_median']:.2f} / {acc['focal_pct_median']:.2f}"
                if "rotation_deg_median" in acc else "-")
         mem = r["memory"].get("cuda_peak_allocated_mb", r["memory"]["peak_rss_mb"])
-        tb.add_row(name, fmt(s.get("intake")), fmt(det_cold), fmt(s.get("detection_cached")),
-                   fmt(s.get("colmap", s.get("intrinsics"))), fmt(s.get("rigid")), fmt(s.get("landmarks")),
-                   fmt(s.get("photometric")), fmt(s.get("fit")), fmt(s.get("export")), fmt(s.get("total")),
+        tb.add_row(name, _seconds(s.get("intake")), _seconds(det_cold), _seconds(s.get("detection_cached")),
+                   _seconds(s.get("colmap", s.get("intrinsics"))), _seconds(s.get("rigid")), _seconds(s.get("landmarks")),
+                   _seconds(s.get("photometric")), _seconds(s.get("fit")), _seconds(s.get("export")), _seconds(s.get("total")),
                    f"{mem:.0f}", f"{acc['landmark_error_px_median']:.2f} / {acc['landmark_error_over_eye_median']:.3f}",
                    cam)
     console.print(tb)
