@@ -82,7 +82,7 @@ __all__ = [
 
 _SENTINEL = torch.iinfo(torch.int64).max
 _DEPTH_LEVELS = 2**31 - 2  # quantised depth occupies the upper 31 bits of the visibility key
-_CHUNK = 1 << 22  # padded (row or pixel) entries per rasterizer batch: bounds memory
+_CHUNK = 1 << 22  # rows or (face, pixel) pairs per rasterizer batch: bounds memory
 _TOL = 1e-4  # pixel centres this close (in x, pixels) outside an edge count as inside: no cracks
 
 
@@ -167,33 +167,48 @@ def _clip_ok(v: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
-    """Per-pixel visibility keys ``(B*H*W,)`` int64: face id in the low 32 bits, ``_SENTINEL`` on background.
-
-    No gradient.
+def _visibility(pos: Tensor, tri: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
+    """Per-pixel visibility keys ``(B*H*W,)`` int64 of clip vertices ``pos (B, V, 4)`` and ``tri (F, 3)``
+    int64: face id in the low 32 bits, ``_SENTINEL`` on background. No gradient.
 
     Scanline enumeration: every valid triangle is split into the pixel rows its bounding box
     spans; in each row the span of pixel centres inside the three edges is solved exactly (each
     edge is a line ``x = alpha + beta y`` bounding from the left or the right). Every covered
     (face, pixel) pair then gets a packed int64 key, quantised z/w in the upper bits and the face id
-    in the lower 32, and ``scatter_reduce(amin)`` keeps the nearest (ties: lowest face id).
+    in the lower 32, and ``scatter_reduce(amin)`` keeps the nearest (ties: lowest face id). Rows and
+    pixels are enumerated flat (a prefix sum of the per-face row counts, then of the per-row pixel
+    counts), so the work is the number of rows plus the number of covered pairs, with no padding.
     """
-    B, Fn, device = v.shape[0], v.shape[1], v.device
-    w = torch.where(ok[..., None], v[..., 3], torch.ones_like(v[..., 3]))
-    sx, sy = (v[..., 0] / w + 1.0) * (0.5 * W), (v[..., 1] / w + 1.0) * (0.5 * H)
-    zw = v[..., 2] / w
-    D = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sx[..., 2] - sx[..., 0]) * (sy[..., 1] - sy[..., 0])
-    ok = ok & (D != 0)
+    B, V, Fn, device = pos.shape[0], pos.shape[1], tri.shape[0], pos.device
+    n_pix = B * H * W
+    buf = torch.full((n_pix,), _SENTINEL, dtype=torch.long, device=device)
+    x, y, z, w = pos.unbind(-1)  # (B, V)
+    # Screen coordinates per vertex (those of a face's corners are the same numbers). A vertex outside
+    # the near/far range gets y = NaN, so every face using it spans no row below and is dropped whole.
+    sx = (x / w + 1.0) * (0.5 * W)
+    sy = (y / w + 1.0) * (0.5 * H)
+    sy_in = torch.where((w > 0) & (z >= -w) & (z <= w), sy, torch.full_like(sy, float("nan")))
+    cy = sy_in.index_select(1, tri.reshape(-1)).reshape(B, Fn, 3)
+    y0 = torch.ceil(cy.amin(-1) - 0.5).clamp(min=0)
+    y1 = torch.floor(cy.amax(-1) - 0.5).clamp(max=H - 1)
+    sel = (y1 >= y0).reshape(-1).nonzero().squeeze(1)  # flat b * F + f
+    if sel.numel() == 0:
+        return buf
+    b_s = torch.div(sel, Fn, rounding_mode="floor")
+    face_s = sel - b_s * Fn
+    corner = (tri.index_select(0, face_s) + (b_s * V)[:, None]).reshape(-1)
+    vt = torch.stack([sx, sy, z / w, x, y, w], -1).reshape(-1, 6).index_select(0, corner).reshape(-1, 3, 6)
+    sx, sy, zw, cx, cy, cw = vt.unbind(-1)  # (S, 3) each
+    y0, y1 = y0.reshape(-1).index_select(0, sel), y1.reshape(-1).index_select(0, sel)
+    # The rest of the validity test (:func:`_clip_ok`'s determinant, a nonzero screen area, facing,
+    # inside the image's columns): a face that fails it gets no rows.
+    det = cx[:, 0] * (cy[:, 1] * cw[:, 2] - cw[:, 1] * cy[:, 2]) + cy[:, 0] * (cw[:, 1] * cx[:, 2] - cx[:, 1] * cw[:, 2]) \
+        + cw[:, 0] * (cx[:, 1] * cy[:, 2] - cy[:, 1] * cx[:, 2])
+    D = (sx[:, 1] - sx[:, 0]) * (sy[:, 2] - sy[:, 0]) - (sx[:, 2] - sx[:, 0]) * (sy[:, 1] - sy[:, 0])
+    ok = (det != 0) & (D != 0) & (sx.amax(-1) >= 0.5 - _TOL) & (sx.amin(-1) <= W - 0.5 + _TOL)
     if cull_backfaces:
         ok &= D < 0  # counter-clockwise as displayed (y down) = front-facing
-    y0 = torch.ceil(sy.amin(-1) - 0.5).clamp(min=0)
-    y1 = torch.floor(sy.amax(-1) - 0.5).clamp(max=H - 1)
-    ok &= (y1 >= y0) & (sx.amax(-1) >= 0.5 - _TOL) & (sx.amin(-1) <= W - 0.5 + _TOL)
-    sel = ok.reshape(-1).nonzero().squeeze(1)  # flat b * F + f
-    if sel.numel() == 0:
-        return torch.full((B * H * W,), _SENTINEL, dtype=torch.long, device=device)
-    flat = lambda t: t.reshape(B * Fn, *t.shape[2:]).index_select(0, sel)  # noqa: E731
-    sx, sy, zw, D, y0, y1 = flat(sx), flat(sy), flat(zw), flat(D), flat(y0), flat(y1)
+    nrow = torch.where(ok, y1 - y0 + 1, torch.zeros_like(y0)).long()
     # Edge k (opposite vertex k) as x = alpha + beta * (y - y_ref), y_ref = the first row's centre;
     # it bounds from the left when vertex k lies to its right. Horizontal edges bound nothing the
     # row range does not already bound.
@@ -213,52 +228,57 @@ def _visibility(v: Tensor, ok: Tensor, H: int, W: int, cull_backfaces: bool) -> 
     z_ref = zw[:, 0] + gzy * (y_ref - sy[:, 0])
     tab = torch.cat([torch.where(lo, alpha, -inf), torch.where(hi, alpha, inf), torch.where(lo, beta, 0.0),
                      torch.where(hi, beta, 0.0), torch.stack([sx[:, 0], z_ref, gzx, gzy], -1)], -1)  # (S, 16)
-    # Rows: the span of pixel centres x = i + 0.5 inside the triangle in each of its rows, computed
-    # for all triangles with a similar row count at once (rows padded to a power of two).
-    nrow = (y1 - y0 + 1).long()
-    b_s = torch.div(sel, Fn, rounding_mode="floor")
-    face_s = sel - b_s * Fn
-    row_base = (b_s * H + y0.long()) * W
-    spans = []
-    for idx, n in _buckets(nrow):
-        r = tab.index_select(0, idx)[:, :, None]  # (S_n, 16, 1)
-        ro = torch.arange(n, device=device, dtype=tab.dtype)
-        L = (r[:, 0:3] + r[:, 6:9] * ro).amax(1)  # (S_n, n)
-        U = (r[:, 3:6] + r[:, 9:12] * ro).amin(1)
+    first_pix = (b_s * H + y0.long()) * W  # flat index of the first row's pixel 0
+    for f0, f1 in _chunks(nrow):
+        # Rows: the span of pixel centres x = i + 0.5 inside the triangle in each row of each face.
+        rf, ro = _expand(nrow[f0:f1])
+        r = tab[f0:f1].index_select(0, rf)  # (R, 16)
+        rof = ro.to(r.dtype)
+        L = torch.maximum(torch.maximum(r[:, 0] + r[:, 6] * rof, r[:, 1] + r[:, 7] * rof), r[:, 2] + r[:, 8] * rof)
+        U = torch.minimum(torch.minimum(r[:, 3] + r[:, 9] * rof, r[:, 4] + r[:, 10] * rof), r[:, 5] + r[:, 11] * rof)
         i0 = torch.ceil(L - 0.5 - _TOL).clamp(min=0)
         i1 = torch.floor(U - 0.5 + _TOL).clamp(max=W - 1)
-        count = torch.where(ro < nrow.index_select(0, idx)[:, None], i1 - i0 + 1, 0.0).clamp(min=0).long()
-        d0 = r[:, 13] + r[:, 14] * (i0 + 0.5 - r[:, 12]) + r[:, 15] * ro
-        base = row_base.index_select(0, idx)[:, None] + ro.long() * W + i0.long()
-        spans.append([count, d0, r[:, 14].expand_as(d0), face_s.index_select(0, idx)[:, None].expand_as(base), base])
-    count, d0, gz, face, base = (torch.cat([s[i].reshape(-1) for s in spans]) for i in range(5))
-    # Pixels: packed keys, nearest wins; padding goes to a dummy slot at the end of the buffer.
-    n_pix = B * H * W
-    buf = torch.full((n_pix + 1,), _SENTINEL, dtype=torch.long, device=device)
-    for idx, n in _buckets(count):
-        off = torch.arange(n, device=device)
-        depth = d0.index_select(0, idx)[:, None] + gz.index_select(0, idx)[:, None] * off.to(d0.dtype)
-        q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_LEVELS).long()
-        key = (q << 32) | face.index_select(0, idx)[:, None]
-        pix = torch.where(off < count.index_select(0, idx)[:, None], base.index_select(0, idx)[:, None] + off, n_pix)
-        buf.scatter_reduce_(0, pix.reshape(-1), key.reshape(-1), reduce="amin")
-    return buf[:n_pix]
+        count = (i1 - i0 + 1).clamp(min=0).long()
+        d0 = r[:, 13] + r[:, 14] * (i0 + 0.5 - r[:, 12]) + r[:, 15] * rof
+        base = first_pix[f0:f1].index_select(0, rf) + ro * W + i0.long()
+        fid = face_s[f0:f1].index_select(0, rf)
+        gz = r[:, 14]
+        # Pixels: packed keys, nearest wins.
+        for r0, r1 in _chunks(count):
+            pr, off = _expand(count[r0:r1])
+            depth = d0[r0:r1].index_select(0, pr) + gz[r0:r1].index_select(0, pr) * off.to(d0.dtype)
+            q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_LEVELS).long()
+            key = (q << 32) | fid[r0:r1].index_select(0, pr)
+            buf.scatter_reduce_(0, base[r0:r1].index_select(0, pr) + off, key, reduce="amin")
+    return buf
 
 
-def _buckets(count: Tensor):
-    """Yield ``(indices, n)``: the entries with ``n/2 < count <= n`` (n a power of two; count 0 skipped),
-    split so that ``len(indices) * n <= _CHUNK`` bounds the memory of the padded ``(len, n)`` arrays."""
-    pow2 = 2 ** torch.arange(int(count.max()).bit_length() + 1, device=count.device)
-    level = torch.bucketize(count, torch.cat([pow2.new_zeros(1), pow2]))  # (2^(l-2), 2^(l-1)] -> l; 0 -> 0
-    hist = torch.bincount(level).tolist()
-    for lv, k in enumerate(hist):
-        if k == 0 or lv == 0:
-            continue
-        n = 1 << (lv - 1)
-        idx = (level == lv).nonzero().squeeze(1)
-        step = max(1, _CHUNK // n)
-        for s in range(0, idx.numel(), step):
-            yield idx[s:s + step], n
+def _expand(count: Tensor) -> tuple[Tensor, Tensor]:
+    """Entry and offset ``(N,)`` int64 of each of the ``N = count.sum()`` items of entries with ``count (E,)``
+    items each (``repeat_interleave(count)`` and a within-entry ``arange``), by one prefix sum."""
+    end = count.cumsum(0)
+    start = end - count
+    n = int(end[-1]) if count.numel() else 0
+    marks = torch.zeros(n + 1, dtype=torch.long, device=count.device).index_add_(0, start, torch.ones_like(count))
+    entry = marks[:n].cumsum(0) - 1
+    return entry, torch.arange(n, device=count.device) - start.index_select(0, entry)
+
+
+def _chunks(count: Tensor):
+    """Yield ``(start, end)``: consecutive slices of ``count (E,)`` with at most ``_CHUNK`` items in all
+    (or one entry): bounds the memory of the flat row and pixel arrays."""
+    end = count.cumsum(0)
+    total, E = int(end[-1]) if count.numel() else 0, count.numel()
+    if total <= _CHUNK:
+        if total:
+            yield 0, E
+        return
+    s = 0
+    while s < E:
+        done = int(end[s - 1]) if s else 0
+        e = max(int(torch.searchsorted(end, done + _CHUNK, right=True)), s + 1)
+        yield s, e
+        s = e
 
 
 class _RastEval(torch.autograd.Function):
@@ -314,8 +334,7 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], cull_backfa
     B = pos.shape[0]
     Fn = tri.shape[0]
     tri = tri.long()
-    v = _gather_faces(pos.detach(), tri)
-    key = _visibility(v, _clip_ok(v), H, W, cull_backfaces)
+    key = _visibility(pos.detach(), tri, H, W, cull_backfaces)
     pix = (key != _SENTINEL).nonzero().squeeze(1)
     f = key.index_select(0, pix) & 0xFFFFFFFF
     b = torch.div(pix, H * W, rounding_mode="floor")

@@ -362,3 +362,22 @@ def test_flame_template_renders(device):
     assert (nrm[m_both][:, 2] < 0).float().mean() > 0.9  # visible normals face the camera (-Z in OpenCV)
     cov = render.coverage(both, pos, faces)
     assert ((cov > 0) & (cov < 1)).sum() > 50  # antialiased outline
+
+
+def test_visibility_chunks_match_one_pass(monkeypatch):
+    """Rows and (face, pixel) pairs enumerated in many small batches give the same rast as one batch."""
+    from flame_prior.flame.assets import default_model_path
+
+    d = np.load(default_model_path())
+    verts = torch.as_tensor(d["v_template"], dtype=torch.float32)
+    faces = torch.as_tensor(d["f"].astype(np.int64))
+    R = torch.diag(torch.tensor([1.0, -1.0, -1.0]))[None]
+    pc = verts[None] @ R.transpose(1, 2) + torch.tensor([0.01, -0.02, 0.6])
+    one = torch.ones(2)
+    pos = render.pinhole_to_clip(pc.expand(2, -1, -1), 150 * one, torch.tensor([150.0, 170.0]), 32 * one, 30 * one,
+                                 64, 60)
+    whole = render.rasterize(pos, faces, (60, 64))
+    monkeypatch.setattr(render, "_CHUNK", 97)
+    chunked = render.rasterize(pos, faces, (60, 64))
+    assert (whole[..., 3] > 0).float().mean() > 0.2
+    assert torch.equal(whole, chunked)
