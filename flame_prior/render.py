@@ -387,21 +387,46 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, pixels: Tensor | None =
     if not shared:
         check_shape(attr, [B, "V", "C"], "attr")
     V, C = attr.shape[-2:]
-    tri = tri.long()
-    # Per-face table (a2, a0 - a2, a1 - a2): one row gathered per covered pixel.
-    fa = (attr[None] if shared else attr).index_select(1, tri.reshape(-1)).reshape(-1, tri.shape[0], 3, C)
-    fa = torch.cat([fa[:, :, 2], fa[:, :, 0] - fa[:, :, 2], fa[:, :, 1] - fa[:, :, 2]], -1)  # (1 or B, F, 3C)
     pix, b, f = _covered(rast, pixels)
     if pixels is not None and pix.numel() and bool((f < 0).any()):
         raise ValueError("interpolate: pixels must be covered (rast[..., 3] > 0)")
-    g = fa.reshape(-1, 3 * C).index_select(0, f if shared else b * tri.shape[0] + f)
-    uv = rast.reshape(-1, 4).index_select(0, pix)
-    vals = g[:, :C] + uv[:, 0:1] * g[:, C:2 * C] + uv[:, 1:2] * g[:, 2 * C:]
+    corners = tri.long().index_select(0, f)  # (P, 3) rows of attr (of the flattened (B * V, C) attr)
+    if not shared:
+        corners = corners + (b * V)[:, None]
+    uv = rast.reshape(-1, 4).index_select(0, pix)[:, :2]
+    vals = _Interpolate.apply(attr.reshape(-1, C), corners, uv)
     dtype = torch.promote_types(attr.dtype, rast.dtype)
     if pixels is not None:
         return vals.to(dtype)
     out = torch.zeros(B * H * W, C, dtype=dtype, device=rast.device).index_copy(0, pix, vals.to(dtype))
     return out.reshape(B, H, W, C)
+
+
+class _Interpolate(torch.autograd.Function):
+    """``a2 + u (a0 - a2) + v (a1 - a2)`` at P pixels from ``attr (N, C)``, ``corners (P, 3)`` rows of it
+    and ``uv (P, 2)``. Hand-written backward: one ``(3P, C)`` scatter into the attribute table, no
+    per-face tables."""
+
+    @staticmethod
+    def forward(ctx, attr, corners, uv):  # noqa: D102
+        a = attr.index_select(0, corners.reshape(-1)).reshape(-1, 3, attr.shape[1])
+        d0, d1 = a[:, 0] - a[:, 2], a[:, 1] - a[:, 2]
+        ctx.save_for_backward(corners, uv, d0, d1)
+        ctx.n_attr = attr.shape[0]
+        return a[:, 2] + uv[:, 0:1] * d0 + uv[:, 1:2] * d1
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        corners, uv, d0, d1 = ctx.saved_tensors
+        grad_attr = grad_uv = None
+        if ctx.needs_input_grad[0]:
+            gu, gv = uv[:, 0:1] * grad, uv[:, 1:2] * grad
+            per_corner = torch.stack([gu, gv, grad - gu - gv], 1).to(d0.dtype).reshape(-1, grad.shape[1])
+            grad_attr = torch.zeros(ctx.n_attr, grad.shape[1], dtype=d0.dtype, device=grad.device)
+            grad_attr.index_add_(0, corners.reshape(-1), per_corner)
+        if ctx.needs_input_grad[2]:
+            grad_uv = torch.stack([(grad * d0).sum(1), (grad * d1).sum(1)], -1).to(uv.dtype)
+        return grad_attr, None, grad_uv
 
 
 def texture(tex: Tensor, uv: Tensor, filter_mode: Literal["bilinear", "nearest"] = "bilinear",

@@ -49,9 +49,8 @@ def head_surface(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Ten
     rast = render.rasterize(pos, faces, _image_size(cameras, size))
     if vertex_normals is None:
         vertex_normals = render.vertex_normals(verts, faces)
-    b = len(cameras)
     uv = render.interpolate(uvs, rast, uv_faces)
-    normals = torch.nn.functional.normalize(render.interpolate(vertex_normals.expand(b, -1, -1), rast, faces), dim=-1)
+    normals = torch.nn.functional.normalize(render.interpolate(vertex_normals[0], rast, faces), dim=-1)
     return uv, normals, rast, pos
 
 
@@ -82,5 +81,5 @@ def surface_at(verts: Tensor, faces: Tensor, rast: Tensor, uvs: Tensor, uv_faces
     if vertex_normals is None:
         vertex_normals = render.vertex_normals(verts, faces)
     uv = render.interpolate(uvs, rast, uv_faces, pixels)
-    normals = render.interpolate(vertex_normals.expand(rast.shape[0], -1, -1), rast, faces, pixels)
+    normals = render.interpolate(vertex_normals[0], rast, faces, pixels)  # world-frame: shared by the views
     return uv, torch.nn.functional.normalize(normals, dim=-1)
