@@ -31,7 +31,10 @@ applies wins, and every source that is skipped leaves a note saying why:
    calibration's lens takes. When fewer than :attr:`IntrinsicsConfig.colmap_retry_below` of the images
    register, COLMAP runs again with more features on larger images and the run that registers more is kept
    (:func:`_try_colmap`). (A shared camera whose model explains no face is retried with one camera per view
-   by the pipeline, after the fit has judged it: :func:`flame_prior.pipeline.fit_static`.)
+   by the pipeline, after the fit has judged it: :func:`flame_prior.pipeline.fit_static`.) With one camera
+   per view and the focal estimated, each camera also gets its own principal point: the one member of the
+   family of cameras the tracks cannot tell apart whose principal points lie nearest the image centres
+   (:mod:`flame_prior.colmap_family`); the lens check then frees them on both sides.
 3. ``"exif"``: :attr:`flame_prior.images.InputImage.exif_focal_px`, when every view has one.
 4. ``"optimised"`` (two views or more): the focal starts at :attr:`IntrinsicsConfig.prior_fov_deg`
    and the fitter refines one shared focal scale (``Intrinsics.optimise_focal``).
@@ -61,6 +64,7 @@ from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 import numpy as np
 
 from flame_prior.cache import colmap_cache_dir, save_npz_atomic
+from flame_prior.colmap_family import principal_points_near_centre
 from flame_prior.errors import InputError, check_option
 from flame_prior.threads import compute_threads
 from flame_prior.shapes import check_shape  # not geometry: this module must not load torch (CLI start-up)
@@ -714,6 +718,8 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
     settings["colmap_lens"] = _estimates_lens(config, scene_kind, known)  # what the run does, not the option
     if config.colmap_cameras != "per_size":
         settings["colmap_cameras"] = config.colmap_cameras
+    if _estimates_principal_points(config, known):
+        settings["principal_points"] = "near-centre"  # colmap_family: per-view runs before it are not reused
     if known is not None:
         settings["known_intrinsics"] = [np.round(np.asarray(getattr(known, k), dtype=np.float64), 9).tolist()
                                         for k in ("fx", "fy", "cx", "cy", "distortion")]
@@ -989,18 +995,53 @@ def run_colmap(
         if not reconstructions:
             raise RuntimeError("COLMAP reconstructed nothing (too few matches)")
         rec = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-        lens_figures = None
+        lens_figures = centring = None
+        free_centres = _estimates_principal_points(config, known)
         if lens:
             step("checking the lens", advance=0)
-            rec, lens_figures = _check_radial_lens(rec, refine_focal=config.focal_px is None)
+            rec, lens_figures = _check_radial_lens(rec, refine_focal=config.focal_px is None,
+                                                   refine_principal_point=free_centres)
+        if free_centres and rec.num_reg_images() >= 3:
+            step("principal points", advance=0)
+            rec, centring = _principal_points(rec, names, windows, views, lens_figures)
         result = _read_reconstruction(rec, names, [(w.out_w, w.out_h) for w in windows])
         if lens_figures is not None:
             result.figures["lens"] = lens_figures
+        if centring is not None:
+            result.figures["principal_points"] = centring
     _to_original_pixels(result, views, windows)
     clock.lap("map")
     result.figures.update(clock.figures(), threads=threads, pairs=len(pairs) if pairs is not None else None,
                           scene_kind=scene_kind, image_scale=round(float(np.mean([w.sx for w in windows])), 4))
     return result
+
+
+def _estimates_principal_points(config: IntrinsicsConfig, known: KnownIntrinsics | None) -> bool:
+    """Whether COLMAP's cameras get their own principal points (:mod:`flame_prior.colmap_family`): one camera
+    per view with the focal estimated (a rig of different cameras); never over a calibration or a given focal."""
+    return known is None and config.focal_px is None and config.colmap_cameras == "per_view"
+
+
+def _principal_points(rec, names: list[str], windows: list[_Window], views, lens_figures: dict | None):
+    """:func:`flame_prior.colmap_family.principal_points_near_centre` on a per-view reconstruction:
+    ``(reconstruction, figures)``; ``rec`` itself with ``figures["note"]`` saying why when it fails."""
+    by_name = {image.name: image_id for image_id, image in rec.images.items() if image.has_pose}
+    ids = [by_name.get(name) for name in names]
+    centres = np.array([((v.image.width / 2 - w.x0) * w.sx, (v.image.height / 2 - w.y0) * w.sy)
+                        for v, w in zip(views, windows)])
+    lens = lens_figures is not None and lens_figures["kept"]
+    try:
+        chosen, figures = principal_points_near_centre(rec, ids, centres, refine_extra=lens)
+    except (ValueError, RuntimeError) as exc:
+        return rec, {"note": f"principal points held at the image centres ({exc})"}
+    if not figures["reprojection_error_px"] <= figures["reprojection_error_held_px"]:
+        return rec, {**figures, "note": "principal points held at the image centres (freeing them did not lower "
+                                        "the reprojection error)"}
+    figures["note"] = (f"COLMAP: a principal point per view, as near the image centres as the tracks allow "
+                       f"({figures['principal_point_offset_rms_px']:.1f} px RMS off them, in COLMAP's pixels); "
+                       f"reprojection error {figures['reprojection_error_held_px']:.2f} px before, "
+                       f"{figures['reprojection_error_px']:.2f} px after")
+    return chosen, figures
 
 
 class _Clock:
@@ -1190,7 +1231,7 @@ def _lens_shift_px(camera) -> float:
     return float(np.max(np.abs(f * r * r * r * (k1 + k2 * r * r))))
 
 
-def _check_radial_lens(rec, refine_focal: bool):
+def _check_radial_lens(rec, refine_focal: bool, refine_principal_point: bool = False):
     """The guard on COLMAP's estimated radial lens: ``(reconstruction, figures)``.
 
     The same tracks are bundle-adjusted again with every lens set to zero and held (a pinhole camera).
@@ -1200,21 +1241,29 @@ def _check_radial_lens(rec, refine_focal: bool):
     focal re-adjusted without the lens). ``figures["note"]`` says which and why."""
     import pycolmap
 
+    def adjust(reconstruction, refine_extra: bool) -> None:
+        options = pycolmap.BundleAdjustmentOptions()
+        options.refine_focal_length = refine_focal
+        options.refine_principal_point = refine_principal_point
+        options.refine_extra_params = refine_extra
+        options.print_summary = False
+        config = pycolmap.BundleAdjustmentConfig()  # the adjuster itself: pycolmap.bundle_adjustment logs past glog's level
+        for image_id in reconstruction.reg_image_ids():
+            config.add_image(image_id)
+        config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+        pycolmap.create_default_bundle_adjuster(options, config, reconstruction).solve()
+
+    if refine_principal_point:
+        # Principal points about to be freed (a camera per view, colmap_family): the lens is judged with them free
+        # on both sides, else it is kept for absorbing the principal points' offsets (the focals rig: k1 0.10,
+        # k2 -0.26 in a pinhole rig, "lowering" 0.65 px to 0.62 while free principal points give 0.10).
+        adjust(rec, True)
     rec.update_point_3d_errors()  # the stored per-point errors are not refreshed by a bundle adjustment
     error_lens = float(rec.compute_mean_reprojection_error())
     pinhole = pycolmap.Reconstruction(rec)
     for camera in pinhole.cameras.values():
         camera.params = [*list(camera.params)[:3], 0.0, 0.0]
-    options = pycolmap.BundleAdjustmentOptions()
-    options.refine_focal_length = refine_focal
-    options.refine_principal_point = False
-    options.refine_extra_params = False
-    options.print_summary = False
-    adjust = pycolmap.BundleAdjustmentConfig()  # the adjuster itself: pycolmap.bundle_adjustment logs past glog's level
-    for image_id in pinhole.reg_image_ids():
-        adjust.add_image(image_id)
-    adjust.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
-    pycolmap.create_default_bundle_adjuster(options, adjust, pinhole).solve()
+    adjust(pinhole, False)
     pinhole.update_point_3d_errors()
     error_pinhole = float(pinhole.compute_mean_reprojection_error())
     ids = [im.camera_id for im in rec.images.values() if im.has_pose]

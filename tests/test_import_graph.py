@@ -22,7 +22,7 @@ LAYERS = [
     ["flame_prior.detectors", "flame_prior.cache"],
     ["flame_prior.observe", "flame_prior.video"],
     ["flame_prior.intrinsics", "flame_prior.camera_file", "flame_prior.distortion", "flame_prior.lens_detection",
-     "flame_prior.colmap_pairs"],
+     "flame_prior.colmap_pairs", "flame_prior.colmap_family"],
     ["flame_prior.fit"],
     ["flame_prior.export"],
     ["flame_prior.track"],  # a dynamic sequence: fits, tracks and writes its own outputs
