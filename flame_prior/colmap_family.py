@@ -38,6 +38,10 @@ __all__ = ["CameraFamily", "camera_family", "principal_points_near_centre", "TAN
 #: the image width, 1 % of the image height. One unit of :attr:`CameraFamily` coordinates is one step.
 TANGENT_STEP = (0.01, 0.01, 0.01)
 
+#: Most bundle adjustments of :func:`principal_points_near_centre` after the family's (Gauss-Newton steps; it
+#: stops when a step moves ``u`` by less than 0.05).
+_ITERATIONS = 4
+
 
 @dataclass
 class CameraFamily:
@@ -181,6 +185,8 @@ def principal_points_near_centre(rec, view_image_ids: list[int | None], centres:
         coordinates), ``reference`` (view index), the principal points' RMS offset from the centres before (all
         held at the centres: 0) and after, pixels, and the reprojection error before and after.
     """
+    import pycolmap
+
     rec.update_point_3d_errors()
     error_held = float(rec.compute_mean_reprojection_error())
     base, family = camera_family(rec, view_image_ids, refine_extra)
@@ -188,24 +194,30 @@ def principal_points_near_centre(rec, view_image_ids: list[int | None], centres:
     _, _, K = _state(base, [view_image_ids[j] for j in rows])
     offset = (K[:, 1:] - np.asarray(centres, dtype=np.float64)[rows]).reshape(-1)  # (2M,)
     J = np.transpose(family.intrinsics[:, rows, 1:], (1, 2, 0)).reshape(-1, 3)  # (2M, 3)
-    u = np.linalg.lstsq(J, -offset, rcond=None)[0]
     ref_camera = base.images[view_image_ids[family.reference]].camera_id
-    import pycolmap
-
-    chosen = pycolmap.Reconstruction(base)
-    camera = chosen.cameras[ref_camera]
+    camera = base.cameras[ref_camera]
     fx, fy, cx, cy = _f_cx_cy_index(camera.model_name)
-    params = list(camera.params)
-    steps = (TANGENT_STEP[0] * params[fx], TANGENT_STEP[1] * camera.width, TANGENT_STEP[2] * camera.height)
-    for k, slots in enumerate(((fx, fy), (cx,), (cy,))):
-        for s in set(slots):
-            params[s] += u[k] * steps[k]
-    camera.params = params
-    _bundle_adjust(chosen, ref_camera, refine_extra)
-    _, _, K_after = _state(chosen, [view_image_ids[j] for j in rows])
+    start = list(camera.params)
+    steps = (TANGENT_STEP[0] * start[fx], TANGENT_STEP[1] * camera.width, TANGENT_STEP[2] * camera.height)
+    u = np.zeros(3)
+    chosen = base
+    for _ in range(_ITERATIONS):  # Gauss-Newton with the base's tangents: the family bends away from the base
+        du = np.linalg.lstsq(J, -offset, rcond=None)[0]
+        u = u + du
+        chosen = pycolmap.Reconstruction(base)
+        params = list(start)
+        for k, slots in enumerate(((fx, fy), (cx,), (cy,))):
+            for s in set(slots):
+                params[s] += u[k] * steps[k]
+        chosen.cameras[ref_camera].params = params
+        _bundle_adjust(chosen, ref_camera, refine_extra)
+        _, _, K_after = _state(chosen, [view_image_ids[j] for j in rows])
+        offset = (K_after[:, 1:] - np.asarray(centres, dtype=np.float64)[rows]).reshape(-1)
+        if np.abs(du).max() < 0.05:
+            break
     chosen.update_point_3d_errors()
     figures = {"u": u.tolist(), "reference": int(family.reference),
-               "principal_point_offset_rms_px": float(np.sqrt(np.mean((K_after[:, 1:] - np.asarray(centres)[rows]) ** 2))),
+               "principal_point_offset_rms_px": float(np.sqrt(np.mean(offset ** 2))),
                "reprojection_error_held_px": error_held,
                "reprojection_error_px": float(chosen.compute_mean_reprojection_error())}
     return chosen, figures

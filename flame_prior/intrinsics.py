@@ -589,6 +589,8 @@ def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: l
     fig = rec.figures
     if "lens" in fig:
         notes.append(fig["lens"]["note"])
+    if "principal_points" in fig:
+        notes.append(fig["principal_points"]["note"])
     summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
                f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
                f"({fig['vertical_fov_deg']:.1f} deg vertical FOV)")
@@ -1034,8 +1036,8 @@ def _principal_points(rec, names: list[str], windows: list[_Window], views, lens
         chosen, figures = principal_points_near_centre(rec, ids, centres, refine_extra=lens)
     except (ValueError, RuntimeError) as exc:
         return rec, {"note": f"principal points held at the image centres ({exc})"}
-    if not figures["reprojection_error_px"] <= figures["reprojection_error_held_px"]:
-        return rec, {**figures, "note": "principal points held at the image centres (freeing them did not lower "
+    if not figures["reprojection_error_px"] <= 1.05 * figures["reprojection_error_held_px"]:  # only a failed solve
+        return rec, {**figures, "note": "principal points held at the image centres (the family's solve raised "
                                         "the reprojection error)"}
     figures["note"] = (f"COLMAP: a principal point per view, as near the image centres as the tracks allow "
                        f"({figures['principal_point_offset_rms_px']:.1f} px RMS off them, in COLMAP's pixels); "
