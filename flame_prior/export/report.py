@@ -329,7 +329,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         o, vf = obs[i], result.views[i]
         s = thumb_scale[i]
         aim = alignment_overlay(o.image.pixels, result, i, s, base=_resized(o.image.pixels, s).convert("RGB"),
-                                surface=view_surface(mesh, i, thumb_size[i]), mesh=mesh)
+                                surface=view_surface(mesh, i, thumb_size[i], texture_coords=False), mesh=mesh)
         aim.save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
     # Thumbnails first: the full views wait for the texture when it is still being baked (``texture``).

@@ -37,9 +37,11 @@ DEPTH_TOLERANCE = 0.004
 #: Render side for the per-view depth maps (visibility test).
 DEPTH_SIDE = 512
 #: Views read at most. Each costs a projection of the texels facing it and a depth render (about 0.1 s
-#: of CPU on the shared 30-view scene); a dozen spread around the head already see each texel from
-#: several directions, and more only average more of the same surface.
-MAX_VIEWS = 12
+#: of CPU on the shared 30-view scene). Eight spread around the head already see each texel from several
+#: directions; more only average more of the same surface. Measured on the shared 30-view scene against
+#: the texture baked from all 30 views: mean absolute difference 0.0093 with 12 views, 0.0109 with 8
+#: (under 3/255; the face looks the same side by side), 0.0305 with 6 (parts of the head go unseen).
+MAX_VIEWS = 8
 
 
 def texture_side(result, views) -> int:
@@ -117,6 +119,14 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
                               + np.einsum("vk,vk->v", centres, centres)[None], 1e-24))
     cos_all = np.ascontiguousarray(((nrm_t @ centres.T - np.einsum("tk,tk->t", nrm_t, pos_t)[:, None]) / dist).T)
     del dist  # cos_all: (views, T), a view's row contiguous
+    # Homogeneous positions: a view's pixels come from one (4, 3) product, K [R | t] transposed, applied to
+    # the facing texels gathered with np.take (measured 5 ms a view against 14 ms for fancy indexing, a
+    # product and two more passes).
+    pos_h = np.concatenate([pos_t, np.ones((len(pos_t), 1), np.float32)], 1)
+    K = np.zeros((len(cams), 3, 3))
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = (cams.fx.numpy(), cams.fy.numpy(), cams.cx.numpy(),
+                                                                  cams.cy.numpy(), 1.0)
+    to_pixels = np.einsum("nij,njk->nki", K, np.concatenate([R, t[:, :, None]], 2)).astype(np.float32)  # (N, 4, 3)
 
     def contribution(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Chosen view ``k``'s texels seen (indices), their weighted de-shaded colours and weights."""
@@ -124,12 +134,11 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
         obs = views[i]
         W, H = int(cams.width[i]), int(cams.height[i])
         idx = np.flatnonzero(cos_all[k] > 0.05)  # facing the camera: drops about half the texels
-        pc = pos_t[idx] @ R[i].T.astype(np.float32) + t[i].astype(np.float32)
-        z = pc[:, 2]
+        p = np.take(pos_h, idx, axis=0) @ to_pixels[i]  # (x z, y z, z): pixels times depth
+        z = p[:, 2]
         front = z > 0
         zs = np.where(front, z, 1.0)
-        x = float(cams.fx[i]) * pc[:, 0] / zs + float(cams.cx[i])
-        y = float(cams.fy[i]) * pc[:, 1] / zs + float(cams.cy[i])
+        x, y = p[:, 0] / zs, p[:, 1] / zs
         inside = front & (x >= 0) & (x < W) & (y >= 0) & (y < H)
         idx, x, y, zi = idx[inside], x[inside], y[inside], z[inside]
         if not len(idx):
@@ -144,18 +153,18 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
                                      cams.fy[i:i + 1].float() * dh / H, cams.cx[i:i + 1].float() * dw / W,
                                      cams.cy[i:i + 1].float() * dh / H, dw, dh)
         vr = render.rasterize(pos, faces, (dh, dw), cull_backfaces=True)
-        depth = render.interpolate(pos[..., 3:4], vr, faces)[0, ..., 0].numpy()
-        hit = vr[0, ..., 3].numpy() > 0
-        px = np.clip((x * (dw / W)).astype(int), 0, dw - 1)
-        py = np.clip((y * (dh / H)).astype(int), 0, dh - 1)
-        ok = ~hit[py, px] | (zi <= depth[py, px] + DEPTH_TOLERANCE)
+        depth = render.interpolate(pos[..., 3:4], vr, faces)[0, ..., 0].numpy().reshape(-1)
+        hit = vr[0, ..., 3].numpy().reshape(-1) > 0
+        at = (np.clip((y * (dh / H)).astype(np.int64), 0, dh - 1) * dw
+              + np.clip((x * (dw / W)).astype(np.int64), 0, dw - 1))  # the depth pixel of each texel
+        ok = ~hit[at] | (zi <= depth[at] + DEPTH_TOLERANCE)
         ok &= _sample(obs.detection.mask_u8, x, y) >= 128  # mask >= 0.5, read off the stored uint8 mask
         if not ok.any():
             return None
         idx, x, y = idx[ok], x[ok], y[ok]
         colour = _sample(obs.image.pixels, x, y).astype(np.float32) * np.float32(1.0 / 255.0)
-        shading = basis_t[idx] @ lighting[min(i, len(lighting) - 1)]
-        w = cos_all[k, idx] ** 2
+        shading = np.take(basis_t, idx, axis=0) @ lighting[min(i, len(lighting) - 1)]
+        w = np.take(cos_all[k], idx) ** 2
         return idx, w[:, None] * colour / np.maximum(shading, 0.05), w
 
     # Views on a pool of threads (torch, cv2 and numpy release the GIL); summed in view order, so the

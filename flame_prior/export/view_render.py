@@ -50,25 +50,31 @@ class ViewMesh:
 class ViewSurface:
     """One view rasterized at ``size = (w, h)``: ``camera`` (that view's, scaled to the size), ``clip``
     ``(1, V, 4)`` positions, ``rast (1, h, w, 4)``, the covered ``pixels (P,)`` (flat indices, row-major)
-    and, at them, texture coordinates ``uv (P, 2)`` and unit world-frame ``normals (P, 3)``."""
+    and, at them, unit world-frame ``normals (P, 3)`` and texture coordinates ``uv (P, 2)`` (None when
+    not asked for: the untextured pictures need none)."""
 
     size: tuple[int, int]
     camera: PinholeCameras
     clip: torch.Tensor
     rast: torch.Tensor
     pixels: torch.Tensor
-    uv: torch.Tensor
+    uv: torch.Tensor | None
     normals: torch.Tensor
 
 
 @torch.no_grad()
-def view_surface(mesh: ViewMesh, i: int, size: tuple[int, int]) -> ViewSurface:
-    """View ``i`` of ``mesh.cameras`` rasterized at ``size = (w, h)`` (any scale of its pixel grid)."""
+def view_surface(mesh: ViewMesh, i: int, size: tuple[int, int], texture_coords: bool = True) -> ViewSurface:
+    """View ``i`` of ``mesh.cameras`` rasterized at ``size = (w, h)`` (any scale of its pixel grid), with
+    the texture coordinates of the covered pixels when ``texture_coords``."""
     w, h = int(size[0]), int(size[1])
     cams = mesh.cameras
     cam = cams.subset([i]).scaled(w / float(cams.width[i]), h / float(cams.height[i]))
     clip = head_clip(mesh.verts, cam, (h, w))
     rast = render.rasterize(clip, mesh.faces, (h, w), cull_backfaces=True)
     pixels = (rast[..., 3].reshape(-1) > 0).nonzero().squeeze(1)
-    uv, normals = surface_at(mesh.verts, mesh.faces, rast, mesh.uvs, mesh.uv_faces, pixels, mesh.normals)
+    if texture_coords:
+        uv, normals = surface_at(mesh.verts, mesh.faces, rast, mesh.uvs, mesh.uv_faces, pixels, mesh.normals)
+    else:
+        uv = None
+        normals = torch.nn.functional.normalize(render.interpolate(mesh.normals, rast, mesh.faces, pixels), dim=-1)
     return ViewSurface((w, h), cam, clip, rast, pixels, uv, normals)
