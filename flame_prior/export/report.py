@@ -147,20 +147,19 @@ def draw_landmark_overlay(obs: ViewObservation, view, s: float | None = None,
 
 @torch.no_grad()
 def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: int = 640,
-                   return_surface: bool = False, mesh: ViewMesh | None = None
-                   ) -> np.ndarray | tuple[np.ndarray, ViewSurface]:
+                   mesh: ViewMesh | None = None, surface: ViewSurface | None = None) -> np.ndarray:
     """The fitted, textured, lit head over view ``i``: ``(h, w, 4)`` uint8 RGBA for ``size = (w, h)``
-    (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up; with
-    ``return_surface`` also the rasterization (:func:`~.view_render.view_surface`, for the alignment
-    picture of the same view: the mesh is rasterized and interpolated once). ``mesh``:
-    :meth:`~.view_render.ViewMesh.of` ``result``, when the caller renders several views."""
-    mesh = mesh or ViewMesh.of(result, feature_lines(result.vertices, result.faces))
+    (any scale of the view's pixel grid), rendered at most ``max_side`` pixels and resized up.
+    ``mesh``: :meth:`~.view_render.ViewMesh.of` ``result``, when the caller renders several views;
+    ``surface``: the view already rasterized at the render size with texture coordinates
+    (:func:`~.view_render.view_surface`; the report's alignment picture of the view uses the same one)."""
     tex = torch.as_tensor(result.texture, dtype=torch.float32)
     W, H = size
     s = min(1.0, max_side / max(W, H))
     w, h = max(1, round(W * s)), max(1, round(H * s))
     sh = torch.as_tensor(result.lighting[min(i, len(result.lighting) - 1)], dtype=torch.float32)[None]
-    surface = view_surface(mesh, i, (w, h))
+    if surface is None or surface.size != (w, h) or surface.uv is None:
+        surface = view_surface(mesh or ViewMesh.of(result, feature_lines(result.vertices, result.faces)), i, (w, h))
     # Texture and light at the covered pixels only (render_head's shading; the background is transparent).
     n = len(surface.pixels)
     rgba = torch.zeros(h * w, 4)
@@ -169,8 +168,7 @@ def render_preview(result: FitResult, i: int, size: tuple[int, int], max_side: i
         rgba[surface.pixels] = torch.cat([shade_sh(albedo, surface.normals.reshape(1, 1, n, 3), sh)[0, 0].clamp(0, 1),
                                           torch.ones(n, 1)], -1)
     rgba = (rgba.reshape(h, w, 4).numpy() * 255).round().astype(np.uint8)
-    rgba = cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
-    return (rgba, surface) if return_surface else rgba
+    return cv2.resize(rgba, (W, H), interpolation=cv2.INTER_LINEAR) if s < 1 else rgba
 
 
 def render_previews(result: FitResult, max_side: int = 640) -> list[np.ndarray]:
@@ -284,8 +282,8 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
             gets a contact-sheet thumbnail.
         texture: returns the texture of the textured renders (in place of ``result.texture``) when it is
             still being computed beside the report (:func:`flame_prior.export.write_outputs` bakes it
-            meanwhile); called, and waited for, only by the first view drawn at full size, after the
-            thumbnails, which need no texture.
+            meanwhile); called, and waited for, once every picture that needs no texture is written,
+            and only when a view is drawn at full size.
 
     Returns:
         the path of ``report.html``.
@@ -303,25 +301,21 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
     thumb_size = {i: (max(1, round(o.image.width * thumb_scale[i])), max(1, round(o.image.height * thumb_scale[i])))
                   for i, o in enumerate(obs)}
     mesh = ViewMesh.of(result, feature_lines(result.vertices, result.faces))
-    textured: list[FitResult] = []  # the result with its final texture, fetched by the first full view
+    drawn: dict[int, tuple[Image.Image, ViewSurface]] = {}  # full views: the photo at display size, the rasterization
 
     def full_pictures(i: int) -> None:
-        """View ``i``'s three full-size pictures and its thumbnail, written. The photo is resized once
-        and the model rasterized once, at display size (runs on a pool of threads)."""
+        """View ``i``'s landmark and alignment pictures and its thumbnail, written; the photo at display
+        size and the rasterization (at that size, with texture coordinates) are kept for its textured
+        picture (:func:`model_picture`). Runs on a pool of threads."""
         o, vf = obs[i], result.views[i]
         s = _scale_for(o.image.width, o.image.height)
         photo = _resized(o.image.pixels, s).convert("RGB")
         draw_landmark_overlay(o, vf, s, photo=photo).save(rep / f"{vf.name}_landmarks.jpg", quality=JPEG_QUALITY)
-        if renders is not None:
-            render, surface = renders[i], None
-        else:
-            if not textured:
-                textured.append(result if texture is None else dataclasses.replace(result, texture=texture()))
-            render, surface = render_preview(textured[0], i, photo.size, return_surface=True, mesh=mesh)
-        draw_model_overlay(o, render, s, photo=photo).save(rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
+        surface = view_surface(mesh, i, photo.size)  # the display size is at most alignment's RENDER_SIDE
         aim = alignment_overlay(o.image.pixels, result, i, s, base=photo, surface=surface, mesh=mesh)
         aim.save(rep / f"{vf.name}_alignment.jpg", quality=JPEG_QUALITY)
         _resized(np.asarray(aim), thumb_size[i][0] / aim.width).save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
+        drawn[i] = photo, surface
 
     def thumbnail(i: int) -> None:
         """View ``i``'s contact-sheet thumbnail: its alignment check drawn (and the model rasterized) at
@@ -332,9 +326,22 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
                                 surface=view_surface(mesh, i, thumb_size[i], texture_coords=False), mesh=mesh)
         aim.save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
-    # Thumbnails first: the full views wait for the texture when it is still being baked (``texture``).
-    order = [i for i in range(len(obs)) if i not in full_set] + full
-    parallel_map(lambda i: full_pictures(i) if i in full_set else thumbnail(i), order)
+    # Everything that needs no texture first (the full views, the largest pieces, at the head of the queue),
+    # then the textured pictures: the texture may still be being baked beside the report (``texture``).
+    parallel_map(lambda i: full_pictures(i) if i in full_set else thumbnail(i),
+                 full + [i for i in range(len(obs)) if i not in full_set])
+    textured = result if texture is None or renders is not None or not full else \
+        dataclasses.replace(result, texture=texture())
+
+    def model_picture(i: int) -> None:
+        """View ``i``'s textured model over the photo, written."""
+        o, vf = obs[i], result.views[i]
+        photo, surface = drawn[i]
+        render = renders[i] if renders is not None else render_preview(textured, i, photo.size, mesh=mesh, surface=surface)
+        draw_model_overlay(o, render, _scale_for(o.image.width, o.image.height), photo=photo).save(
+            rep / f"{vf.name}_model.jpg", quality=JPEG_QUALITY)
+
+    parallel_map(model_picture, full)
     plot = write_loss_plot(result.stages, rep / "loss_curves.png")
 
     rows, blocks, cells = [], [], []
