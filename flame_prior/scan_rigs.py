@@ -43,7 +43,8 @@ from flame_prior.geometry import look_at_w2c
 
 __all__ = [
     "ATTRIBUTION", "SCAN_RELATIVE_PATH", "RIG_NAMES", "ScanHead", "RigView", "Rig", "load_scan", "make_rig",
-    "render_view", "write_rig", "write_calibration", "align_rotations", "align_centres", "score_cameras",
+    "render_view", "write_rig", "write_calibration", "align_rotations", "align_centres", "camera_similarity",
+    "score_cameras", "score_mesh", "read_obj_mesh",
 ]
 
 SCAN_RELATIVE_PATH = "data/scans/lee-perry-smith/LeePerrySmith.glb"
@@ -522,6 +523,86 @@ def _angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
 
 
+def _camera_pairs(by_name: dict, tv: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """True rotations and centres, then the fitted ones, of the truth views ``tv`` that have a camera."""
+    centre = lambda c: -np.asarray(c["R"]).T @ np.asarray(c["t"])  # noqa: E731
+    return (np.array([v["R"] for v in tv]), np.array([centre(v) for v in tv]),
+            np.array([by_name[v["name"]]["R"] for v in tv]), np.array([centre(by_name[v["name"]]) for v in tv]))
+
+
+def camera_similarity(fit_cameras: list[dict], truth: dict) -> tuple[np.ndarray, float, np.ndarray]:
+    """The similarity scan -> FLAME that aligns the rig's true cameras with the fitted ones:
+    ``x_flame = s Q x_scan + T``. ``Q`` by :func:`align_rotations` over the rotations, ``s, T`` by
+    :func:`align_centres` over the camera centres (both robust, L1). Needs two views with a camera."""
+    by_name = {c["name"]: c for c in fit_cameras}
+    tv = [v for v in truth["views"] if v["name"] in by_name]
+    if len(tv) < 2:
+        raise ValueError(f"the similarity needs two views with a camera; {len(tv)} of the rig's have one")
+    Rt, Ct, Rf, Cf = _camera_pairs(by_name, tv)
+    Q = align_rotations(Rf, Rt)
+    s, T = align_centres(Cf, Ct @ Q.T)
+    return Q, s, T
+
+
+#: The face region of the scan frame (module docstring) that :func:`score_mesh` scores: within 6.5 cm
+#: of the mid-sagittal plane (the outer eye corners are at 4.75 cm), from 10.5 cm below the eyes (the
+#: chin; the neck below it is not the face) to 5 cm above (the forehead under the hair line).
+FACE_BOX = (0.065, -0.105, 0.05)
+#: FLAME's eyeball vertices (two spheres, 546 vertices each) begin at this index: they sit behind the
+#: eyelids and are no face surface.
+FLAME_EYEBALLS_START = 3931
+
+
+def score_mesh(vertices: np.ndarray, faces: np.ndarray, scan: ScanHead, fit_cameras: list[dict], truth: dict) -> dict:
+    """The fitted head's surface against the scan: distances in mm, scan frame.
+
+    ``vertices (V, 3)``, ``faces (F, 3)``: the fitted FLAME mesh in FLAME's frame (``FitResult.vertices``
+    or ``mesh.obj``). The mesh goes to the scan frame by the inverse of :func:`camera_similarity` (the
+    same similarity that scores the cameras, so a head at the wrong size or place for its cameras
+    counts); then, for each FLAME vertex in the face region (:data:`FACE_BOX`, facing the camera side:
+    vertex normal +Z > 0.3, eyeballs left out), its distance to the nearest point of the scan's
+    surface (exact point-to-triangle, over the 16 triangles with the nearest centroids).
+    Returns ``median_mm``, ``p90_mm``, ``mean_mm`` and ``vertices`` (how many were scored).
+    """
+    import trimesh.triangles
+    from scipy.spatial import cKDTree
+
+    Q, s, T = camera_similarity(fit_cameras, truth)
+    v = ((np.asarray(vertices, np.float64) - T) / s) @ Q  # FLAME -> scan frame (Q^T applied to row vectors)
+    f = np.asarray(faces, np.int64)
+    normals = np.zeros_like(v)
+    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    for k in range(3):
+        np.add.at(normals, f[:, k], cross)
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    half_width, low, high = FACE_BOX
+    keep = ((np.abs(v[:, 0]) <= half_width) & (v[:, 1] >= low) & (v[:, 1] <= high) & (normals[:, 2] > 0.3)
+            & (np.arange(len(v)) < FLAME_EYEBALLS_START))
+    tris = scan.vertices[scan.faces]  # (F, 3, 3)
+    tree = cKDTree(tris.mean(1))
+
+    def distances(points: np.ndarray) -> np.ndarray:
+        _, near = tree.query(points, k=16)
+        cand = trimesh.triangles.closest_point(tris[near.reshape(-1)], np.repeat(points, 16, axis=0))
+        return np.linalg.norm(cand - np.repeat(points, 16, axis=0), axis=1).reshape(-1, 16).min(1)
+
+    d = distances(v[keep])
+    return {"median_mm": float(np.median(d) * 1e3), "p90_mm": float(np.percentile(d, 90) * 1e3),
+            "mean_mm": float(d.mean() * 1e3), "vertices": int(keep.sum())}
+
+
+def read_obj_mesh(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices ``(V, 3)`` and triangles ``(F, 3)`` (0-based vertex indices) of an OBJ as
+    :mod:`flame_prior.export.mesh` writes it (``f v/vt ...``)."""
+    verts, faces = [], []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("v "):
+            verts.append([float(x) for x in line.split()[1:4]])
+        elif line.startswith("f "):
+            faces.append([int(x.split("/")[0]) - 1 for x in line.split()[1:4]])
+    return np.asarray(verts, np.float64), np.asarray(faces, np.int64)
+
+
 def score_cameras(fit_cameras: list[dict], truth: dict) -> dict:
     """Camera errors of a fit against the rig it was rendered from, after one similarity transform.
 
@@ -543,13 +624,9 @@ def score_cameras(fit_cameras: list[dict], truth: dict) -> dict:
     if len(tv) < 2:
         out.update(rotation_deg={}, centre_pct={}, focal_pct={})
         return out
-    Rt = np.array([v["R"] for v in tv])
-    Ct = np.array([-np.asarray(v["R"]).T @ np.asarray(v["t"]) for v in tv])
-    Rf = np.array([by_name[v["name"]]["R"] for v in tv])
-    Cf = np.array([-np.asarray(by_name[v["name"]]["R"]).T @ np.asarray(by_name[v["name"]]["t"]) for v in tv])
-    Q = align_rotations(Rf, Rt)
+    Rt, Ct, Rf, Cf = _camera_pairs(by_name, tv)
+    Q, s, T = camera_similarity(fit_cameras, truth)
     rot = _angle_deg(Rf @ Q, Rt)
-    s, T = align_centres(Cf, Ct @ Q.T)
     back = ((Cf - T) / s) @ Q  # fitted centres in the scan frame
     dist = np.linalg.norm(Ct - np.asarray(truth["head_centre"]), axis=1)
     centre = np.linalg.norm(back - Ct, axis=1) / dist * 100
@@ -566,7 +643,8 @@ def score_cameras(fit_cameras: list[dict], truth: dict) -> dict:
 def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int | None = None,
                  known_intrinsics: bool = False, **fit_options) -> dict:
     """Render ``rig``, run the whole tool on the images (:func:`flame_prior.pipeline.run`: real
-    detection, COLMAP, fit and exports) and score the cameras it wrote (:func:`score_cameras`).
+    detection, COLMAP, fit and exports) and score the cameras it wrote (:func:`score_cameras`) and, in
+    ``head_mm``, the mesh it wrote against the scan (:func:`score_mesh`).
 
     ``fit_options`` override :class:`flame_prior.config.FitConfig` fields; nested configs as
     ``{"fitter": {"photometric_steps": 0}}``. Returns the scores plus ``seconds`` (render, tool),
@@ -599,6 +677,8 @@ def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int
     truth = json.loads((workdir / "rig" / "truth.json").read_text())
     cameras = summary["cameras"] + summary.get("cameras_without_face", [])  # both kinds are the tool's cameras
     score = score_cameras(cameras, truth)
+    if score["fitted"] >= 2:  # the head's surface against the scan, in the cameras' similarity
+        score["head_mm"] = score_mesh(*read_obj_mesh(out / "mesh.obj"), scan, cameras, truth)
     score["rig"] = rig.name
     score["seconds"] = {"render": t_render, "tool": t_tool}
     score["intrinsics_source"] = summary.get("intrinsics_source")

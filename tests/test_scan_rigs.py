@@ -103,6 +103,31 @@ def test_one_far_off_camera_does_not_move_the_others_centres():
     assert sc["scale"] == pytest.approx(s, rel=1e-4)
 
 
+def test_head_score_measures_the_surface_in_the_cameras_frame(scan):
+    """score_mesh: the scan itself, carried into another frame by the similarity the cameras were,
+    scores 0 mm; pushed 2 mm out along its normals, about 2 mm; the right shape at a wrong size for
+    its cameras (5 % too large, about the eye midpoint) scores millimetres too."""
+    truth = _truth()
+    Q, s, T = _rotation([0.2, 1, -0.1], 40), 0.93, np.array([0.02, 0.01, -0.05])
+    fit = []
+    for v in truth["views"]:
+        R, C = np.asarray(v["R"]), -np.asarray(v["R"]).T @ np.asarray(v["t"])
+        Rf, Cf = R @ Q.T, s * Q @ C + T
+        fit.append({"name": v["name"], "R": Rf.tolist(), "t": (-Rf @ Cf).tolist(), "fx": v["fx"]})
+    to_fit = lambda x: s * x @ Q.T + T  # noqa: E731
+    exact = S.score_mesh(to_fit(scan.vertices), scan.faces, scan, fit, truth)
+    assert exact["vertices"] > 500 and exact["median_mm"] < 1e-3 and exact["p90_mm"] < 1e-3
+    v, f = scan.vertices, scan.faces
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, f[:, k], np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    pushed = S.score_mesh(to_fit(v + 0.002 * n), f, scan, fit, truth)
+    assert 1.6 < pushed["median_mm"] < 2.05, pushed
+    larger = S.score_mesh(to_fit(1.05 * v), f, scan, fit, truth)
+    assert larger["median_mm"] > 1.0, larger
+
+
 def _detected_and_true_eye_corners(scan, view, img):
     """MediaPipe's outer eye corners (Face Mesh 33, 263) on ``img`` and the pinhole projection of
     the scan's, both ``(2, 2)`` pixels."""

@@ -32,6 +32,10 @@ class FitterConfig:
     second image to settle what its own shading leaves free, and on the 5 shared FFHQ images the 60
     steps moved the landmarks no closer to the annotations (NME51 median 0.0347, max 0.0496; without
     them 0.0339, 0.0483) for 5 of the single-image fit's 6 s (README, Speed)."""
+    photometric_steps_pinned: int = 60
+    """Adam iterations of the photometric stage when no view's camera can move: the multi-view stage
+    pinned every camera to COLMAP's (``FitState.camera_fixed``) or the caller froze them all. The steps
+    then move only the head's shape, expression, jaw and eyes and the appearance (MEASURED: see below)."""
     photometric_warmup: int = 5
     """Steps over which the photometric stage's learning rates rise linearly to their full value
     (0: full from the first step). Adam's first steps move every parameter by about its full rate
@@ -120,7 +124,7 @@ class FitterConfig:
     def check(self, prefix: str = "fitter.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
         for name in ("rigid_steps", "landmark_steps", "photometric_steps", "photometric_steps_one_view",
-                     "photometric_warmup"):
+                     "photometric_steps_pinned", "photometric_warmup"):
             check_option(getattr(self, name) >= 0, prefix + name, getattr(self, name), "0 or more")
         check_option(self.render_size >= 16, prefix + "render_size", self.render_size, "at least 16 pixels")
         check_option(self.texture_size >= 2, prefix + "texture_size", self.texture_size, "at least 2 pixels")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 
 import dataclasses
+import time
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, rigid
 from flame_prior.fit.multiview import multiview_stage
 from flame_prior.fit.photometric import Appearance, initial_albedo_color, make_crops, occlusion_stage, photometric_stage
 from flame_prior.fit.result import FitResult, ViewFit
-from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, landmark_targets, per_view_error_px
+from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, landmark_targets, per_view_error_px, stage_log
 from flame_prior.flame import FlameModel, LandmarkEmbedding, TextureSpace
 from flame_prior.images import SkippedInput
 from flame_prior.intrinsics import Intrinsics
@@ -170,10 +171,18 @@ def fit_flame(
 
         stages.append(("occlusion", config.landmark_steps, occlusion))
     if schedule.photometric_steps > 0:
-        stages.append(("photometric", schedule.photometric_steps,
-                       lambda st, tick: photometric_stage(st, tg, views, optimise_focal, schedule, appearance, tick,
-                                                          frozen_cameras=frozen_cameras, crops=crops,
-                                                          appearance_ready=True)))
+        def photometric(st, tick):
+            steps = schedule
+            if _all_pinned(st, frozen_cameras):  # no camera can move: the pinned schedule (FitterConfig)
+                steps = dataclasses.replace(schedule, photometric_steps=schedule.photometric_steps_pinned)
+                if steps.photometric_steps == 0:
+                    return st, stage_log("photometric", st, tg, time.perf_counter(), 0, [],
+                                         ["photometric stage skipped: every camera is pinned "
+                                          "(--fitter.photometric-steps-pinned 0)"])
+            return photometric_stage(st, tg, views, optimise_focal, steps, appearance, tick,
+                                     frozen_cameras=frozen_cameras, crops=crops, appearance_ready=True)
+
+        stages.append(("photometric", schedule.photometric_steps, photometric))
     logs: list[StageLog] = []
     parallel = compute_threads(torch.get_num_threads())  # measured once: every stage of the fit uses it
     for name, total, stage in stages:
@@ -195,6 +204,16 @@ def fit_flame(
         if task is not None:
             progress.update(task, completed=total)
     return _result(st, tg, views, appearance, logs, intrinsics.source, occluded)
+
+
+def _all_pinned(st: FitState, frozen_cameras: Tensor | None) -> bool:
+    """No view's camera can move: each is pinned by the multi-view stage (``st.camera_fixed``) or frozen
+    by the caller."""
+    pinned = torch.zeros(st.cam_t.shape[0], dtype=torch.bool)
+    for m in (frozen_cameras, st.camera_fixed):
+        if m is not None:
+            pinned |= m.detach().to("cpu", torch.bool)
+    return bool(pinned.all())
 
 
 def _subset_intrinsics(intr: Intrinsics, keep: list[int]) -> Intrinsics:
