@@ -36,7 +36,9 @@ What one run measures (every case in its own spawned subprocess, so its peak res
   rigs (``turning_head``, ``moving_camera``, ``ring``, ``distortion``, ``focals``, ``small_faces``), the
   whole tool run on the renders (``pipeline.run``: real MediaPipe, COLMAP, fit, exports), cameras scored
   after one similarity scan -> FLAME: rotation error (deg; median, max), camera centre (% of the
-  camera-to-head distance), focal (%), views that got no camera and why. The rigs of a calibrated
+  camera-to-head distance), focal (%), views that got no camera and why; the head's surface: distance of
+  the fitted mesh's face region to the scan in mm (median/p90, ``scan_rigs.score_mesh``, in the same
+  similarity). The rigs of a calibrated
   capture (``distortion``, ``focals``, ``small_faces``) run a second time as ``<rig>+calibration`` with
   their known intrinsics and lens as ``--intrinsics.file`` (``scan_rigs.write_calibration``, a COLMAP
   model): before/after rows in the table. Renders are kept in
@@ -1313,7 +1315,7 @@ def _print_scan_table(console, report: dict) -> None:
 
     st = Table(title="camera accuracy on the scan rigs (after one similarity scan -> FLAME)")
     for col in ("rig", "views", "cameras", "flagged", "eye px", "rot ° median", "rot ° max", "centre % median", "centre % max",
-                "focal % median", "focal % max", "intrinsics", "tool s", "left out"):
+                "focal % median", "focal % max", "head mm median/p90", "intrinsics", "tool s", "left out"):
         st.add_column(col, justify="right" if col not in ("rig", "left out") else "left")
     for name, r in report.get("scan_rigs", {}).items():
         if "error" in r:
@@ -1326,7 +1328,9 @@ def _print_scan_table(console, report: dict) -> None:
                    f"{len(flagged)}: " + ", ".join(v.split("_")[-1] for v in flagged) if flagged else "0",
                    f"{min(eye):.0f}-{max(eye):.0f}",
                    f("rotation_deg_median"), f("rotation_deg_max"), f("centre_pct_median"), f("centre_pct_max"),
-                   f("focal_pct_median"), f("focal_pct_max"), str(r.get("intrinsics_source")),
+                   f("focal_pct_median"), f("focal_pct_max"),
+                   "{median_mm:.2f}/{p90_mm:.2f}".format(**r["head_mm"]) if "head_mm" in r else "-",
+                   str(r.get("intrinsics_source")),
                    f"{r['seconds']['tool']:.0f}", "; ".join(f"{x['file']}: {x['reason']}" for x in r["left_out"])[:60])
     console.print(st)
     for t in report["targets"]:

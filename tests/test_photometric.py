@@ -123,6 +123,27 @@ def test_frozen_cameras_stay(scene, landmark_fit):
     assert not torch.equal(result.cameras.t[~frozen], landmark_fit.cameras.t[~frozen])
 
 
+def test_every_camera_pinned_runs_the_pinned_schedule(scene, landmark_fit):
+    """With every camera frozen the photometric stage runs ``photometric_steps_pinned`` steps (none:
+    the stage is skipped and the head stays the landmark stage's); with half of them frozen, a camera
+    can move and the stage runs ``photometric_steps``."""
+    model, emb, ts, sc, intr = scene
+    cfg = FitterConfig(photometric_steps=6, photometric_steps_pinned=3, render_size=64, early_stop=0.0)
+    stage = lambda r: next(s for s in r.stages if s.name == "photometric")  # noqa: E731
+    every = np.ones(VIEWS, dtype=bool)
+    pinned = fit_flame(model, emb, sc.views, intr, cfg, texture_space=ts, frozen_cameras=every)
+    assert stage(pinned).iterations == 3
+    assert not np.array_equal(pinned.flame["shape"], landmark_fit.flame["shape"])  # the head moved
+    half = fit_flame(model, emb, sc.views, intr, cfg, texture_space=ts,
+                     frozen_cameras=np.array([True, False] * (VIEWS // 2)))
+    assert stage(half).iterations == 6
+    skipped = fit_flame(model, emb, sc.views, intr, replace(cfg, photometric_steps_pinned=0), texture_space=ts,
+                        frozen_cameras=every)
+    assert stage(skipped).iterations == 0 and "every camera is pinned" in " ".join(skipped.notes)
+    assert np.array_equal(skipped.flame["shape"], landmark_fit.flame["shape"])
+    assert torch.equal(skipped.cameras.R, landmark_fit.cameras.R)
+
+
 def test_report_overlay_draws_occluded_landmarks_as_grey_rings(scene, landmark_fit):
     """The report's overlay shows the landmarks judged occluded as hollow grey rings (and no grey
     anywhere when none is)."""

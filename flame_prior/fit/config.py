@@ -36,6 +36,10 @@ class FitterConfig:
     """Adam iterations of the photometric stage when no view's camera can move: the multi-view stage
     pinned every camera to COLMAP's (``FitState.camera_fixed``) or the caller froze them all. The steps
     then move only the head's shape, expression, jaw and eyes and the appearance (MEASURED: see below)."""
+    photometric_views_pinned: int = 8
+    """Views rendered per photometric step when every camera is pinned (``photometric_views`` otherwise)."""
+    photometric_lr_scale_pinned: float = 1.0
+    """Scale of the geometry learning rates when every camera is pinned (``geometry_lr_scale`` otherwise)."""
     photometric_warmup: int = 5
     """Steps over which the photometric stage's learning rates rise linearly to their full value
     (0: full from the first step). Adam's first steps move every parameter by about its full rate
@@ -128,7 +132,8 @@ class FitterConfig:
             check_option(getattr(self, name) >= 0, prefix + name, getattr(self, name), "0 or more")
         check_option(self.render_size >= 16, prefix + "render_size", self.render_size, "at least 16 pixels")
         check_option(self.texture_size >= 2, prefix + "texture_size", self.texture_size, "at least 2 pixels")
-        check_option(self.photometric_views >= 1, prefix + "photometric_views", self.photometric_views, "at least 1")
+        for name in ("photometric_views", "photometric_views_pinned"):
+            check_option(getattr(self, name) >= 1, prefix + name, getattr(self, name), "at least 1")
         check_option(0 <= self.photometric_lr_final <= 1, prefix + "photometric_lr_final", self.photometric_lr_final,
                      "a fraction in [0, 1]")
         check_option(0 <= self.photometric_coarse <= 1, prefix + "photometric_coarse", self.photometric_coarse,
@@ -140,10 +145,17 @@ class FitterConfig:
         check_option(self.multiview_steps >= 1, prefix + "multiview_steps", self.multiview_steps, "at least 1")
         check_option(self.appearance_rounds >= 1, prefix + "appearance_rounds", self.appearance_rounds, "at least 1")
         check_option(self.robust_scale > 0, prefix + "robust_scale", self.robust_scale, "positive")
-        for name in ("geometry_lr_scale", "occlusion_residual", "shape_prior", "expression_prior", "pose_prior",
+        for name in ("geometry_lr_scale", "photometric_lr_scale_pinned", "occlusion_residual", "shape_prior", "expression_prior", "pose_prior",
                      "w_landmark", "w_photometric", "w_mask", "early_stop"):
             value = getattr(self, name)
             check_option(math.isfinite(value) and value >= 0, prefix + name, value, "0 or more")
+
+    def pinned(self) -> FitterConfig:
+        """This schedule for a photometric stage in which no camera can move: the ``*_pinned`` options
+        in place of ``photometric_steps``, ``photometric_views`` and ``geometry_lr_scale``."""
+        return dataclasses.replace(self, photometric_steps=self.photometric_steps_pinned,
+                                   photometric_views=self.photometric_views_pinned,
+                                   geometry_lr_scale=self.photometric_lr_scale_pinned)
 
     def for_views(self, n_views: int) -> FitterConfig:
         """This schedule for a scene of ``n_views`` views: the one-view rule

@@ -174,7 +174,7 @@ def fit_flame(
         def photometric(st, tick):
             steps = schedule
             if _all_pinned(st, frozen_cameras):  # no camera can move: the pinned schedule (FitterConfig)
-                steps = dataclasses.replace(schedule, photometric_steps=schedule.photometric_steps_pinned)
+                steps = schedule.pinned()
                 if steps.photometric_steps == 0:
                     return st, stage_log("photometric", st, tg, time.perf_counter(), 0, [],
                                          ["photometric stage skipped: every camera is pinned "
