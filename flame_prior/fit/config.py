@@ -32,14 +32,30 @@ class FitterConfig:
     second image to settle what its own shading leaves free, and on the 5 shared FFHQ images the 60
     steps moved the landmarks no closer to the annotations (NME51 median 0.0347, max 0.0496; without
     them 0.0339, 0.0483) for 5 of the single-image fit's 6 s (README, Speed)."""
-    photometric_steps_pinned: int = 60
-    """Adam iterations of the photometric stage when no view's camera can move: the multi-view stage
-    pinned every camera to COLMAP's (``FitState.camera_fixed``) or the caller froze them all. The steps
-    then move only the head's shape, expression, jaw and eyes and the appearance (MEASURED: see below)."""
-    photometric_views_pinned: int = 8
-    """Views rendered per photometric step when every camera is pinned (``photometric_views`` otherwise)."""
-    photometric_lr_scale_pinned: float = 1.0
-    """Scale of the geometry learning rates when every camera is pinned (``geometry_lr_scale`` otherwise)."""
+    photometric_steps_pinned: int = 15
+    """Adam iterations of the photometric stage when no view's camera can move: the multi-view stage pinned
+    every camera to COLMAP's (``FitState.camera_fixed``) or the caller froze them all, so the steps move
+    only the head (shape, expression, jaw, eyes) and the appearance (0 skips the stage; the occlusion stage
+    still solves the appearance). The steps do buy head accuracy: the face region's median distance to the
+    scan (``scan_rigs.score_mesh``) without them / with the former 60 steps of 8 views at the camera-stage
+    rates / with 15 steps of 4 views at 4x the rates (this default, with ``photometric_views_pinned`` and
+    ``photometric_lr_scale_pinned``): moving_camera rig 1.66 / 1.25 / 1.21 mm, ring 2.31 / 2.06 / 1.99,
+    turning_head 2.59 / 2.05 / 2.09. The shared 30-view fit costs 5.4 / 24.2 / 8.1 s of CPU (1 thread, one
+    loaded window). Landmark medians stay within 1 % (shared scene 5.26 -> 5.28 px, moving_camera 6.47 ->
+    6.52, ring 6.32 -> 6.27, turning_head 5.93 -> 5.91); the cameras are pinned, so they do not change.
+    Rejected: 10 steps (moving_camera 1.38 mm, ring 2.08), 20 steps (the same heads within 0.1 mm, but
+    the shared scene's landmark median 5.38 px). README, Photometric stage: pinned cameras."""
+    photometric_views_pinned: int = 4
+    """Views rendered per photometric step when every camera is pinned (``photometric_views`` otherwise).
+    With no camera to move, a step's views only sample the head's surface: 20 steps of 4 views gave the
+    head of 8 views (moving_camera rig 1.48 vs 1.49 mm) for 0.17 instead of 0.27 s CPU a step; 2 views
+    (20 steps, 4x the rates) gave 1.28 mm against 1.21 for 4."""
+    photometric_lr_scale_pinned: float = 4.0
+    """Scale of the geometry learning rates when every camera is pinned (``geometry_lr_scale`` otherwise).
+    The rates were set for a head that moves with its cameras; alone, it converges in fewer steps at
+    higher rates (moving_camera rig, 20 steps of 4 views, head median at 1x: 1.48 mm, 3x: 1.24, 4x: 1.21,
+    6x: 1.18), but above 4x the head leaves the landmarks: with 15 steps, the shared scene's landmark
+    median is 5.28 px at 4x, 5.34 at 5x, 5.46 at 6x (5.26 with the former schedule)."""
     photometric_warmup: int = 5
     """Steps over which the photometric stage's learning rates rise linearly to their full value
     (0: full from the first step). Adam's first steps move every parameter by about its full rate
@@ -48,7 +64,9 @@ class FitterConfig:
     """The photometric stage's learning rates at its last step, as a fraction of their full value
     (a cosine fall after the warm-up; 1: constant)."""
     render_size: int = 160
-    """Side in pixels of the square face crop rendered in the photometric stage."""
+    """Side in pixels of the square face crop rendered in the photometric stage. 112 was measured and
+    rejected: the head came out 0.06-0.08 mm further from the scan (moving_camera rig 1.57 vs 1.49 mm,
+    ring 2.30 vs 2.24, 20 pinned steps)."""
     photometric_coarse: float = 0.0
     """Fraction of the photometric steps that render the crops at half ``render_size`` (coarse to fine;
     0.6 saved 8% of the stage on the shared 30-view scene but moved its rotations 0.08 deg further
@@ -123,7 +141,9 @@ class FitterConfig:
     """A COLMAP camera whose landmark error exceeds this fraction of the face size (and 4x the median view's) is
     rejected after the joint refinement."""
     multiview_steps: int = 40
-    """L-BFGS iterations of the multi-view refinement (per yaw round)."""
+    """L-BFGS iterations of the multi-view refinement (per yaw round; 2.5 s of the 30-view fit). Fewer were
+    measured and rejected: 20 released a camera of the moving_camera scan rig to its landmark camera
+    (rotation error max 15 deg instead of 0.05), 10 left the ring rig's fit 124 px off its landmarks."""
 
     def check(self, prefix: str = "fitter.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""

@@ -25,7 +25,9 @@ zero) and every view gets its own camera, so the cameras come out directly in FL
    uncovered) and the landmark term; early stopping. A scene of one view runs
    ``photometric_steps_one_view`` steps (none by default: :class:`FitterConfig` says why), after
    the occlusion stage all the same. Cameras fixed by the multiview stage
-   (``FitState.camera_fixed``) or marked in ``frozen_cameras`` stay where they are.
+   (``FitState.camera_fixed``) or marked in ``frozen_cameras`` stay where they are; when that is
+   every camera, only the head and the appearance can move and the stage runs the pinned schedule
+   (``FitterConfig.pinned``: fewer steps of fewer views at higher rates; the config says why).
 
 Stages 1-2 live in :mod:`flame_prior.fit.landmarks`, 2b in :mod:`flame_prior.fit.multiview`, stages 3-4 in
 :mod:`flame_prior.fit.photometric`;
