@@ -1,8 +1,10 @@
 """flame-prior's one cache: where it lives, its atomic ``.npz`` writer, and the detection cache.
 
 Root: ``$XDG_CACHE_HOME/flame-prior`` (else ``~/.cache/flame-prior``), with ``detections/``
-(:class:`DetectionCache`, below) and ``colmap/`` (:func:`flame_prior.intrinsics.cached_run_colmap`).
-Every file is an ``.npz`` read with ``allow_pickle=False`` and written by :func:`save_npz_atomic`.
+(:class:`DetectionCache`, below), ``colmap/`` (:func:`flame_prior.intrinsics.cached_run_colmap`) and
+``texels/`` (the UV layout rasterized at a texture side: :func:`flame_prior.export.texture_bake.uv_rasterization`).
+Every file is an ``.npz`` read with ``allow_pickle=False`` and written atomically (:func:`save_npz_atomic`;
+the texels uncompressed).
 
 Detection cache: one ``.npz`` per (image content, backend, backend version). File: ``<cache_dir>/<sha256 of the image file>-<backend>-<first 12 hex of sha256(version)>.npz``.
 The seeded second pass (:mod:`flame_prior.detectors.seeded`) caches its result as

@@ -85,3 +85,35 @@ def test_spread_views_cover_the_directions():
     yaws = [specs[i][6] for i in picked]
     assert -60 in yaws and 60 in yaws  # both ends
     assert sum(0 <= y <= 4 for y in yaws) == 1  # the crowd around 0 degrees counts once
+
+
+def test_uv_rasterization_is_cached_and_survives_a_bad_file(tmp_path, monkeypatch):
+    """The UV layout's rasterization is written to the cache on first use and read back on the next:
+    the same faces and barycentrics as the rasterizer's; a damaged file is rasterized and written again."""
+    from flame_prior import render
+    from flame_prior.export.texture_bake import uv_rasterization
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _, result, _, _ = make_fit()
+    uvs = torch.as_tensor(result.uvs, dtype=torch.float32)
+    uv_faces = torch.as_tensor(result.uv_faces, dtype=torch.int64)
+    pos = torch.stack([2 * uvs[:, 0] - 1, 1 - 2 * uvs[:, 1], torch.zeros(len(uvs)), torch.ones(len(uvs))], -1)[None]
+    truth = render.rasterize(pos, uv_faces, (64, 64))[..., [0, 1, 3]]
+    assert (truth[..., 2] > 0).sum() > 100  # the layout covers texels
+
+    first = uv_rasterization(uvs, uv_faces, 64)
+    files = list((tmp_path / "flame-prior" / "texels").glob("*.npz"))
+    assert len(files) == 1
+    again = uv_rasterization(uvs, uv_faces, 64)  # read from the file
+    for rast in (first, again):
+        assert rast.shape == (1, 64, 64, 4) and torch.equal(rast[..., [0, 1, 3]], truth)
+    with np.load(files[0], allow_pickle=False) as z:
+        assert len(z["pixels"]) == int((truth[..., 2] > 0).sum())
+
+    files[0].write_bytes(b"not an npz")
+    assert torch.equal(uv_rasterization(uvs, uv_faces, 64)[..., [0, 1, 3]], truth)
+    with np.load(files[0], allow_pickle=False) as z:  # written again
+        assert set(z.files) == {"pixels", "face", "bary"}
+    assert len(list((tmp_path / "flame-prior" / "texels").glob("*.npz"))) == 1  # one file per layout and side
+    uv_rasterization(uvs, uv_faces, 32)
+    assert len(list((tmp_path / "flame-prior" / "texels").glob("*.npz"))) == 2

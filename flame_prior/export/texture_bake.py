@@ -19,6 +19,7 @@ Side of the texture: :func:`texture_side` (about one texel per photo pixel on th
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import cv2
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from flame_prior import render
+from flame_prior.cache import cache_root
+from flame_prior.files import write_atomic
 from flame_prior.flame import sh_basis
 from flame_prior.threads import parallel_imap
 
@@ -76,6 +79,52 @@ def spread_views(result, count: int) -> list[int]:
     return sorted(chosen)
 
 
+#: Bumped when the cached UV rasterization's content or format changes.
+_TEXELS_CACHE_VERSION = 1
+
+
+@torch.no_grad()
+def uv_rasterization(uvs: torch.Tensor, uv_faces: torch.Tensor, side: int) -> torch.Tensor:
+    """The UV layout rasterized in texture space: ``rast (1, side, side, 4)`` as
+    :func:`flame_prior.render.rasterize` gives it (z/w is 0), texel (row j, column i) at
+    ``u = (i + 0.5) / side``, ``v = 1 - (j + 0.5) / side``.
+
+    It depends on the layout and the side only (FLAME's layout is the same for every fit), so it is
+    kept in the cache (``<cache root>/texels/``, :mod:`flame_prior.cache`): the covered texels' flat
+    indices, face ids and the first two barycentrics, read with ``allow_pickle=False``. Measured at
+    1024x1024 on the shared scene: 0.22 s of CPU to rasterize, about 0.02 s to read back. A file that
+    cannot be read or written only costs the rasterization."""
+    key = hashlib.sha256(np.ascontiguousarray(uvs.numpy(), np.float32).tobytes()
+                         + np.ascontiguousarray(uv_faces.numpy(), np.int64).tobytes()
+                         + f"{int(side)}:{_TEXELS_CACHE_VERSION}".encode()).hexdigest()
+    path = cache_root() / "texels" / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            pixels, face, bary = (torch.as_tensor(z[k]) for k in ("pixels", "face", "bary"))
+        if not (pixels.dim() == face.dim() == 1 and bary.shape == (len(pixels), 2) == (len(face), 2)
+                and (len(face) == 0 or (0 <= int(face.min()) and int(face.max()) < len(uv_faces)
+                                        and 0 <= int(pixels.min()) and int(pixels.max()) < side * side))):
+            raise ValueError(f"arrays of the wrong shape or range in {path.name}")
+        rast = torch.zeros(side * side, 4).index_copy_(
+            0, pixels.long(), torch.cat([bary.float(), torch.zeros(len(face), 1), face[:, None].float() + 1], 1))
+        return rast.reshape(1, side, side, 4)
+    except Exception:  # noqa: BLE001 - no file yet, or an unusable one: rasterize (and write it again)
+        pass
+    pos_uv = torch.stack([2 * uvs[:, 0] - 1, 1 - 2 * uvs[:, 1], torch.zeros_like(uvs[:, 0]),
+                          torch.ones_like(uvs[:, 0])], -1)[None]
+    rast = render.rasterize(pos_uv, uv_faces, (side, side))
+    rast[..., 2] = 0.0  # the layout is flat: z/w says nothing, and the cached copy has none
+    flat = rast.reshape(-1, 4)
+    pixels = (flat[:, 3] > 0).nonzero().squeeze(1)
+    try:
+        write_atomic(path, lambda f: np.savez(f, pixels=pixels.numpy().astype(np.int32),
+                                              face=(flat[pixels, 3] - 1).numpy().astype(np.int32),
+                                              bary=flat[pixels, :2].numpy()))
+    except OSError:
+        pass
+    return rast
+
+
 @torch.no_grad()
 def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VIEWS) -> np.ndarray:
     """``(side, side, 3)`` float32 albedo in [0, 1], rows top-down (row 0 is v = 1), for ``result``'s
@@ -87,10 +136,8 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
     uvs = torch.as_tensor(np.asarray(result.uvs), dtype=torch.float32)
     uv_faces = torch.as_tensor(np.asarray(result.uv_faces, dtype=np.int64))
 
-    # 1. The mesh in UV space: texel (row j, column i) sits at u = (i + 0.5) / S, v = 1 - (j + 0.5) / S.
-    pos_uv = torch.stack([2 * uvs[:, 0] - 1, 1 - 2 * uvs[:, 1], torch.zeros_like(uvs[:, 0]),
-                          torch.ones_like(uvs[:, 0])], -1)[None]
-    rast = render.rasterize(pos_uv, uv_faces, (side, side))
+    # 1. The mesh in UV space (which face and where in it each texel lies: a property of the layout, cached).
+    rast = uv_rasterization(uvs, uv_faces, side)
     covered = rast[0, ..., 3] > 0
     per_uv = lambda attr: torch.zeros(len(uvs), attr.shape[-1]).index_copy_(  # noqa: E731
         0, uv_faces.reshape(-1), attr[faces.reshape(-1)])
