@@ -54,22 +54,19 @@ def execute(config, console: Console | None = None) -> int:
     """
     from rich.markup import escape
 
-    from flame_prior.batch.config import BatchConfig
-    from flame_prior.demo_config import DemoConfig
-    from flame_prior.lpips_weights import WeightsConfig
     from flame_prior.progress import make_console
 
     console = console or make_console()
     try:
-        if isinstance(config, DemoConfig):
+        if _is_config(config, "demo"):
             from flame_prior.demo import run_demo
 
             run_demo(config, console=console)
-        elif isinstance(config, WeightsConfig):
+        elif _is_config(config, "nerfstudio-weights"):
             from flame_prior.lpips_weights import install_weights
 
             console.print(install_weights(config), markup=False, highlight=False, soft_wrap=True)
-        elif isinstance(config, BatchConfig):
+        elif _is_config(config, "batch"):
             from flame_prior.batch import run_batch
 
             run_batch(config, console=console)
@@ -99,6 +96,13 @@ def execute(config, console: Console | None = None) -> int:
         console.print(f"[bold red]internal error:[/bold red] {escape(type(e).__name__)}: {escape(first)} "
                       f"({where}; please report it at the project's issue tracker)", highlight=False, soft_wrap=True)
         return 1
+
+
+def _is_config(config, command: str) -> bool:
+    """``isinstance(config, <command's config class>)`` without importing that class's module: a config
+    whose class module was never imported cannot be an instance of it (a fit imports no other command's)."""
+    module, name = next(c.config for c in COMMANDS if c.name == command).split(":")
+    return module in sys.modules and isinstance(config, getattr(sys.modules[module], name))
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
