@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from flame_prior.export._common import ideal_views
+from flame_prior.export.alignment import feature_lines
 from flame_prior.export.avatar import write_avatar_dataset
 from flame_prior.export.colmap import write_colmap_text
 from flame_prior.export.flame_params import write_flame_params
@@ -39,6 +40,7 @@ from flame_prior.export.mesh import write_textured_mesh
 from flame_prior.export.nerfstudio import write_images_and_masks, write_transforms
 from flame_prior.export.report import write_report
 from flame_prior.export.texture_bake import bake_texture
+from flame_prior.export.view_render import SmallSurfaces, ViewMesh
 from flame_prior.export_config import ExportConfig
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
@@ -108,8 +110,10 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
     out.mkdir(parents=True, exist_ok=True)
     export = export or ExportConfig()
     with torch_threads(1), _opencv_threads(1), ThreadPoolExecutor(max_workers=8, thread_name_prefix="flame-prior-export") as pool:
+        # Each view rasterized once at thumbnail size, for the bake's visibility test and the thumbnails.
+        surfaces = SmallSurfaces(ViewMesh.of(result, feature_lines(result.vertices, result.faces)))
         # Waiting jobs hold a thread each but no core: 8 threads for at most 7 jobs, none can starve.
-        baked = pool.submit(bake_texture, result, ideal_views(views, result)) if bake else None
+        baked = pool.submit(bake_texture, result, ideal_views(views, result), surfaces=surfaces) if bake else None
         final = (lambda: dataclasses.replace(result, texture=baked.result())) if baked else (lambda: result)  # noqa: E731
         paths = pool.submit(write_images_and_masks, out, views, result)
         jobs = [paths, pool.submit(write_flame_params, out, result, model, skipped),
@@ -121,6 +125,6 @@ def write_outputs(out_dir: str | Path, views: list[ViewObservation], intrinsics:
             jobs.append(pool.submit(write_avatar_dataset, out / AVATAR_SUBDIR, views, result, model=model))
         write_report(out, views, result, intrinsics, skipped, timings, renders=renders, model=model,
                      full_views=export.report_full_views, worst_views=export.report_worst_views,
-                     texture=(lambda: baked.result()) if baked else None)
+                     texture=(lambda: baked.result()) if baked else None, surfaces=surfaces)
         for job in jobs:
             job.result()

@@ -45,7 +45,8 @@ from PIL import Image, ImageDraw
 from flame_prior.export._common import flame_prior_version, ideal_views
 from flame_prior.export.alignment import alignment_overlay, feature_lines
 from flame_prior.export.loss_plot import write_loss_plot
-from flame_prior.export.view_render import ViewMesh, ViewSurface, view_surface
+from flame_prior.export.texture_bake import MAX_VIEWS, spread_views
+from flame_prior.export.view_render import SMALL_SIDE, SmallSurfaces, ViewMesh, ViewSurface, small_size, view_surface
 from flame_prior.export_config import ReportFullViews
 from flame_prior.fit import FitResult
 from flame_prior.flame.assets import ModelInfo
@@ -64,8 +65,9 @@ __all__ = ["write_report", "render_preview", "render_previews", "draw_landmark_o
 MAX_SIDE = 640
 #: JPEG quality of the report's pictures (previews: q 90 is visually lossless at a quarter of PNG's size).
 JPEG_QUALITY = 90
-#: Long side of a contact-sheet thumbnail, pixels (the page shows them ~210-320 px wide).
-THUMB_SIDE = 320
+#: Long side of a contact-sheet thumbnail, pixels (the page shows them ~210-320 px wide): the views' small
+#: rasterization (:class:`~.view_render.SmallSurfaces`, shared with the texture bake) drawn as it is.
+THUMB_SIDE = SMALL_SIDE
 THUMB_QUALITY = 85
 MIN_SIDE = 512
 GREEN = (40, 220, 80)
@@ -265,7 +267,7 @@ ul{margin:4px 0 0 18px;padding:0}
 def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitResult, intrinsics: Intrinsics,
                  skipped: list[SkippedInput], timings: dict, renders: list[np.ndarray] | None = None, *,
                  model: ModelInfo | None = None, full_views: ReportFullViews = "flagged", worst_views: int = 4,
-                 texture: Callable[[], np.ndarray] | None = None) -> Path:
+                 texture: Callable[[], np.ndarray] | None = None, surfaces: SmallSurfaces | None = None) -> Path:
     """Write ``report.html`` and ``report/`` into ``out_dir`` (contents: module docstring).
 
     Args:
@@ -284,6 +286,8 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
             still being computed beside the report (:func:`flame_prior.export.write_outputs` bakes it
             meanwhile); called, and waited for, once every picture that needs no texture is written,
             and only when a view is drawn at full size.
+        surfaces: the views' small rasterizations (the thumbnails' size), when the caller shares them
+            with other writers (:class:`~.view_render.SmallSurfaces` of ``result``'s mesh and feature lines).
 
     Returns:
         the path of ``report.html``.
@@ -297,10 +301,9 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
 
     full = full_size_views(result, full_views, worst_views)
     full_set = set(full)
-    thumb_scale = [THUMB_SIDE / max(o.image.width, o.image.height) for o in obs]
-    thumb_size = {i: (max(1, round(o.image.width * thumb_scale[i])), max(1, round(o.image.height * thumb_scale[i])))
-                  for i, o in enumerate(obs)}
-    mesh = ViewMesh.of(result, feature_lines(result.vertices, result.faces))
+    thumb_size = {i: small_size(o.image.width, o.image.height) for i, o in enumerate(obs)}
+    surfaces = surfaces or SmallSurfaces(ViewMesh.of(result, feature_lines(result.vertices, result.faces)))
+    mesh = surfaces.mesh
     drawn: dict[int, tuple[Image.Image, ViewSurface]] = {}  # full views: the photo at display size, the rasterization
 
     def full_pictures(i: int) -> None:
@@ -318,18 +321,20 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         drawn[i] = photo, surface
 
     def thumbnail(i: int) -> None:
-        """View ``i``'s contact-sheet thumbnail: its alignment check drawn (and the model rasterized) at
-        thumbnail size."""
+        """View ``i``'s contact-sheet thumbnail: its alignment check drawn on its small rasterization."""
         o, vf = obs[i], result.views[i]
-        s = thumb_scale[i]
+        s = SMALL_SIDE / max(o.image.width, o.image.height)  # small_size's scale: the same (w, h)
         aim = alignment_overlay(o.image.pixels, result, i, s, base=_resized(o.image.pixels, s).convert("RGB"),
-                                surface=view_surface(mesh, i, thumb_size[i], texture_coords=False), mesh=mesh)
+                                surface=surfaces(i), mesh=mesh)
         aim.save(rep / f"{vf.name}_thumb.jpg", quality=THUMB_QUALITY)
 
-    # Everything that needs no texture first (the full views, the largest pieces, at the head of the queue),
-    # then the textured pictures: the texture may still be being baked beside the report (``texture``).
+    # Everything that needs no texture first (the full views, the largest pieces, at the head of the queue;
+    # the views the bake reads last, their small rasterization likely done by then), then the textured
+    # pictures: the texture may still be being baked beside the report (``texture``).
+    baked = set(spread_views(result, MAX_VIEWS))
+    thumbs = [i for i in range(len(obs)) if i not in full_set]
     parallel_map(lambda i: full_pictures(i) if i in full_set else thumbnail(i),
-                 full + [i for i in range(len(obs)) if i not in full_set])
+                 full + [i for i in thumbs if i not in baked] + [i for i in thumbs if i in baked])
     textured = result if texture is None or renders is not None or not full else \
         dataclasses.replace(result, texture=texture())
 

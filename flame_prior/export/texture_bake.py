@@ -28,6 +28,7 @@ import torch
 
 from flame_prior import render
 from flame_prior.cache import cache_root
+from flame_prior.export.view_render import SmallSurfaces, ViewMesh
 from flame_prior.files import write_atomic
 from flame_prior.flame import sh_basis
 from flame_prior.threads import parallel_imap
@@ -37,8 +38,6 @@ __all__ = ["bake_texture", "texture_side", "spread_views", "MAX_VIEWS"]
 MIN_SIDE, MAX_SIDE = 256, 1024
 #: A texel counts as seen when no rendered surface is nearer than it by more than this (metres).
 DEPTH_TOLERANCE = 0.004
-#: Render side for the per-view depth maps (visibility test).
-DEPTH_SIDE = 512
 #: Views read at most. Each costs a projection of the texels facing it and a depth render (about 0.1 s
 #: of CPU on the shared 30-view scene). Eight spread around the head already see each texel from several
 #: directions; more only average more of the same surface. Measured on the shared 30-view scene against
@@ -126,11 +125,14 @@ def uv_rasterization(uvs: torch.Tensor, uv_faces: torch.Tensor, side: int) -> to
 
 
 @torch.no_grad()
-def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VIEWS) -> np.ndarray:
+def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VIEWS,
+                 surfaces: SmallSurfaces | None = None) -> np.ndarray:
     """``(side, side, 3)`` float32 albedo in [0, 1], rows top-down (row 0 is v = 1), for ``result``'s
     UV layout; ``views`` are the observations of ``result.views`` in that order; at most ``max_views``
-    of them are read (:func:`spread_views`)."""
+    of them are read (:func:`spread_views`). ``surfaces``: the views' small rasterizations when the
+    caller shares them with other writers (:class:`~.view_render.SmallSurfaces` of ``result``'s mesh)."""
     side = side or texture_side(result, views)
+    surfaces = surfaces or SmallSurfaces(ViewMesh.of(result, (np.zeros((0, 3)), np.zeros((0, 2), np.int64))))
     verts = torch.as_tensor(np.asarray(result.vertices), dtype=torch.float32)
     faces = torch.as_tensor(np.asarray(result.faces, dtype=np.int64))
     uvs = torch.as_tensor(np.asarray(result.uvs), dtype=torch.float32)
@@ -190,18 +192,16 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
         idx, x, y, zi = idx[inside], x[inside], y[inside], z[inside]
         if not len(idx):
             return None
-        # Visibility: the nearest surface along the texel's pixel (a depth map at most DEPTH_SIDE px,
-        # front faces only: a back face is never the nearest surface of a closed head seen from outside,
-        # and culling them halves the rasterizer's work).
-        s = min(1.0, DEPTH_SIDE / max(W, H))
-        dw, dh = max(1, round(W * s)), max(1, round(H * s))
-        pcv = verts.double() @ cams.R[i].T + cams.t[i]
-        pos = render.pinhole_to_clip(pcv[None].float(), cams.fx[i:i + 1].float() * dw / W,
-                                     cams.fy[i:i + 1].float() * dh / H, cams.cx[i:i + 1].float() * dw / W,
-                                     cams.cy[i:i + 1].float() * dh / H, dw, dh)
-        vr = render.rasterize(pos, faces, (dh, dw), cull_backfaces=True)
-        depth = render.interpolate(pos[..., 3:4], vr, faces)[0, ..., 0].numpy().reshape(-1)
-        hit = vr[0, ..., 3].numpy().reshape(-1) > 0
+        # Visibility: the nearest surface along the texel's pixel, from the view's small rasterization
+        # (long side SMALL_SIDE; the report's thumbnail of the view draws the same one).
+        surface = surfaces(i)
+        dw, dh = surface.size
+        depth = np.zeros(dw * dh, np.float32)
+        hit = np.zeros(dw * dh, bool)
+        pixels = surface.pixels.numpy()
+        depth[pixels] = render.interpolate(surface.clip[..., 3:4], surface.rast, surfaces.mesh.faces,
+                                           surface.pixels)[:, 0].numpy()  # clip w: the camera-frame depth
+        hit[pixels] = True
         at = (np.clip((y * (dh / H)).astype(np.int64), 0, dh - 1) * dw
               + np.clip((x * (dw / W)).astype(np.int64), 0, dw - 1))  # the depth pixel of each texel
         ok = ~hit[at] | (zi <= depth[at] + DEPTH_TOLERANCE)

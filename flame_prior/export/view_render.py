@@ -9,6 +9,7 @@ a portrait's grid). Conventions are :mod:`flame_prior.render`'s (OpenCV camera a
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import torch
@@ -17,7 +18,11 @@ from flame_prior import render
 from flame_prior.geometry import PinholeCameras
 from flame_prior.render_head import head_clip, surface_at
 
-__all__ = ["ViewMesh", "ViewSurface", "view_surface"]
+__all__ = ["ViewMesh", "ViewSurface", "view_surface", "SmallSurfaces", "small_size", "SMALL_SIDE"]
+
+#: Long side, in pixels, of the small rasterization every view gets once (:class:`SmallSurfaces`): the
+#: report's contact-sheet thumbnail draws it and the texture bake tests visibility against its depth.
+SMALL_SIDE = 320
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +83,32 @@ def view_surface(mesh: ViewMesh, i: int, size: tuple[int, int], texture_coords: 
         uv = None
         normals = torch.nn.functional.normalize(render.interpolate(mesh.normals, rast, mesh.faces, pixels), dim=-1)
     return ViewSurface((w, h), cam, clip, rast, pixels, uv, normals)
+
+
+def small_size(width: int, height: int) -> tuple[int, int]:
+    """``(w, h)`` of a ``width x height`` view scaled to a long side of :data:`SMALL_SIDE` pixels."""
+    scale = SMALL_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class SmallSurfaces:
+    """Each view of ``mesh`` rasterized once at :func:`small_size` (normals, no texture coordinates),
+    for every writer that needs it: the texture bake (visibility) and the report (thumbnails), on
+    threads of one pool. ``surfaces(i)`` computes view ``i`` on first use; two threads asking at once
+    may both compute it, and the first one stored is kept (no thread ever waits for another)."""
+
+    def __init__(self, mesh: ViewMesh) -> None:
+        self.mesh = mesh
+        self._done: dict[int, ViewSurface] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, i: int) -> ViewSurface:
+        with self._lock:
+            surface = self._done.get(i)
+        if surface is None:
+            cams = self.mesh.cameras
+            surface = view_surface(self.mesh, i, small_size(int(cams.width[i]), int(cams.height[i])),
+                                   texture_coords=False)
+            with self._lock:
+                surface = self._done.setdefault(i, surface)
+        return surface
