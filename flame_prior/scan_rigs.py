@@ -677,7 +677,7 @@ def evaluate_rig(scan: ScanHead, rig: Rig, workdir: Path | str, supersample: int
     truth = json.loads((workdir / "rig" / "truth.json").read_text())
     cameras = summary["cameras"] + summary.get("cameras_without_face", [])  # both kinds are the tool's cameras
     score = score_cameras(cameras, truth)
-    if score["fitted"] >= 2:  # the head's surface against the scan, in the cameras' similarity
+    if score["fitted"] >= 2 and (out / "mesh.obj").exists():  # the head against the scan, in the cameras' similarity
         score["head_mm"] = score_mesh(*read_obj_mesh(out / "mesh.obj"), scan, cameras, truth)
     score["rig"] = rig.name
     score["seconds"] = {"render": t_render, "tool": t_tool}
