@@ -148,8 +148,8 @@ class FitterConfig:
     rejected after the joint refinement."""
     multiview_steps: int = 40
     """L-BFGS iterations of the multi-view refinement (per yaw round; 2.5 s of the 30-view fit). Fewer were
-    measured and rejected: 20 released a camera of the moving_camera scan rig to its landmark camera
-    (rotation error max 15 deg instead of 0.05), 10 left the ring rig's fit 124 px off its landmarks."""
+    measured and rejected: 30 and 20 released a camera of the moving_camera scan rig to its landmark
+    camera (rotation error max 15 deg instead of 0.05), 10 left the ring rig's fit 124 px off its landmarks."""
 
     def check(self, prefix: str = "fitter.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
