@@ -524,25 +524,19 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
         p = pos.detach()
         w = torch.where(p[..., 3] > 0, p[..., 3], torch.ones_like(p[..., 3]))
         scr = torch.stack([(p[..., 0] / w + 1.0) * (0.5 * W), (p[..., 1] / w + 1.0) * (0.5 * H)], -1)
-        sx, sy = _gather_faces(scr, tri).unbind(-1)  # (B, F, 3) screen vertices
-        xa, ya = sx.roll(-1, -1), sy.roll(-1, -1)  # edge k runs from vertex k+1 to k+2
-        ex, ey = sx.roll(-2, -1) - xa, sy.roll(-2, -1) - ya
-        D = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sx[..., 2] - sx[..., 0]) * (sy[..., 1] - sy[..., 0])
-        front = (D < 0).reshape(-1)
-        nb_g = (torch.arange(B, device=p.device)[:, None, None] * Fn + nb.clamp(min=0)).reshape(-1)
-        sil = (nb < 0) | (front.index_select(0, nb_g).reshape(B, Fn, 3) != front.reshape(B, Fn, 1))
-        steep = ey.abs() >= ex.abs()
-        sign = torch.where(front, -1.0, 1.0).to(p.dtype)  # E_k * sign >= 0 inside the face
+        sx, sy = _gather_faces(scr, tri).reshape(B * Fn, 3, 2).unbind(-1)  # (B*F, 3) screen vertices
+        D = (sx[:, 1] - sx[:, 0]) * (sy[:, 2] - sy[:, 0]) - (sx[:, 2] - sx[:, 0]) * (sy[:, 1] - sy[:, 0])
+        front = (D < 0).reshape(B, Fn)
+        sil = (nb < 0) | (front.index_select(1, nb.clamp(min=0).reshape(-1)).reshape(B, Fn, 3) != front[..., None])
+        front, sil = front.reshape(-1), sil.reshape(-1, 3)
+        has_sil = sil.any(-1)  # (B*F,): only such faces can own a blended pair
         ids = rast[..., 3].detach().long()
         ids_flat, zw = ids.reshape(-1), rast[..., 2].detach().reshape(-1)
-        face3 = lambda t, g: t.reshape(-1, 3).index_select(0, g)  # noqa: E731
     flat = color.reshape(-1, C)
     pos_flat = pos.reshape(-1, 4)
     targets, deltas = [], []
     for horizontal in (True, False):
         with torch.no_grad():
-            sil_axis = sil & (steep if horizontal else ~steep)  # steep edges: horizontal pairs
-            has = sil_axis.any(-1).reshape(-1)
             if horizontal:
                 q = (ids[:, :, :-1] != ids[:, :, 1:]).reshape(-1).nonzero().squeeze(1)
                 pa = q + torch.div(q, W - 1, rounding_mode="floor")
@@ -551,25 +545,36 @@ def antialias(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: T
                 q = (ids[:, :-1] != ids[:, 1:]).reshape(-1).nonzero().squeeze(1)
                 pa = q + torch.div(q, (H - 1) * W, rounding_mode="floor") * W
                 pb = pa + W
+            # Pairs where neither face has a silhouette edge cannot blend: dropped before anything else.
             ia, ib = ids_flat.index_select(0, pa), ids_flat.index_select(0, pb)
+            row0 = torch.div(pa, H * W, rounding_mode="floor") * Fn - 1
+            keep = ((ia > 0) & has_sil.index_select(0, (row0 + ia).clamp(min=0))) \
+                | ((ib > 0) & has_sil.index_select(0, (row0 + ib).clamp(min=0)))
+            keep = keep.nonzero().squeeze(1)
+            pa, pb, ia, ib = pa[keep], pb[keep], ia[keep], ib[keep]
             occ_b = (ia == 0) | ((ib != 0) & (zw.index_select(0, pb) < zw.index_select(0, pa)))
             po, pn = torch.where(occ_b, pb, pa), torch.where(occ_b, pa, pb)
             bi = torch.div(po, H * W, rounding_mode="floor")
             g = bi * Fn + torch.where(occ_b, ib, ia) - 1
-            keep = has.index_select(0, g).nonzero().squeeze(1)
+            keep = has_sil.index_select(0, g).nonzero().squeeze(1)
             po, pn, g, bi = po[keep], pn[keep], g[keep], bi[keep]
+            # The occluders' edges: k runs from vertex k+1 to k+2; steep ones are crossed by horizontal pairs.
+            sxg, syg = sx.index_select(0, g), sy.index_select(0, g)
+            xa, ya = sxg.roll(-1, -1), syg.roll(-1, -1)
+            exg, eyg = sxg.roll(-2, -1) - xa, syg.roll(-2, -1) - ya
+            steep = eyg.abs() >= exg.abs()
+            sil_axis = sil.index_select(0, g) & (steep if horizontal else ~steep)
             # Edge functions E_k (>= 0 inside) at the occluder's pixel centre, and their change over
             # the one-pixel step towards pn.
             rem = po - bi * (H * W)
             py = torch.div(rem, W, rounding_mode="floor")
             px = (rem - py * W).to(p.dtype)[:, None] + 0.5
             py = py.to(p.dtype)[:, None] + 0.5
-            s = sign.index_select(0, g)[:, None]
-            exg, eyg = face3(ex, g), face3(ey, g)
-            e_o = s * (exg * (py - face3(ya, g)) - eyg * (px - face3(xa, g)))
+            s = torch.where(front.index_select(0, g), -1.0, 1.0).to(p.dtype)[:, None]  # E_k * s >= 0 inside
+            e_o = s * (exg * (py - ya) - eyg * (px - xa))
             step = torch.where(pn > po, 1.0, -1.0).to(p.dtype)
             de = s * step[:, None] * (-eyg if horizontal else exg)
-            crossed = face3(sil_axis, g) & (e_o >= 0) & (e_o + de < 0)
+            crossed = sil_axis & (e_o >= 0) & (e_o + de < 0)
             t, k = torch.where(crossed, e_o / -de, torch.full_like(e_o, float("inf"))).min(-1)
             keep = torch.isfinite(t).nonzero().squeeze(1)
             po, pn, g, bi, k, step = po[keep], pn[keep], g[keep], bi[keep], k[keep], step[keep]
