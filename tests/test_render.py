@@ -204,6 +204,17 @@ def test_gradcheck_interpolate(device):
     assert torch.autograd.gradcheck(f, (verts, attr), eps=1e-6, atol=1e-6, fast_mode=True, nondet_tol=1e-12)
 
 
+def test_gradcheck_rasterize_barycentrics_and_depth(device):
+    """rast's (u, v, z/w) w.r.t. the clip positions themselves (w included), through the face table."""
+    verts, faces, fx, t = _setup(device)
+    pos = _project(verts, fx, t).detach().requires_grad_(True)
+
+    def f(p):
+        return render.rasterize(p, faces, (20, 24))[..., :3]
+
+    assert torch.autograd.gradcheck(f, (pos,), eps=1e-7, atol=1e-6, fast_mode=True, nondet_tol=1e-12)
+
+
 def test_gradcheck_texture(device):
     tex = torch.rand(5, 7, 2, dtype=F64, device=device, requires_grad=True)
     uv = (0.05 + 0.9 * torch.rand(2, 3, 4, 2, dtype=F64, device=device)).requires_grad_(True)
