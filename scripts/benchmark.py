@@ -182,6 +182,9 @@ def _floor(torch, dev, model, embedding, views, intr, cfg, result, texture_space
 
     dtype = torch.float32
     n = len(views)
+    ran = next((s for s in result.stages if s.name == "photometric"), None)
+    if ran is not None and ran.details.get("pinned_cameras"):  # the stage ran the pinned schedule
+        cfg = cfg.pinned()
     tg = landmark_targets(views, embedding, dev, dtype)
     st = FitState.initial(model, embedding, intr, [(v.image.width, v.image.height) for v in views], dev, dtype)
     cams = result.cameras

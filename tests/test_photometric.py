@@ -133,10 +133,12 @@ def test_every_camera_pinned_runs_the_pinned_schedule(scene, landmark_fit):
     every = np.ones(VIEWS, dtype=bool)
     pinned = fit_flame(model, emb, sc.views, intr, cfg, texture_space=ts, frozen_cameras=every)
     assert stage(pinned).iterations == 3
+    assert stage(pinned).details == {"pinned_cameras": True, "views_per_step": cfg.photometric_views_pinned}
     assert not np.array_equal(pinned.flame["shape"], landmark_fit.flame["shape"])  # the head moved
     half = fit_flame(model, emb, sc.views, intr, cfg, texture_space=ts,
                      frozen_cameras=np.array([True, False] * (VIEWS // 2)))
     assert stage(half).iterations == 6
+    assert stage(half).details == {"pinned_cameras": False, "views_per_step": cfg.photometric_views}
     skipped = fit_flame(model, emb, sc.views, intr, replace(cfg, photometric_steps_pinned=0), texture_space=ts,
                         frozen_cameras=every)
     assert stage(skipped).iterations == 0 and "every camera is pinned" in " ".join(skipped.notes)

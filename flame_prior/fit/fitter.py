@@ -174,15 +174,17 @@ def fit_flame(
         stages.append(("occlusion", config.landmark_steps, occlusion))
     if schedule.photometric_steps > 0:
         def photometric(st, tick):
-            steps = schedule
-            if _all_pinned(st, frozen_cameras):  # no camera can move: the pinned schedule (FitterConfig)
-                steps = schedule.pinned()
-                if steps.photometric_steps == 0:
-                    return st, stage_log("photometric", st, tg, time.perf_counter(), 0, [],
-                                         ["photometric stage skipped: every camera is pinned "
-                                          "(--fitter.photometric-steps-pinned 0)"])
-            return photometric_stage(st, tg, views, optimise_focal, steps, appearance, tick,
-                                     frozen_cameras=frozen_cameras, crops=crops, appearance_ready=True)
+            pinned = _all_pinned(st, frozen_cameras)  # no camera can move: the pinned schedule (FitterConfig)
+            steps = schedule.pinned() if pinned else schedule
+            if steps.photometric_steps == 0:
+                st, log = st, stage_log("photometric", st, tg, time.perf_counter(), 0, [],
+                                        ["photometric stage skipped: every camera is pinned "
+                                         "(--fitter.photometric-steps-pinned 0)"])
+            else:
+                st, log = photometric_stage(st, tg, views, optimise_focal, steps, appearance, tick,
+                                            frozen_cameras=frozen_cameras, crops=crops, appearance_ready=True)
+            log.details.update(pinned_cameras=pinned, views_per_step=min(n, steps.photometric_views))
+            return st, log
 
         stages.append(("photometric", schedule.photometric_steps, photometric))
     logs: list[StageLog] = []
