@@ -721,7 +721,7 @@ def _colmap_cache_file(views: list[ViewObservation], config: IntrinsicsConfig, s
     if config.colmap_cameras != "per_size":
         settings["colmap_cameras"] = config.colmap_cameras
     if _estimates_principal_points(config, known):
-        settings["principal_points"] = "near-centre"  # colmap_family: per-view runs before it are not reused
+        settings["principal_points"] = 2  # colmap_family (2: an implausible lens judged with them held); new keys
     if known is not None:
         settings["known_intrinsics"] = [np.round(np.asarray(getattr(known, k), dtype=np.float64), 9).tolist()
                                         for k in ("fx", "fy", "cx", "cy", "distortion")]
@@ -1001,8 +1001,16 @@ def run_colmap(
         free_centres = _estimates_principal_points(config, known)
         if lens:
             step("checking the lens", advance=0)
-            rec, lens_figures = _check_radial_lens(rec, refine_focal=config.focal_px is None,
+            mapped = rec
+            rec, lens_figures = _check_radial_lens(pycolmap.Reconstruction(mapped) if free_centres else mapped,
+                                                   refine_focal=config.focal_px is None,
                                                    refine_principal_point=free_centres)
+            if free_centres and lens_figures["implausible"]:
+                # A camera's lens ran off once the principal points were free (a weakly tracked camera of the
+                # small_faces rig: k1 0.82 beside six of -0.25): judged as before, principal points held, and
+                # held for good when the lens is kept (a real lens matters more than the principal points there).
+                rec, lens_figures = _check_radial_lens(mapped, refine_focal=config.focal_px is None)
+                free_centres = not lens_figures["kept"]
         if free_centres and rec.num_reg_images() >= 3:
             step("principal points", advance=0)
             rec, centring = _principal_points(rec, names, windows, views, lens_figures)
@@ -1287,7 +1295,7 @@ def _check_radial_lens(rec, refine_focal: bool, refine_principal_point: bool = F
         kept, note = True, (f"COLMAP estimated a radial lens, k1 {k1:.3f}, k2 {k2:.3f} ({errors}): the fit works "
                             "in the ideal pinhole images, the exports write the lens")
     figures = {"k1": k1, "k2": k2, "kept": kept, "shift_px": shift, "error_lens_px": error_lens,
-               "error_pinhole_px": error_pinhole, "note": note}
+               "error_pinhole_px": error_pinhole, "note": note, "implausible": bool(problems)}
     return (rec if kept else pinhole), figures
 
 
