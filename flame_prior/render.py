@@ -82,6 +82,8 @@ __all__ = [
 
 _SENTINEL = torch.iinfo(torch.int64).max
 _DEPTH_LEVELS = 2**31 - 2  # quantised depth occupies the upper 31 bits of the visibility key
+_DEPTH_TOP = 2**31 - 256  # the clamp's top level: float32 holds it exactly (2**31 - 2 rounds up to 2**31 there,
+#                           which overflows into the key's sign bit and beats every nearer face)
 _CHUNK = 1 << 22  # rows or (face, pixel) pairs per rasterizer batch: bounds memory
 _TOL = 1e-4  # pixel centres this close (in x, pixels) outside an edge count as inside: no cracks
 
@@ -247,7 +249,7 @@ def _visibility(pos: Tensor, tri: Tensor, H: int, W: int, cull_backfaces: bool) 
         for r0, r1 in _chunks(count):
             pr, off = _expand(count[r0:r1])
             depth = d0[r0:r1].index_select(0, pr) + gz[r0:r1].index_select(0, pr) * off.to(d0.dtype)
-            q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_LEVELS).long()
+            q = ((depth + 1.0) * (0.5 * _DEPTH_LEVELS)).clamp(0, _DEPTH_TOP).long()
             key = (q << 32) | fid[r0:r1].index_select(0, pr)
             buf.scatter_reduce_(0, base[r0:r1].index_select(0, pr) + off, key, reduce="amin")
     return buf

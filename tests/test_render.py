@@ -100,6 +100,21 @@ def test_zbuffer_picks_nearer(device, order):
     assert zw == pytest.approx((f + n) / (f - n) - 2 * f * n / ((f - n) * 1.0), abs=1e-9)
 
 
+def test_zbuffer_far_plane_in_float32(device):
+    # z/w = 1 (a face on the far plane): float32 rounds the top depth level 2**31 - 2 up to 2**31, which
+    # must not overflow the packed key's sign bit and beat every nearer face.
+    pix = torch.tensor([[4.0, 4.0], [28.0, 6.0], [10.0, 28.0]], dtype=F64, device=device)
+    near = _cam_points(pix, torch.full((3,), 1.0, dtype=F64, device=device), 40.0, 16.0)
+    far = _cam_points(pix + 2.0, torch.full((3,), 10.0, dtype=F64, device=device), 40.0, 16.0)  # far = 10
+    tri = torch.tensor([[0, 1, 2], [3, 4, 5]], device=device)
+    for pts in (torch.cat([near, far])[None], torch.cat([far, near])[None]):
+        pos = _clip(pts, 40.0, 16.0, 32).float()
+        assert (pos[0, :, 2] / pos[0, :, 3]).max() == 1.0  # the far face sits exactly on the far plane
+        ids = render.rasterize(pos, tri, (32, 32))[0, ..., 3].long()
+        near_id = 1 if pts[0, 0, 2] == 1.0 else 2
+        assert ids[10, 12] == near_id
+
+
 def test_behind_camera_and_background(device):
     pos, tri = _quad(4.0, 4.0, 28.0, 28.0, -2.0, device=device)  # behind the camera
     assert not (render.rasterize(pos, tri, (32, 32))[..., 3] > 0).any()
