@@ -185,6 +185,21 @@ def test_distorted_render_matches_opencv(scan):
 
 
 @pytest.mark.slow
+def test_renders_are_reused_only_from_the_same_renderer(scan, tmp_path, monkeypatch):
+    """write_rig reuses a folder holding this rig from this renderer, and renders again when
+    RENDER_VERSION differs (stale images of an older renderer once scored 78 deg where fresh ones score 1)."""
+    full = S.make_rig("turning_head", small=True)
+    rig = S.Rig("one_view", full.description, full.views[:1], full.background, full.light, 1)
+    image = S.write_rig(scan, rig, tmp_path) / f"{rig.views[0].name}.png"
+    image.write_bytes(b"stale")  # stands for an older renderer's picture
+    S.write_rig(scan, rig, tmp_path)
+    assert image.read_bytes() == b"stale"  # same truth.json: reused as it is
+    monkeypatch.setattr(S, "RENDER_VERSION", S.RENDER_VERSION + 1)
+    S.write_rig(scan, rig, tmp_path)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # another renderer: rendered again
+    assert json.loads((tmp_path / "truth.json").read_text())["render_version"] == S.RENDER_VERSION
+
+
 def test_small_turning_head_rig_end_to_end(scan, tmp_path):
     """The whole tool on 6 renders of the scan (the turning-head rig's views within ±27° of yaw: fixed
     camera, static textured background, 768x1024, 138-164 px between the eye corners): COLMAP
