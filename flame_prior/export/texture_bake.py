@@ -140,14 +140,12 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
 
     # 1. The mesh in UV space (which face and where in it each texel lies: a property of the layout, cached).
     rast = uv_rasterization(uvs, uv_faces, side)
-    covered = rast[0, ..., 3] > 0
+    texels = (rast[0, ..., 3].reshape(-1) > 0).nonzero().squeeze(1)  # covered texels, flat row-major indices
     per_uv = lambda attr: torch.zeros(len(uvs), attr.shape[-1]).index_copy_(  # noqa: E731
         0, uv_faces.reshape(-1), attr[faces.reshape(-1)])
     normals_v = render.vertex_normals(verts[None], faces)[0]
     # Position and normal at the covered texels only (row-major, as covered's True entries), one pass.
-    at_texels = render.interpolate(per_uv(torch.cat([verts, normals_v], -1))[None], rast, uv_faces,
-                                   covered.reshape(-1).nonzero().squeeze(1))
-    texel_pos = at_texels[:, :3].double()  # (T, 3)
+    at_texels = render.interpolate(per_uv(torch.cat([verts, normals_v], -1))[None], rast, uv_faces, texels)
     texel_n = torch.nn.functional.normalize(at_texels[:, 3:], dim=-1)
 
     cams = result.cameras.to(dtype=torch.float64)
@@ -155,7 +153,7 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
     # Per texel, computed once for all views: position and normal (float32 numpy: the per-view work is
     # a few passes over these arrays) and the SH basis of the normal (the shading of view i is then
     # basis @ sh_i, 9 multiply-adds a texel).
-    pos_t = texel_pos.float().numpy()
+    pos_t = at_texels[:, :3].numpy()  # (T, 3)
     nrm_t = texel_n.numpy()
     basis_t = sh_basis(texel_n).numpy()
     R, t = cams.R.numpy(), cams.t.numpy()
@@ -216,24 +214,23 @@ def bake_texture(result, views, side: int | None = None, max_views: int = MAX_VI
 
     # Views on a pool of threads (torch, cv2 and numpy release the GIL); summed in view order, so the
     # texture does not depend on which thread finished first.
-    acc = np.zeros((len(texel_pos), 3), np.float32)
-    wsum = np.zeros(len(texel_pos), np.float32)
+    acc = np.zeros((len(pos_t), 3), np.float32)
+    wsum = np.zeros(len(pos_t), np.float32)
     for part in parallel_imap(contribution, range(len(chosen))):
         if part is not None:
             idx, colour_w, w = part
             acc[idx] += colour_w
             wsum[idx] += w
 
-    image = np.zeros((side, side, 3), np.float32)
-    weight = np.zeros((side, side), np.float32)
-    cov = covered.numpy()
-    image[cov] = acc
-    weight[cov] = wsum
-    seen = weight > 1e-6
-    image[seen] /= weight[seen][:, None]
-    if not seen.any():  # no view saw anything: keep the fitted albedo
+    seen_texels = wsum > 1e-6
+    if not seen_texels.any():  # no view saw anything: keep the fitted albedo
         return np.asarray(result.texture, np.float32)
-    return np.clip(_pull_push(image, seen), 0.0, 1.0).astype(np.float32)
+    where = texels.numpy()[seen_texels]
+    image = np.zeros((side * side, 3), np.float32)
+    image[where] = acc[seen_texels] / wsum[seen_texels][:, None]
+    seen = np.zeros(side * side, bool)
+    seen[where] = True
+    return np.clip(_pull_push(image.reshape(side, side, 3), seen.reshape(side, side)), 0.0, 1.0)
 
 
 def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
