@@ -162,10 +162,19 @@ def _clip_ok(v: Tensor) -> Tensor:
     """Which faces ``(...)`` of clip vertices ``v (..., 3, 4)`` can be rasterized: every vertex inside the
     near/far range and a nonzero clip-space determinant (:func:`_face_table`'s ``det``)."""
     x, y, z, w = v.unbind(-1)
-    ok = ((w > 0) & (z >= -w) & (z <= w)).all(-1)
+    return _in_depth_range(z, w).all(-1) & (_clip_det(x, y, w) != 0)
+
+
+def _in_depth_range(z: Tensor, w: Tensor) -> Tensor:
+    """Clip vertices inside the near/far range (in front of the camera): ``w > 0`` and ``-w <= z <= w``."""
+    return (w > 0) & (z >= -w) & (z <= w)
+
+
+def _clip_det(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """The clip-space determinant ``det [c_0 c_1 c_2]`` of faces whose corners' ``x, y, w`` are ``(..., 3)``
+    (``c_k = (x_k, y_k, w_k)``); 0 for a face seen edge-on or degenerate."""
     x1, y1, w1, x2, y2, w2 = x[..., 1], y[..., 1], w[..., 1], x[..., 2], y[..., 2], w[..., 2]
-    det = x[..., 0] * (y1 * w2 - w1 * y2) + y[..., 0] * (w1 * x2 - x1 * w2) + w[..., 0] * (x1 * y2 - y1 * x2)
-    return ok & (det != 0)
+    return x[..., 0] * (y1 * w2 - w1 * y2) + y[..., 0] * (w1 * x2 - x1 * w2) + w[..., 0] * (x1 * y2 - y1 * x2)
 
 
 @torch.no_grad()
@@ -189,7 +198,7 @@ def _visibility(pos: Tensor, tri: Tensor, H: int, W: int, cull_backfaces: bool) 
     # the near/far range gets y = NaN, so every face using it spans no row below and is dropped whole.
     sx = (x / w + 1.0) * (0.5 * W)
     sy = (y / w + 1.0) * (0.5 * H)
-    sy_in = torch.where((w > 0) & (z >= -w) & (z <= w), sy, torch.full_like(sy, float("nan")))
+    sy_in = torch.where(_in_depth_range(z, w), sy, torch.full_like(sy, float("nan")))
     cy = sy_in.index_select(1, tri.reshape(-1)).reshape(B, Fn, 3)
     y0 = torch.ceil(cy.amin(-1) - 0.5).clamp(min=0)
     y1 = torch.floor(cy.amax(-1) - 0.5).clamp(max=H - 1)
@@ -204,8 +213,7 @@ def _visibility(pos: Tensor, tri: Tensor, H: int, W: int, cull_backfaces: bool) 
     y0, y1 = y0.reshape(-1).index_select(0, sel), y1.reshape(-1).index_select(0, sel)
     # The rest of the validity test (:func:`_clip_ok`'s determinant, a nonzero screen area, facing,
     # inside the image's columns): a face that fails it gets no rows.
-    det = cx[:, 0] * (cy[:, 1] * cw[:, 2] - cw[:, 1] * cy[:, 2]) + cy[:, 0] * (cw[:, 1] * cx[:, 2] - cx[:, 1] * cw[:, 2]) \
-        + cw[:, 0] * (cx[:, 1] * cy[:, 2] - cy[:, 1] * cx[:, 2])
+    det = _clip_det(cx, cy, cw)
     D = (sx[:, 1] - sx[:, 0]) * (sy[:, 2] - sy[:, 0]) - (sx[:, 2] - sx[:, 0]) * (sy[:, 1] - sy[:, 0])
     ok = (det != 0) & (D != 0) & (sx.amax(-1) >= 0.5 - _TOL) & (sx.amin(-1) <= W - 0.5 + _TOL)
     if cull_backfaces:
