@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 import numpy as np
 
 from flame_prior.cache import colmap_cache_dir, save_npz_atomic
+from flame_prior.camera_trust import track_pose_covariance
 from flame_prior.colmap_family import principal_points_near_centre
 from flame_prior.errors import InputError, check_option
 from flame_prior.threads import compute_threads
@@ -91,9 +92,9 @@ __all__ = [
 
 IntrinsicsSource = Literal["colmap", "exif", "optimised", "prior", "given", "file"]
 SceneKind = Literal["turning-head", "rigid-scene"]
-_COLMAP_CACHE_VERSION = 5  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind;
+_COLMAP_CACHE_VERSION = 6  # 2: per-view cameras (one per image size); 3: downscaled head crops, scene kind;
 # 4: no SIFT upsampling, pairs by head pose, fewer bundle adjustments (issue 16's cold-run budget)
-# 5: a radial lens estimated in a rigid scene (view_distortion)
+# 5: a radial lens estimated in a rigid scene (view_distortion); 6: each pose's covariance from its tracks
 
 
 @dataclass
@@ -141,9 +142,14 @@ class ColmapPoses:
     scene_kind: SceneKind = "turning-head"
     faceless: "FacelessCameras | None" = None
     """Images where no face was found but COLMAP registered them (rigid scene only)."""
+    pose_cov: np.ndarray | None = None
+    """``(N, 6, 6)`` each registered pose's covariance from its feature tracks
+    (:func:`flame_prior.camera_trust.track_pose_covariance`, COLMAP's units), NaN where unknown; None:
+    not computed (an older cache)."""
 
     def subset(self, keep: list[int]) -> "ColmapPoses":
-        return ColmapPoses(self.w2c[keep], self.registered[keep], self.scene_kind, self.faceless)
+        return ColmapPoses(self.w2c[keep], self.registered[keep], self.scene_kind, self.faceless,
+                           None if self.pose_cov is None else self.pose_cov[keep])
 
 
 @dataclass
@@ -290,6 +296,7 @@ class ColmapResult:
             of view in its own pixel grid, centred.
         view_distortion: ``(N, 5)`` OpenCV ``k1, k2, p1, p2, k3`` COLMAP estimated (a RADIAL camera:
             ``k1, k2``; :attr:`IntrinsicsConfig.colmap_lens`), or None (pinhole, or a held calibration).
+        pose_cov: ``(N, 6, 6)`` :attr:`ColmapPoses.pose_cov`, or None.
         figures: ``registered``, ``total``, ``mean_reprojection_error_px`` (COLMAP's own),
             ``reprojection_check_px`` (recomputed here from ``w2c`` and the intrinsics: the same
             number when the conventions agree), ``points3d``, ``focal_px``, ``vertical_fov_deg``,
@@ -311,11 +318,12 @@ class ColmapResult:
     view_cy: np.ndarray
     faceless: FacelessCameras | None = None
     view_distortion: np.ndarray | None = None
+    pose_cov: np.ndarray | None = None
 
     @property
     def poses(self) -> ColmapPoses:
         """The poses the fit takes (:attr:`Intrinsics.poses`)."""
-        return ColmapPoses(self.w2c, self.registered, self.figures["scene_kind"], self.faceless)
+        return ColmapPoses(self.w2c, self.registered, self.figures["scene_kind"], self.faceless, self.pose_cov)
 
 
 def focal_from_fov(fov_deg: float, height: float) -> float:
@@ -567,7 +575,8 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
         notes.append(f"COLMAP registered none of the {len(faceless)} images without a detected face")
     out = ColmapResult(rec.w2c[:n], rec.registered[:n], rec.focal_px, rec.cx, rec.cy, rec.figures,
                        rec.view_focal_px[:n], rec.view_cx[:n], rec.view_cy[:n],
-                       view_distortion=None if rec.view_distortion is None else rec.view_distortion[:n])
+                       view_distortion=None if rec.view_distortion is None else rec.view_distortion[:n],
+                       pose_cov=None if rec.pose_cov is None else rec.pose_cov[:n])
     out.faceless = cams
     return out
 
@@ -636,6 +645,8 @@ def _drop_implausible_cameras(rec: ColmapResult, views, notes: list[str]) -> Non
     main_bad = bool(np.any(rec.view_focal_px[bad] == rec.focal_px))  # the figure-giving camera was one of them
     rec.registered[bad] = False
     rec.w2c[bad] = np.nan
+    if rec.pose_cov is not None:
+        rec.pose_cov[bad] = np.nan
     _take_main_fov(rec, bad, views, med)
     if rec.view_distortion is not None:  # their lens: the median of the believed cameras'
         rec.view_distortion[bad] = np.median(rec.view_distortion[ok & rec.registered if (ok & rec.registered).any()
@@ -747,7 +758,7 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
                 rec = ColmapResult(z["w2c"], z["registered"].astype(bool), float(z["focal_px"]), float(z["cx"]),
                                    float(z["cy"]), json.loads(str(z["figures"])), z["view_focal_px"], z["view_cx"],
                                    z["view_cy"], view_distortion=z["view_distortion"] if "view_distortion" in z
-                                   else None)
+                                   else None, pose_cov=z["pose_cov"] if "pose_cov" in z else None)
             if len(rec.w2c) == len(views):
                 if notes is not None:
                     notes.append(f"COLMAP result reused from the cache ({path.name})")
@@ -760,7 +771,8 @@ def cached_run_colmap(views, config: IntrinsicsConfig, workdir=None, progress=No
         save_npz_atomic(path, w2c=rec.w2c, registered=rec.registered, focal_px=np.float64(rec.focal_px),
                         cx=np.float64(rec.cx), cy=np.float64(rec.cy), figures=np.str_(json.dumps(rec.figures)),
                         view_focal_px=rec.view_focal_px, view_cx=rec.view_cx, view_cy=rec.view_cy,
-                        **({} if rec.view_distortion is None else {"view_distortion": rec.view_distortion}))
+                        **({} if rec.view_distortion is None else {"view_distortion": rec.view_distortion}),
+                        **({} if rec.pose_cov is None else {"pose_cov": rec.pose_cov}))
     return rec
 
 
@@ -1337,6 +1349,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     # COLMAP's conventions (world-to-camera, OpenCV axes, pixel centres at +0.5) are ours.
     image_index = {image_id: index[image.name] for image_id, image in rec.images.items()}
     point_errors = []
+    observed: dict[int, list] = {i: [] for i in range(n)}  # per view: (3D point, residual) of its tracks
     for point in rec.points3D.values():
         errs = []
         for el in point.track.elements:
@@ -1346,10 +1359,20 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
             camera = rec.cameras[rec.images[el.image_id].camera_id]
             if camera.model_name == "SIMPLE_PINHOLE":
                 fi, cxi, cyi = params[i]
-                errs.append(np.hypot(fi * pc[0] / pc[2] + cxi - uv[0], fi * pc[1] / pc[2] + cyi - uv[1]))
+                res = uv - np.array([fi * pc[0] / pc[2] + cxi, fi * pc[1] / pc[2] + cyi])
             else:  # a held calibration or an estimated lens: COLMAP's own projection
-                errs.append(np.hypot(*(camera.img_from_cam(pc[None]).reshape(2) - uv)))
+                res = uv - camera.img_from_cam(pc[None]).reshape(2)
+            errs.append(np.hypot(*res))
+            observed[i].append((point.xyz, res))
         point_errors.append(np.mean(errs))
+    pose_cov = np.full((n, 6, 6), np.nan)
+    for i in np.flatnonzero(registered):
+        camera = rec.cameras[rec.images[next(k for k in rec.images if rec.images[k].name == names[i])].camera_id]
+        cov = track_pose_covariance(np.array([o[0] for o in observed[i]]).reshape(-1, 3),
+                                    np.array([o[1] for o in observed[i]]).reshape(-1, 2), w2c[i, :3, :3],
+                                    w2c[i, :3, 3], float(camera.focal_length_x), float(camera.focal_length_y))
+        if cov is not None:
+            pose_cov[i] = cov
     rec.update_point_3d_errors()
     figures = {
         "registered": int(registered.sum()),
@@ -1365,7 +1388,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     }
     return ColmapResult(w2c=w2c, registered=registered, focal_px=f, cx=cx, cy=cy, figures=figures,
                         view_focal_px=params[:, 0].copy(), view_cx=params[:, 1].copy(), view_cy=params[:, 2].copy(),
-                        view_distortion=lens if lens.any() else None)
+                        view_distortion=lens if lens.any() else None, pose_cov=pose_cov)
 
 
 def rotation_residuals_deg(colmap_w2c: np.ndarray, R: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ def print_summary(console: Console, out: Path, views: list[ViewObservation], ski
         rel = v.landmark_error_rel_eye
         trust = "[green]ok[/green]" if not v.flags else "[red]flagged: " + escape("; ".join(v.flags)) + "[/red]"
         name = v.name if not v.flags else f"[red]{escape(v.name)}[/red]"
-        table.add_row(name, f"{v.landmark_error_px:.2f}", f"{rel:.3f}", f"{v.rotation_sigma_deg:.2f}", trust)
+        table.add_row(name, f"{v.landmark_error_px:.2f}", f"{rel:.3f}", f"{v.rotation_sigma_deg:.2f} ({v.uncertainty_source})", trust)
     for s in skipped:
         table.add_row(f"[red]{escape(s.path.name)}[/red]", "left out", escape(s.reason))
     console.print(table)

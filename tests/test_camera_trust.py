@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from flame_prior.camera_trust import ROTATION_SIGMA_MAX_DEG, pose_uncertainty, trust_flags
+from flame_prior.camera_trust import (ROTATION_SIGMA_MAX_DEG, pose_covariance, pose_uncertainty, similarity_covariance,
+                                      track_pose_covariance, track_uncertainty, trust_flags)
 from flame_prior.fit.landmarks import _pnp_init
 
 
@@ -73,7 +74,54 @@ def test_uncertainty_predicts_the_scatter():
     assert far > 2 * np.median(sigmas)
 
 
+def _track_sigma_deg(rng, n, noise, f=1200.0):
+    """Rotation sigma (degrees) of a camera seeing ``n`` scene points (a room 2-6 m away) with pixel noise."""
+    X = np.stack([rng.uniform(-2, 2, n), rng.uniform(-1.5, 1.5, n), rng.uniform(2, 6, n)], 1)
+    R, t = np.eye(3), np.zeros(3)
+    res = rng.normal(0, noise, (n, 2))  # observed minus projected at the adjusted pose
+    cov = track_pose_covariance(X, res, R, t, f, f)
+    return math.degrees(math.sqrt(np.linalg.eigvalsh(cov[:3, :3]).max()))
+
+
+def test_track_covariance_grows_with_fewer_and_noisier_observations():
+    """A bundle-adjusted camera's pose covariance from its tracks: fewer observations or larger
+    residuals give a larger rotation sigma, close to the sqrt(n) and linear laws of least squares."""
+    rng = np.random.default_rng(3)
+    many = np.median([_track_sigma_deg(rng, 800, 0.5) for _ in range(5)])
+    few = np.median([_track_sigma_deg(rng, 50, 0.5) for _ in range(5)])
+    noisy = np.median([_track_sigma_deg(rng, 800, 2.0) for _ in range(5)])
+    assert 2.5 < few / many < 6.0, (few, many)  # sqrt(800 / 50) = 4
+    assert 3.0 < noisy / many < 5.0, (noisy, many)  # 2.0 / 0.5 = 4
+    assert track_pose_covariance(np.ones((3, 3)) + 2, np.zeros((3, 2)), np.eye(3), np.zeros(3), 1e3, 1e3) is None
+
+
+def test_track_uncertainty_adds_the_similarity():
+    """A camera that follows COLMAP: its sigma is its tracks' plus the similarity's, and the
+    similarity is pinned better by more views (information sum of their landmark covariances)."""
+    rng = np.random.default_rng(4)
+    X = _face_points(rng, 60)
+    f, c = 1500.0, np.array([640.0, 480.0])
+    cams = [_camera(yaw, 1.2) for yaw in (-40, -20, 0, 20, 40)]
+    covs = [pose_covariance(X, _project(X, R, t, f, c) + rng.normal(0, 1.5, (60, 2)), np.ones(60), R, t, f, f, *c)
+            for R, t in cams]
+    R, t = np.stack([a for a, _ in cams]), np.stack([b for _, b in cams])
+    one = similarity_covariance(covs[:1], R[:1], t[:1])
+    five = similarity_covariance(covs, R, t)
+    assert np.linalg.eigvalsh(five[0]).max() < 0.6 * np.linalg.eigvalsh(one[0]).max()
+    track = np.diag([1e-8] * 3 + [1e-8] * 3)
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = R[2], t[2]
+    alone = track_uncertainty(track, w2c, 1.0, None, R[2], t[2])
+    joint = track_uncertainty(track, w2c, 1.0, five, R[2], t[2])
+    assert alone[0] == pytest.approx(math.degrees(1e-4), rel=1e-6)
+    assert joint[0] > 10 * alone[0] and joint[1] > alone[1]
+    # scale: the same track covariance in a reconstruction 10x larger is 10x smaller in metres
+    assert track_uncertainty(track, w2c, 0.1, None, R[2], t[2])[1] == pytest.approx(0.1 * alone[1], rel=1e-6)
+
+
 def test_trust_rule():
+    tracks = trust_flags(0.1, source="tracks")
+    assert tracks == [] and trust_flags(0.6, source="tracks")[0].startswith("rotation uncertainty (tracks)")
     assert trust_flags(0.2, 10.0, 120.0, 2.0) == []
     assert any("turned 74" in f for f in trust_flags(0.2, -74.0, 120.0, 2.0))
     assert any("small" in f for f in trust_flags(0.2, 0.0, 20.0, 0.5))

@@ -360,6 +360,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
         if flags:  # the trust rule (flame_prior.camera_trust) overrides the landmark-error rating
             cls, word = "bad", "flagged: " + "; ".join(flags)
         sigma = float(getattr(vf, "rotation_sigma_deg", float("nan")))
+        sigma_source = getattr(vf, "uncertainty_source", "landmarks")
         fx = float(result.cameras.fx[i])
         fy = float(result.cameras.fy[i])
         n_used = int((np.asarray(vf.landmark_weight) > 0).sum())
@@ -370,7 +371,7 @@ def write_report(out_dir: str | Path, views: list[ViewObservation], result: FitR
             f"<td class='num'>{fx:.1f}" + (f" / {fy:.1f}" if abs(fx - fy) > 1e-6 * fx else "") + "</td>"
             f"<td class='num'>{n_used}</td>"
             f"<td class='num'>{vf.landmark_error_px:.2f}</td><td class='num'>{eye:.1f}</td>"
-            f"<td class='num'>{100 * rel:.2f}%</td><td class='num'>{sigma:.2f}&deg;</td>"
+            f"<td class='num'>{100 * rel:.2f}%</td><td class='num'>{sigma:.2f}&deg; ({_esc(sigma_source)})</td>"
             f"<td class='{cls}'>{_esc(word)}</td></tr>")
         thumb = f"report/{vf.name}_thumb.jpg"
         cells.append(

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flame_prior.camera_trust import pose_uncertainty, trust_flags
+from flame_prior.camera_trust import (pose_covariance, pose_uncertainty, similarity_covariance, track_uncertainty,
+                                       trust_flags)
 from flame_prior.distortion import has_distortion, ideal_pinhole_view
 from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
@@ -207,7 +208,7 @@ def fit_flame(
         logs.append(log)
         if task is not None:
             progress.update(task, completed=total)
-    return _result(st, tg, views, appearance, logs, intrinsics.source, occluded)
+    return _result(st, tg, views, appearance, logs, intrinsics.source, occluded, intrinsics.poses)
 
 
 def _all_pinned(st: FitState, frozen_cameras: Tensor | None) -> bool:
@@ -245,7 +246,7 @@ def _fit_through_lens(model, embedding, views: list[ViewObservation], intrinsics
 
 
 def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], appearance: Appearance,
-            stages: list[StageLog], source: str, occluded: Tensor) -> FitResult:
+            stages: list[StageLog], source: str, occluded: Tensor, poses=None) -> FitResult:
     with torch.no_grad():
         cams = st.cameras()
         yaw = st.yaw()
@@ -258,14 +259,20 @@ def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], app
     np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
     c = cams.to_numpy()
     scene_flags = [flag for s in stages for flag in s.details.get("scene_flags", [])]  # e.g. multiview's
+    tracks = _track_uncertainties(st, tg, lm3, c, stages, poses)
     view_fits = []
     for i, v in enumerate(views):
-        rot_sigma, centre_sigma = pose_uncertainty(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i],
-                                                   c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
+        if i in tracks:  # the camera follows COLMAP: its tracks and the similarity say how well it is known
+            rot_sigma, centre_sigma = tracks[i]
+            flags = trust_flags(rot_sigma, source="tracks")
+        else:
+            rot_sigma, centre_sigma = pose_uncertainty(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i],
+                                                       c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
+            flags = trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i]))
         view_fits.append(ViewFit(v.image.name, np_(tg.points[i]), np_(pred[i]), np_(tg.weight[i]), float(errs[i]),
-                                 float(eye[i]), rot_sigma, centre_sigma, float(yaw[i]),
-                                 trust_flags(rot_sigma, float(yaw[i]), float(eye[i]), float(errs[i])) + scene_flags,
-                                 landmark_occluded=occluded[i].cpu().numpy()))
+                                 float(eye[i]), rot_sigma, centre_sigma, float(yaw[i]), flags + scene_flags,
+                                 landmark_occluded=occluded[i].cpu().numpy(),
+                                 uncertainty_source="tracks" if i in tracks else "landmarks"))
     flame = {
         "shape": np_(st.shape[0]), "expression": np_(st.expression[0]), "rotation": np.zeros(3),
         "neck_pose": np_(st.neck[0]), "jaw_pose": np_(st.jaw[0]), "eye_pose": np_(st.eyes[0]),
@@ -286,6 +293,26 @@ def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], app
         intrinsics_source=source,
         notes=[note for s in stages for note in s.notes],
     )
+
+
+def _track_uncertainties(st: FitState, tg: LandmarkTargets, lm3: Tensor, c: dict, stages: list[StageLog],
+                         poses) -> dict[int, tuple[float, float]]:
+    """``{view: (rotation_sigma_deg, centre_sigma_pct)}`` of the cameras that follow COLMAP
+    (``st.camera_fixed`` and a track covariance): :func:`flame_prior.camera_trust.track_uncertainty`
+    with the similarity's covariance from those views' landmarks."""
+    similarity = next((s.details["similarity"] for s in stages if "similarity" in s.details), None)
+    if st.camera_fixed is None or poses is None or poses.pose_cov is None or similarity is None:
+        return {}
+    fixed = st.camera_fixed.cpu().numpy().astype(bool)
+    own = [i for i in np.flatnonzero(fixed) if np.isfinite(poses.pose_cov[i]).all()]
+    if not own:
+        return {}
+    np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
+    landmark = [pose_covariance(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i], c["t"][i], c["fx"][i],
+                                c["fy"][i], c["cx"][i], c["cy"][i]) for i in np.flatnonzero(fixed)]
+    sim = similarity_covariance(landmark, c["R"][fixed], c["t"][fixed])
+    metres = 1.0 / float(similarity["scale_colmap_per_metre"])
+    return {int(i): track_uncertainty(poses.pose_cov[i], poses.w2c[i], metres, sim, c["R"][i], c["t"][i]) for i in own}
 
 
 def _outer_eye_distance(pred: Tensor, emb: LandmarkEmbedding) -> np.ndarray:

@@ -28,6 +28,7 @@ class ViewFit:
     yaw_deg: float = float("nan")  # the fitted head's yaw in this view (0 = frontal)
     flags: list[str] = field(default_factory=list)  # why this camera is not trusted (empty: trusted)
     landmark_occluded: np.ndarray | None = None  # (L,) bool: the fit judged the point hidden by an occluder
+    uncertainty_source: str = "landmarks"  # what the sigmas come from: "landmarks" or "tracks" (camera_trust)
 
     @property
     def landmark_error_rel_eye(self) -> float:
