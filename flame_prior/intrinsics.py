@@ -163,6 +163,7 @@ class FacelessCameras:
         fx, fy, cx, cy: ``(M,)`` intrinsics in each image's own pixel grid.
         width, height: ``(M,)`` image sizes.
         distortion: ``(M, 5)`` OpenCV lens of a calibration, or None.
+        pose_cov: ``(M, 6, 6)`` each pose's covariance from its tracks (:attr:`ColmapPoses.pose_cov`), or None.
     """
 
     names: list[str]
@@ -174,6 +175,7 @@ class FacelessCameras:
     width: np.ndarray
     height: np.ndarray
     distortion: np.ndarray | None = None
+    pose_cov: np.ndarray | None = None
 
 
 @dataclass
@@ -568,6 +570,7 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
                                dist)
         if known is not None:
             cams.fx, cams.fy, cams.cx, cams.cy = known.fx[j], known.fy[j], known.cx[j], known.cy[j]
+        cams.pose_cov = None if rec.pose_cov is None else rec.pose_cov[j]
         notes.append(f"COLMAP registered {len(got)} of {len(faceless)} images without a detected face "
                      f"({', '.join(cams.names)}): they get COLMAP's camera")
     else:

@@ -152,3 +152,44 @@ def test_small_faces_with_a_huge_focal_do_not_crash(tmp_path):
         assert cam["trusted"] == (not cam["flags"])
     for x in sc["left_out"]:
         assert x["reason"]
+
+
+def test_cameras_that_follow_colmap_get_the_tracks_uncertainty():
+    """The fit on a synthetic head whose true cameras come as COLMAP's poses (another frame, scale 2.5)
+    with a track covariance: those cameras' uncertainty says "tracks" and includes the similarity's
+    (larger than the tracks' part alone); without a track covariance (an older cache) they keep the
+    landmark uncertainty."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from flame_prior import demo
+    from flame_prior.demo_config import DemoConfig
+    from flame_prior.fit import FitterConfig, fit_flame
+    from flame_prior.intrinsics import ColmapPoses, Intrinsics
+
+    _, model, emb, ts = demo.demo_assets(0, torch.device("cpu"))
+    sc = demo.render_scene(model, emb, ts, DemoConfig(views=4, image_size=160, seed=0), np.random.default_rng(0))
+    R, t = sc.cameras.R.numpy().astype(np.float64), sc.cameras.t.numpy().astype(np.float64)
+    A, s, b = Rotation.from_euler("xyz", [20, -30, 10], degrees=True).as_matrix(), 2.5, np.array([0.3, -0.2, 1.0])
+    w2c = np.tile(np.eye(4), (4, 1, 1))
+    w2c[:, :3, :3] = R @ A.T
+    w2c[:, :3, 3] = s * t - np.einsum("nij,j->ni", w2c[:, :3, :3], b)
+    f, c = sc.cameras.fx.numpy(), np.full(4, 80.0)
+    track_deg = 0.01
+    pose_cov = np.tile(np.diag([math.radians(track_deg) ** 2] * 3 + [1e-8] * 3), (4, 1, 1))
+
+    def fit(cov):
+        intr = Intrinsics(f, f.copy(), c, c.copy(), "colmap", False,
+                          poses=ColmapPoses(w2c, np.ones(4, bool), "rigid-scene", pose_cov=cov))
+        return fit_flame(model, emb, sc.views, intr, FitterConfig(photometric_steps=0, landmark_steps=10),
+                         uv_layout=(ts.uvs, ts.uv_faces))
+
+    tracked, untracked = fit(pose_cov), fit(None)  # the same fit (the covariance does not steer it)
+    assert next(s for s in tracked.stages if s.name == "multiview").details["used"] == 4
+    assert [v.uncertainty_source for v in tracked.views] == ["tracks"] * 4
+    assert [v.uncertainty_source for v in untracked.views] == ["landmarks"] * 4
+    for v, alone in zip(tracked.views, untracked.views):
+        # tracks + the similarity, which 4 views' landmarks pin better than this view's landmarks alone
+        assert track_deg < v.rotation_sigma_deg <= math.hypot(track_deg, alone.rotation_sigma_deg) * 1.001
+        assert all("landmark error" not in flag and "turned" not in flag for flag in v.flags)
+

@@ -259,7 +259,7 @@ def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], app
     np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
     c = cams.to_numpy()
     scene_flags = [flag for s in stages for flag in s.details.get("scene_flags", [])]  # e.g. multiview's
-    tracks = _track_uncertainties(st, tg, lm3, c, stages, poses)
+    tracks = _track_uncertainties(st, tg, lm3, c, stages, poses)  # also into the faceless cameras' entries
     view_fits = []
     for i, v in enumerate(views):
         if i in tracks:  # the camera follows COLMAP: its tracks and the similarity say how well it is known
@@ -299,19 +299,27 @@ def _track_uncertainties(st: FitState, tg: LandmarkTargets, lm3: Tensor, c: dict
                          poses) -> dict[int, tuple[float, float]]:
     """``{view: (rotation_sigma_deg, centre_sigma_pct)}`` of the cameras that follow COLMAP
     (``st.camera_fixed`` and a track covariance): :func:`flame_prior.camera_trust.track_uncertainty`
-    with the similarity's covariance from those views' landmarks."""
-    similarity = next((s.details["similarity"] for s in stages if "similarity" in s.details), None)
-    if st.camera_fixed is None or poses is None or poses.pose_cov is None or similarity is None:
+    with the similarity's covariance from those views' landmarks. The multi-view stage's entries of
+    cameras without a face (``details["faceless_cameras"]``) get theirs as ``"uncertainty"`` too
+    (they stay flagged: no landmark checks them)."""
+    log = next((s for s in stages if "similarity" in s.details), None)
+    if st.camera_fixed is None or poses is None or poses.pose_cov is None or log is None:
         return {}
     fixed = st.camera_fixed.cpu().numpy().astype(bool)
     own = [i for i in np.flatnonzero(fixed) if np.isfinite(poses.pose_cov[i]).all()]
-    if not own:
+    if not fixed.any():
         return {}
     np_ = lambda x: x.detach().cpu().double().numpy()  # noqa: E731
     landmark = [pose_covariance(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i], c["t"][i], c["fx"][i],
                                 c["fy"][i], c["cx"][i], c["cy"][i]) for i in np.flatnonzero(fixed)]
     sim = similarity_covariance(landmark, c["R"][fixed], c["t"][fixed])
-    metres = 1.0 / float(similarity["scale_colmap_per_metre"])
+    metres = 1.0 / float(log.details["similarity"]["scale_colmap_per_metre"])
+    faceless = poses.faceless
+    for k, entry in enumerate(log.details.get("faceless_cameras", [])):
+        if faceless is not None and faceless.pose_cov is not None and np.isfinite(faceless.pose_cov[k]).all():
+            rot, centre = track_uncertainty(faceless.pose_cov[k], faceless.w2c[k], metres, sim, np.asarray(entry["R"]),
+                                            np.asarray(entry["t"]))
+            entry["uncertainty"] = {"rotation_deg": rot, "centre_pct": centre, "source": "tracks"}
     return {int(i): track_uncertainty(poses.pose_cov[i], poses.w2c[i], metres, sim, c["R"][i], c["t"][i]) for i in own}
 
 
