@@ -33,6 +33,7 @@ import re
 import unicodedata
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from flame_prior.errors import InputError
+from flame_prior.threads import available_cores
 
 __all__ = ["InputImage", "SkippedInput", "load_images", "natural_sort_key", "safe_stems", "exif_focal_px"]
 
@@ -122,15 +124,27 @@ def load_images(data: Path, max_pixels: int = 100_000_000) -> tuple[list[InputIm
     else:
         files = [data]
 
+    def attempt(path: Path) -> tuple[np.ndarray, str, float | None] | str:
+        try:
+            return _load_one(path, max_pixels)
+        except _Unusable as err:
+            return str(err)
+
+    # JPEG/PNG decoding and hashing release the GIL: one thread per core halves the intake's wall
+    # time on 2 cores (the CPU time is the same). Results in file order whatever finishes first.
+    workers = min(len(files), available_cores())
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flame-prior-intake") as pool:
+            results = list(pool.map(attempt, files))
+    else:
+        results = [attempt(p) for p in files]
     decoded: list[tuple[Path, np.ndarray, str, float | None]] = []
     skipped: list[SkippedInput] = []
-    for path in files:
-        try:
-            pixels, digest, focal = _load_one(path, max_pixels)
-        except _Unusable as err:
-            skipped.append(SkippedInput(path, str(err)))
-            continue
-        decoded.append((path, pixels, digest, focal))
+    for path, result in zip(files, results):
+        if isinstance(result, str):
+            skipped.append(SkippedInput(path, result))
+        else:
+            decoded.append((path, *result))
 
     if not decoded:
         listing = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped)
@@ -181,8 +195,8 @@ def _load_one(path: Path, max_pixels: int) -> tuple[np.ndarray, str, float | Non
     try:
         focal = exif_focal_px(im)
         im.load()
-        upright = ImageOps.exif_transpose(im)
-        pixels = _to_rgb8(upright)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: an upright photo is not copied
+        pixels = _to_rgb8(im)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         raise _Unusable(f"truncated or corrupt {im.format} data ({err})") from None
     return pixels, digest, focal
@@ -241,7 +255,8 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
         return np.repeat(v[..., None], 3, axis=2)
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
     if im.mode in ("L", "P", "1") and not has_alpha or im.mode in ("RGB", "CMYK", "YCbCr", "LAB", "HSV"):
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        # convert() of an RGB image is a copy, and np.asarray copies again: one copy is enough.
+        return np.ascontiguousarray(np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8))
     rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
     rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255  # over black
     return np.ascontiguousarray(rgb.astype(np.uint8))
