@@ -48,6 +48,7 @@ def test_report_links_and_rows(tmp_path):
     views, result, intr, skipped = make_fit()
     result.views[2].flags = ["rotation uncertainty 0.60° > 0.45°"]
     result.views[0].landmark_error_px = 50.0  # the worst
+    result.views[1].uncertainty_source = "tracks"  # a camera that follows COLMAP (camera_trust)
     path = write_report(tmp_path, views, result, intr, skipped, {"images": 0.3, "observe": 2.0, "fit": 5.5},
                         model=MODEL, worst_views=1)
     assert path == tmp_path / "report.html"
@@ -64,6 +65,7 @@ def test_report_links_and_rows(tmp_path):
     for sk in skipped:
         assert sk.reason in text
     assert "no expression space" in text and "exif" in text
+    assert text.count("&deg; (tracks)") == 1 and text.count("&deg; (landmarks)") == len(result.views) - 1
     assert (tmp_path / "report" / "loss_curves.png").exists()
     full = set(full_size_views(result, "flagged", 1))
     assert full == {0, 2}  # the flagged camera and the worst by landmark error
