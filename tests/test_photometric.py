@@ -207,3 +207,23 @@ def test_learning_rate_schedule():
     assert f[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[3:], f[4:]))
     flat = FitterConfig(photometric_steps=40, photometric_warmup=0, photometric_lr_final=1.0)
     assert all(photometric_lr_factor(i, flat) == 1.0 for i in range(1, 41))
+
+
+def test_texture_adjoint_and_window_means_match_their_definitions():
+    """The closed-form solve's two shortcuts give what they replace: the texture adjoint is
+    autograd's gradient of render.texture (bit for bit, texels at the border included), and the
+    occlusion window means are avg_pool2d's (count_include_pad=False) on 0/1 masks."""
+    from flame_prior import render
+    from flame_prior.fit.photometric import _box_mean, _sample_adjoint
+
+    gen = torch.Generator().manual_seed(3)
+    uv = torch.rand(1, 1, 5000, 2, generator=gen) * 1.2 - 0.1  # some outside [0, 1]: border clamping
+    g = torch.randn(1, 1, 5000, 3, generator=gen)
+    tex = torch.zeros(16, 24, 3, requires_grad=True)
+    (expected,) = torch.autograd.grad((render.texture(tex, uv) * g).sum(), tex)
+    got = _sample_adjoint((16, 24, 3), uv, g)
+    assert got.abs().max() > 0 and torch.equal(got, expected)
+    mask = (torch.rand(4, 40, 33, generator=gen) > 0.6).float()
+    for k in (3, 9, 41):  # 41: wider than the image
+        pooled = torch.nn.functional.avg_pool2d(mask[:, None], k, stride=1, padding=k // 2, count_include_pad=False)
+        assert torch.equal(_box_mean(mask, k), pooled)
