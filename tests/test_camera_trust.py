@@ -122,6 +122,9 @@ def test_track_uncertainty_adds_the_similarity():
 def test_trust_rule():
     tracks = trust_flags(0.1, source="tracks")
     assert tracks == [] and trust_flags(0.6, source="tracks")[0].startswith("rotation uncertainty (tracks)")
+    # A track camera ignores the landmark biases (yaw, small face, a few % of error) but not a gross miss.
+    assert trust_flags(0.1, -58.0, 20.0, 3.0, source="tracks") == []
+    assert any("misses this view's landmarks by 32%" in f for f in trust_flags(0.1, 16.0, 50.0, 16.0, source="tracks"))
     assert trust_flags(0.2, 10.0, 120.0, 2.0) == []
     assert any("turned 74" in f for f in trust_flags(0.2, -74.0, 120.0, 2.0))
     assert any("small" in f for f in trust_flags(0.2, 0.0, 20.0, 0.5))

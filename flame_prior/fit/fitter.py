@@ -264,7 +264,8 @@ def _result(st: FitState, tg: LandmarkTargets, views: list[ViewObservation], app
     for i, v in enumerate(views):
         if i in tracks:  # the camera follows COLMAP: its tracks and the similarity say how well it is known
             rot_sigma, centre_sigma = tracks[i]
-            flags = trust_flags(rot_sigma, source="tracks")
+            flags = trust_flags(rot_sigma, eye_distance_px=float(eye[i]), landmark_error_px=float(errs[i]),
+                                source="tracks")
         else:
             rot_sigma, centre_sigma = pose_uncertainty(np_(lm3[i]), np_(tg.points[i]), np_(tg.weight[i]), c["R"][i],
                                                        c["t"][i], c["fx"][i], c["fy"][i], c["cx"][i], c["cy"][i])
