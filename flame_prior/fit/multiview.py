@@ -44,7 +44,7 @@ from flame_prior.fit.config import FitterConfig
 from flame_prior.fit.state import (FitState, LandmarkTargets, StageLog, free_parameters, landmark_energy,
                                    per_view_error_px, prior_energy, stage_log)
 from flame_prior.flame import head_yaw_deg
-from flame_prior.geometry import PinholeCameras, axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 from flame_prior.intrinsics import ColmapPoses, FacelessCameras
 
 __all__ = ["multiview_stage", "similarity_from_cameras", "faceless_cameras", "FACELESS_FLAG"]
@@ -141,35 +141,29 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
     cam_t = st.cam_t.detach().clone().requires_grad_(True)
     params = [omega, d, log_k, *flame.values()] + ([cam_rot, cam_t] if bool(free_views.any()) else [])
 
-    n_free = int(free_views.sum())
-    focal = torch.exp(st.log_focal).detach()
-    fx, fy = st.fx0 * focal, st.fy0 * focal
-    use_rows = use_t[:, None, None]
+    all_used = bool(use.all())
 
-    def cameras_of(omega, d, log_k, cam_rot, cam_t) -> tuple[Tensor, Tensor]:
-        """``(N, 3, 3)``, ``(N, 3)``: the ``use`` views from the similarity, the others their own.
-        Rotation matrices throughout: the energy needs no axis-angle round trip (Rodrigues and the
-        quaternion path were a third of an evaluation, forward and backward)."""
-        R, t = _colmap_cameras(Rc, tc, omega, A0, d, log_k)  # every view (unregistered rows: zeros, unused)
-        if n_free:
-            R = torch.where(use_rows, R, axis_angle_to_rotation_matrix(cam_rot))
-            t = torch.where(use_t[:, None], t, cam_t)
-        return R, t
-
-    def energy(R: Tensor, t: Tensor, yaw: Tensor) -> Tensor:
-        head = st.replace(**flame)
-        cams = PinholeCameras(R, t, fx, fy, st.cx, st.cy, list(st.widths), list(st.heights))
-        return (landmark_energy(head.project(head.landmarks3d(yaw), cams), tg, cfg.robust_scale)
-                + prior_energy(head, cfg))
+    def assemble(omega, d, log_k, cam_rot, cam_t) -> FitState:
+        R_use, t_use = _colmap_cameras(Rc[use_t], tc[use_t], omega, A0, d, log_k)
+        if all_used:  # every camera from the similarity: the same values without scattering into a copy
+            return st.replace(cam_rot=rotation_matrix_to_axis_angle(R_use), cam_t=t_use, **flame), R_use
+        R = axis_angle_to_rotation_matrix(cam_rot).clone()
+        t = cam_t.clone()
+        R[use_t], t[use_t] = R_use, t_use
+        return st.replace(cam_rot=rotation_matrix_to_axis_angle(R), cam_t=t, **flame), R
 
     history: list[float] = []
     for _ in range(2):  # the jaw-contour landmarks follow each view's yaw: re-chosen once
         with torch.no_grad():
-            yaw = head_yaw_deg(cameras_of(omega, d, log_k, cam_rot, cam_t)[0])
-        history += minimise_lbfgs(lambda: energy(*cameras_of(omega, d, log_k, cam_rot, cam_t), yaw), params, steps, tick)
+            _, R = assemble(omega, d, log_k, cam_rot, cam_t)
+            yaw = head_yaw_deg(R)
+
+        def energy(s: FitState) -> Tensor:
+            return landmark_energy(s.project(s.landmarks3d(yaw)), tg, cfg.robust_scale) + prior_energy(s, cfg)
+
+        history += minimise_lbfgs(lambda: energy(assemble(omega, d, log_k, cam_rot, cam_t)[0]), params, steps, tick)
     with torch.no_grad():
-        R, t = cameras_of(omega, d, log_k, cam_rot, cam_t)
-        new = st.replace(cam_rot=rotation_matrix_to_axis_angle(R), cam_t=t, **flame)
+        new, _ = assemble(omega, d, log_k, cam_rot, cam_t)
         A = axis_angle_to_rotation_matrix(omega) @ A0
     new = new.replace(**{k: getattr(new, k).detach() for k in ("cam_rot", "cam_t", *names)})
     return new, (A.detach(), d.detach(), log_k.detach()), history
