@@ -51,7 +51,7 @@ from flame_prior.images import InputImage
 
 __all__ = ["MediaPipeDetector", "facing_confidence", "mesh_triangles"]
 
-VERSION = "mediapipe-0.10.9/face-mesh-478/2"  # 2: recall passes for turned and small faces
+VERSION = "mediapipe-0.10.9/face-mesh-478/3"  # 2: recall passes for turned and small faces; 3: the tiled pass
 """Cache version of this backend: bump it whenever its output for the same image changes."""
 
 _RIGHT_EYE = [7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246]
@@ -123,13 +123,17 @@ class MediaPipeDetector:
     cacheable = True
 
     def __init__(self, max_side: int = 1600, min_detection_confidence: float = 0.5,
-                 recall_confidence: float = 0.2) -> None:
+                 recall_confidence: float = 0.2, tiles: bool = True, tile_px: tuple[int, ...] = (640, 768),
+                 tile_overlap: float = 0.3) -> None:
         from mediapipe.python.solutions.face_mesh import FaceMesh
 
         self.max_side = max_side
         self._min_conf = min_detection_confidence
         self._recall_conf = recall_confidence
         self._mesh_low = None  # low-threshold Face Mesh of the recall passes, created when first needed
+        self.tiles = tiles
+        self.tile_px = tuple(tile_px)
+        self.tile_overlap = tile_overlap
         self._mesh = FaceMesh(
             static_image_mode=True,
             max_num_faces=4,
@@ -165,25 +169,28 @@ class MediaPipeDetector:
         small = _resize(pixels, scale)
         faces = self._run_mesh(small, (W, H))
         n_seen = len(faces)
+        tiled_note = ""
         if not faces:  # recall passes (module docstring, step 2)
             faces = self._run_mesh(small, (W, H), low=True)
             n_seen = len(faces)
         if not faces:
             boxes = [b * np.array([W, H, W, H]) for b in self._face_boxes(small)]
             n_seen = len(boxes)
-            for box in boxes:  # largest first
-                for expand in (1.8, 2.5, 3.5):
-                    faces = self._mesh_on_crop(pixels, box, expand=expand, low=True)
-                    if faces:
-                        break
-                if faces:
-                    faces = faces[:1]
-                    break
+            faces = self._faces_in_boxes(pixels, boxes)
+        if not faces and self.tiles:  # tiled pass (module docstring, step 3)
+            boxes = self._tiled_face_boxes(pixels)
+            faces = self._faces_in_boxes(pixels, boxes)
+            n_seen = len(faces)
+            if faces:
+                tiled_note = (f"found by the tiled pass (face detectors on {min(self.tile_px)}-{max(self.tile_px)} px "
+                              f"tiles at full resolution; {len(boxes)} candidate box(es))")
         if not faces:
             return None
         faces.sort(key=lambda f: -_box_area(f))
         face = faces[0]
         notes = [f"{n_seen} faces, took the largest"] if n_seen > 1 else []
+        if tiled_note:
+            notes.append(tiled_note)
         if scale < 1.0 and _box_side(face) * scale < 256:
             refined = self._mesh_on_crop(pixels, _box(face), expand=2.0)
             centre = np.array(_centre(face))
@@ -264,6 +271,39 @@ class MediaPipeDetector:
         boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
         return boxes
 
+    def _faces_in_boxes(self, pixels: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """The low-threshold Face Mesh on crops 1.8, 2.5 and 3.5 times each box in turn: the first face found
+        (a one-element list), or an empty list."""
+        for box in boxes:
+            for expand in (1.8, 2.5, 3.5):
+                faces = self._mesh_on_crop(pixels, box, expand=expand, low=True)
+                if faces:
+                    return faces[:1]
+        return []
+
+    def _tiled_face_boxes(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Face boxes ``(x0, y0, x1, y1)`` in pixels from the full- and short-range face detectors on
+        overlapping tiles of the original-resolution image (module docstring, step 3), duplicates
+        merged, highest score first."""
+        self._face_boxes(pixels[:8, :8])  # creates the detectors
+        H, W = pixels.shape[:2]
+        found: list[tuple[float, np.ndarray]] = []
+        tiles = [t for side in self.tile_px for t in _tiles(W, H, side, self.tile_overlap)]
+        for x0, y0, side in tiles:
+            tile = np.ascontiguousarray(pixels[y0:y0 + side, x0:x0 + side])
+            for detector in self._boxes:
+                res = detector.process(tile)
+                for d in res.detections or []:
+                    bb = d.location_data.relative_bounding_box
+                    box = np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]) * side
+                    found.append((float(d.score[0]), box + np.array([x0, y0, x0, y0], dtype=np.float64)))
+        found.sort(key=lambda sb: -sb[0])
+        kept: list[np.ndarray] = []
+        for _, box in found:
+            if all(_iou(box, k) < 0.3 for k in kept):
+                kept.append(box)
+        return kept
+
     def _mesh_on_crop(self, pixels: np.ndarray, box, expand: float, max_side: int = 768,
                       low: bool = False) -> list[np.ndarray]:
         """Face Mesh on a square crop ``expand`` times the box around its centre; results in original pixels."""
@@ -283,6 +323,27 @@ class MediaPipeDetector:
             s = 1.0
         faces = self._run_mesh(_resize(crop, s), (cx1 - cx0, cy1 - cy0), low=low)
         return [f + np.array([cx0, cy0, 0.0]) for f in faces]
+
+
+def _tiles(width: int, height: int, side: int, overlap: float) -> list[tuple[int, int, int]]:
+    """Square tiles ``(x0, y0, side)`` covering a ``width`` x ``height`` image, neighbours overlapping by
+    at least ``overlap`` of a tile, the last row and column flush with the far edges."""
+    side = min(side, width, height)
+
+    def starts(n: int) -> list[int]:
+        if n <= side:
+            return [0]
+        count = int(np.ceil((n - side) / (side * (1 - overlap)))) + 1
+        return [round(k * (n - side) / (count - 1)) for k in range(count)]
+
+    return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
