@@ -173,11 +173,12 @@ class MediaPipeDetector:
         if not faces:  # recall passes (module docstring, step 2)
             faces = self._run_mesh(small, (W, H), low=True)
             n_seen = len(faces)
+        whole_image_boxes: list[np.ndarray] = []
         if not faces:
-            boxes = [b * np.array([W, H, W, H]) for b in self._face_boxes(small)]
-            n_seen = len(boxes)
-            faces = self._faces_in_boxes(pixels, boxes)
-        if not faces and self.tiles:  # tiled pass (module docstring, step 3)
+            whole_image_boxes = [b * np.array([W, H, W, H]) for b in self._face_boxes(small)]
+            n_seen = len(whole_image_boxes)
+            faces = self._faces_in_boxes(pixels, whole_image_boxes)
+        if not faces and not whole_image_boxes and self.tiles:  # tiled pass (module docstring, step 3)
             boxes = self._tiled_face_boxes(pixels)
             faces = self._faces_in_boxes(pixels, boxes)
             n_seen = len(faces)
