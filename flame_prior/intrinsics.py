@@ -552,13 +552,20 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
     from flame_prior.camera_file import KnownIntrinsics
 
     n = len(views)
+    images = [*views, *map(_faceless_observation, faceless)]
+    # COLMAP sees the images in the order of their paths, whichever of them the detector found a face in:
+    # its incremental mapper (and a per-view self-calibration most of all) depends on that order, and a
+    # face found or missed must not reorder the reconstruction (the small-faces scan rig's per-view model
+    # changed when a tiled detection pass found four more faces and moved them to the front).
+    order = sorted(range(len(images)), key=lambda i: str(images[i].image.path))
     if known is not None:
-        cat = lambda key: np.concatenate([getattr(k, key) for k in [known, *faceless_known]])  # noqa: E731
+        cat = lambda key: np.concatenate([getattr(k, key) for k in [known, *faceless_known]])[order]  # noqa: E731
         known = KnownIntrinsics(cat("fx"), cat("fy"), cat("cx"), cat("cy"), cat("distortion"))
-    rec = _colmap_attempt([*views, *map(_faceless_observation, faceless)], config, workdir, progress, notes,
-                          "rigid-scene", known, faces=n)
+    rec = _colmap_attempt([images[i] for i in order], config, workdir, progress, notes, "rigid-scene", known,
+                          faces=[i < n for i in order])
     if rec is None:
         return None
+    rec = _reordered(rec, np.argsort(order))  # back to views first, then the faceless images
     got = np.flatnonzero(rec.registered[n:])
     if len(got):
         j = n + got
@@ -584,12 +591,22 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
     return out
 
 
+def _reordered(rec: ColmapResult, index: np.ndarray) -> ColmapResult:
+    """``rec`` with its per-view arrays taken at ``index`` (view ``i`` of the result is ``rec``'s ``index[i]``)."""
+    pick = lambda a: None if a is None else a[index]  # noqa: E731
+    return dataclasses.replace(rec, w2c=rec.w2c[index], registered=rec.registered[index],
+                               view_focal_px=rec.view_focal_px[index], view_cx=rec.view_cx[index],
+                               view_cy=rec.view_cy[index], view_distortion=pick(rec.view_distortion),
+                               pose_cov=pick(rec.pose_cov))
+
+
 def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: list[str],
-                    kind: SceneKind, known: KnownIntrinsics | None = None, faces: int | None = None,
+                    kind: SceneKind, known: KnownIntrinsics | None = None, faces: list[bool] | None = None,
                     ) -> ColmapResult | None:
-    """One COLMAP run, or None with a note. ``faces``: how many of ``views`` (the first) show a face; the
-    rest are faceless stand-ins that do not count towards the registered views needed."""
-    n = len(views) if faces is None else faces
+    """One COLMAP run, or None with a note. ``faces``: which of ``views`` show a face (None: all); the
+    others are faceless stand-ins that do not count towards the registered views needed."""
+    has_face = np.ones(len(views), dtype=bool) if faces is None else np.asarray(faces, dtype=bool)
+    n = int(has_face.sum())
     try:
         rec = cached_run_colmap(views, config, workdir=workdir, progress=progress, notes=notes, scene_kind=kind,
                                 known=known)
@@ -606,7 +623,7 @@ def _colmap_attempt(views, config: IntrinsicsConfig, workdir, progress, notes: l
     summary = (f"COLMAP ({kind}) registered {fig['registered']}/{fig['total']} views, {fig['points3d']} points, "
                f"mean reprojection error {fig['mean_reprojection_error_px']:.2f} px, focal {fig['focal_px']:.1f} px "
                f"({fig['vertical_fov_deg']:.1f} deg vertical FOV)")
-    face_registered = int(rec.registered[:n].sum())
+    face_registered = int(rec.registered[has_face].sum())
     if face_registered < config.colmap_min_registered * n or face_registered < 2:
         notes.append(f"{summary}: too few registered, not used")
         return None
