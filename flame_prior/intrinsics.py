@@ -554,9 +554,9 @@ def _colmap_with_faceless(views, config: IntrinsicsConfig, workdir, progress, no
     n = len(views)
     images = [*views, *map(_faceless_observation, faceless)]
     # COLMAP sees the images in the order of their paths, whichever of them the detector found a face in:
-    # its incremental mapper (and a per-view self-calibration most of all) depends on that order, and a
-    # face found or missed must not reorder the reconstruction (the small-faces scan rig's per-view model
-    # changed when a tiled detection pass found four more faces and moved them to the front).
+    # its incremental mapper depends on the order it is given, and a face found or missed should not
+    # reorder the reconstruction. (On the small-faces scan rig this order and views-first gave the same
+    # cameras: 0.69 deg / 1.22 deg either way.)
     order = sorted(range(len(images)), key=lambda i: str(images[i].image.path))
     if known is not None:
         cat = lambda key: np.concatenate([getattr(k, key) for k in [known, *faceless_known]])[order]  # noqa: E731
