@@ -35,10 +35,11 @@ Detection:
    0.05 -> 0.4-0.6 CPU s, measured on 2 contended cores).
    The whole tool on that rig (scan_rigs.evaluate_rig, main at c3c2877, same renders): 10/10 cameras
    instead of 9/10, but rotations 0.69° / 1.22° median / max instead of 0.28° / 1.05°. Not the new
-   landmarks (the landmark stage fits all 9 faces at 0.8-1.8 px): COLMAP's input changes with them (the
-   faceless images go after the views: another order) and its per-view model came out different
-   (studio_02 focal 2849 px for 1798, k1 +0.41 for -0.25; the order as the likely cause, not isolated),
-   which the multi-view rule then rejects (30 % of the face size).
+   landmarks (the landmark stage fits all 9 faces at 0.8-1.8 px) nor COLMAP's image order (the images now
+   go to COLMAP in path order whatever was detected; the same cameras): COLMAP's per-view retry has four
+   more faces to explain, two of them badly (studio_02 focal 2849 px for 1798, k1 +0.41 for -0.25), so
+   the multi-view rule rejects it (30 % of the face size) and the shared camera's fit, every camera
+   flagged, is kept; with those faces missing the retry passed (42 % -> within the rule).
 4. The largest face (area of its landmarks' bounding box) is kept; a note says how many were seen.
 5. A face that is small in the downscaled image (under 256 px) is re-run on an original-resolution
    crop, so a big photo does not lose precision to the downscale.
