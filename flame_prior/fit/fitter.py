@@ -178,9 +178,9 @@ def fit_flame(
             pinned = _all_pinned(st, frozen_cameras)  # no camera can move: the pinned schedule (FitterConfig)
             steps = schedule.pinned() if pinned else schedule
             if steps.photometric_steps == 0:
-                st, log = st, stage_log("photometric", st, tg, time.perf_counter(), 0, [],
-                                        ["photometric stage skipped: every camera is pinned "
-                                         "(--fitter.photometric-steps-pinned 0)"])
+                log = stage_log("photometric", st, tg, time.perf_counter(), 0, [],
+                                ["photometric stage skipped: every camera is pinned "
+                                 "(--fitter.photometric-steps-pinned 0)"])
             else:
                 st, log = photometric_stage(st, tg, views, optimise_focal, steps, appearance, tick,
                                             frozen_cameras=frozen_cameras, crops=crops, appearance_ready=True)
