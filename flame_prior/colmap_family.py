@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CameraFamily", "camera_family", "principal_points_near_centre", "TANGENT_STEP"]
+__all__ = ["CameraFamily", "bundle_adjust", "camera_family", "principal_points_near_centre", "TANGENT_STEP"]
 
 #: The finite-difference steps of the reference camera's ``f, cx, cy``: 1 % of its focal length, 1 % of
 #: the image width, 1 % of the image height. One unit of :attr:`CameraFamily` coordinates is one step.
@@ -68,25 +68,36 @@ class CameraFamily:
     reference: int
 
 
-def _bundle_adjust(rec, reference_camera: int, refine_extra: bool) -> None:
-    """Bundle-adjust ``rec`` in place: poses, points, every camera's ``f, cx, cy`` (and lens when
-    ``refine_extra``) except the reference camera's, held; gauge fixed by three points."""
+def bundle_adjust(rec, refine_focal: bool, refine_principal_point: bool, refine_extra: bool,
+                  held_camera: int | None = None, tight: bool = False) -> None:
+    """Bundle-adjust ``rec`` in place over its registered images: poses, points and the cameras'
+    intrinsics the flags free (``held_camera``: one camera whose intrinsics stay); gauge fixed by three
+    points. ``tight``: converged to 1e-12 in 200 iterations (a solution read off small differences).
+    The adjuster itself, not ``pycolmap.bundle_adjustment``, which logs past glog's level."""
     import pycolmap
 
     options = pycolmap.BundleAdjustmentOptions()
-    options.refine_focal_length = True
-    options.refine_principal_point = True
+    options.refine_focal_length = refine_focal
+    options.refine_principal_point = refine_principal_point
     options.refine_extra_params = refine_extra
     options.print_summary = False
-    solver = options.ceres.solver_options  # converged tightly: the family is read off small differences
-    solver.function_tolerance, solver.gradient_tolerance, solver.parameter_tolerance = 1e-12, 1e-12, 1e-12
-    solver.max_num_iterations = 200
+    if tight:
+        solver = options.ceres.solver_options
+        solver.function_tolerance, solver.gradient_tolerance, solver.parameter_tolerance = 1e-12, 1e-12, 1e-12
+        solver.max_num_iterations = 200
     adjust = pycolmap.BundleAdjustmentConfig()
     for image_id in rec.reg_image_ids():
         adjust.add_image(image_id)
-    adjust.set_constant_cam_intrinsics(reference_camera)
+    if held_camera is not None:
+        adjust.set_constant_cam_intrinsics(held_camera)
     adjust.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
     pycolmap.create_default_bundle_adjuster(options, adjust, rec).solve()
+
+
+def _bundle_adjust(rec, reference_camera: int, refine_extra: bool) -> None:
+    """:func:`bundle_adjust` of every camera's ``f, cx, cy`` (and lens when ``refine_extra``) except the
+    reference camera's, converged tightly: the family is read off small differences."""
+    bundle_adjust(rec, True, True, refine_extra, held_camera=reference_camera, tight=True)
 
 
 def _f_cx_cy_index(model_name: str) -> tuple[int, int, int, int]:

@@ -65,7 +65,7 @@ import numpy as np
 
 from flame_prior.cache import colmap_cache_dir, save_npz_atomic
 from flame_prior.camera_trust import track_pose_covariance
-from flame_prior.colmap_family import principal_points_near_centre
+from flame_prior.colmap_family import bundle_adjust, principal_points_near_centre
 from flame_prior.errors import InputError, check_option
 from flame_prior.threads import compute_threads
 from flame_prior.shapes import check_shape  # not geometry: this module must not load torch (CLI start-up)
@@ -1283,29 +1283,17 @@ def _check_radial_lens(rec, refine_focal: bool, refine_principal_point: bool = F
     focal re-adjusted without the lens). ``figures["note"]`` says which and why."""
     import pycolmap
 
-    def adjust(reconstruction, refine_extra: bool) -> None:
-        options = pycolmap.BundleAdjustmentOptions()
-        options.refine_focal_length = refine_focal
-        options.refine_principal_point = refine_principal_point
-        options.refine_extra_params = refine_extra
-        options.print_summary = False
-        config = pycolmap.BundleAdjustmentConfig()  # the adjuster itself: pycolmap.bundle_adjustment logs past glog's level
-        for image_id in reconstruction.reg_image_ids():
-            config.add_image(image_id)
-        config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
-        pycolmap.create_default_bundle_adjuster(options, config, reconstruction).solve()
-
     if refine_principal_point:
         # Principal points about to be freed (a camera per view, colmap_family): the lens is judged with them free
         # on both sides, else it is kept for absorbing the principal points' offsets (the focals rig: k1 0.10,
         # k2 -0.26 in a pinhole rig, "lowering" 0.65 px to 0.62 while free principal points give 0.10).
-        adjust(rec, True)
+        bundle_adjust(rec, refine_focal, refine_principal_point, True)
     rec.update_point_3d_errors()  # the stored per-point errors are not refreshed by a bundle adjustment
     error_lens = float(rec.compute_mean_reprojection_error())
     pinhole = pycolmap.Reconstruction(rec)
     for camera in pinhole.cameras.values():
         camera.params = [*list(camera.params)[:3], 0.0, 0.0]
-    adjust(pinhole, False)
+    bundle_adjust(pinhole, refine_focal, refine_principal_point, False)
     pinhole.update_point_3d_errors()
     error_pinhole = float(pinhole.compute_mean_reprojection_error())
     ids = [im.camera_id for im in rec.images.values() if im.has_pose]
@@ -1341,8 +1329,10 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     registered = np.zeros(n, dtype=bool)
     params = np.full((n, 3), np.nan)  # f, cx, cy of each view's camera
     lens = np.zeros((n, 5))  # k1, k2, p1, p2, k3 of each view's estimated (RADIAL) camera
+    camera_of: dict[int, int] = {}  # view -> its COLMAP camera id
     for image in rec.images.values():
         i = index[image.name]
+        camera_of[i] = image.camera_id
         camera = rec.cameras[image.camera_id]
         if camera.model_name not in _READ_MODELS or (camera.width, camera.height) != sizes[i]:
             raise RuntimeError(f"COLMAP camera is {camera.model_name} {camera.width}x{camera.height}, "
@@ -1360,8 +1350,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
     f, cx, cy = _focal_cx_cy(rec.cameras[main])
     height = rec.cameras[main].height
     camera_found = np.isfinite(params[:, 0])
-    main_view = int(next(i for i in range(n) if registered[i] and rec.images[
-        next(k for k in rec.images if rec.images[k].name == names[i])].camera_id == main))
+    main_view = int(next(i for i in range(n) if registered[i] and camera_of[i] == main))
     lens[~camera_found] = lens[main_view]  # a size without a camera: the main one's lens (and FOV, later)
 
     # Reproject every 3D point into its track with our own pinhole maths, averaged like COLMAP
@@ -1387,7 +1376,7 @@ def _read_reconstruction(rec, names: list[str], sizes: list[tuple[int, int]]) ->
         point_errors.append(np.mean(errs))
     pose_cov = np.full((n, 6, 6), np.nan)
     for i in np.flatnonzero(registered):
-        camera = rec.cameras[rec.images[next(k for k in rec.images if rec.images[k].name == names[i])].camera_id]
+        camera = rec.cameras[camera_of[i]]
         cov = track_pose_covariance(np.array([o[0] for o in observed[i]]).reshape(-1, 3),
                                     np.array([o[1] for o in observed[i]]).reshape(-1, 2), w2c[i, :3, :3],
                                     w2c[i, :3, 3], float(camera.focal_length_x), float(camera.focal_length_y))
