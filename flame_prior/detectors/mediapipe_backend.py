@@ -282,20 +282,21 @@ class MediaPipeDetector:
     def _face_boxes(self, image: np.ndarray) -> list[np.ndarray]:
         """Face boxes ``(x0, y0, x1, y1)`` normalised to [0, 1] from the full-range detector, else the
         short-range one (low threshold), largest first."""
-        if self._boxes is None:
-            from mediapipe.python.solutions.face_detection import FaceDetection
-
-            self._boxes = [FaceDetection(model_selection=m, min_detection_confidence=self._recall_conf) for m in (1, 0)]
         boxes = []
-        for detector in self._boxes:
-            res = detector.process(np.ascontiguousarray(image))
-            for d in res.detections or []:
-                bb = d.location_data.relative_bounding_box
-                boxes.append(np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]))
+        for detector in self._box_detectors():
+            boxes = [box for _, box in _detected_boxes(detector, image)]
             if boxes:
                 break
         boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
         return boxes
+
+    def _box_detectors(self) -> list:
+        """The full- and short-range face detectors (low threshold), created on first use."""
+        if self._boxes is None:
+            from mediapipe.python.solutions.face_detection import FaceDetection
+
+            self._boxes = [FaceDetection(model_selection=m, min_detection_confidence=self._recall_conf) for m in (1, 0)]
+        return self._boxes
 
     def _faces_in_boxes(self, pixels: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
         """The low-threshold Face Mesh on crops 1.8, 2.5 and 3.5 times each box in turn: the first face found
@@ -311,18 +312,14 @@ class MediaPipeDetector:
         """Face boxes ``(x0, y0, x1, y1)`` in pixels from the full- and short-range face detectors on
         overlapping tiles of the original-resolution image (module docstring, step 3), duplicates
         merged, highest score first."""
-        self._face_boxes(pixels[:8, :8])  # creates the detectors
         H, W = pixels.shape[:2]
         found: list[tuple[float, np.ndarray]] = []
         tiles = [t for side in self.tile_px for t in _tiles(W, H, side, self.tile_overlap)]
         for x0, y0, side in tiles:
-            tile = np.ascontiguousarray(pixels[y0:y0 + side, x0:x0 + side])
-            for detector in self._boxes:
-                res = detector.process(tile)
-                for d in res.detections or []:
-                    bb = d.location_data.relative_bounding_box
-                    box = np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height]) * side
-                    found.append((float(d.score[0]), box + np.array([x0, y0, x0, y0], dtype=np.float64)))
+            tile = pixels[y0:y0 + side, x0:x0 + side]
+            for detector in self._box_detectors():
+                found += [(score, box * side + np.array([x0, y0, x0, y0], dtype=np.float64))
+                          for score, box in _detected_boxes(detector, tile)]
         found.sort(key=lambda sb: -sb[0])
         kept: list[np.ndarray] = []
         for _, box in found:
@@ -349,6 +346,17 @@ class MediaPipeDetector:
             s = 1.0
         faces = self._run_mesh(_resize(crop, s), (cx1 - cx0, cy1 - cy0), low=low)
         return [f + np.array([cx0, cy0, 0.0]) for f in faces]
+
+
+def _detected_boxes(detector, image: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """``(score, box)`` of each face a MediaPipe face detector finds in ``image``: the box ``(x0, y0, x1, y1)``
+    normalised to [0, 1] of the image."""
+    res = detector.process(np.ascontiguousarray(image))
+    out = []
+    for d in res.detections or []:
+        bb = d.location_data.relative_bounding_box
+        out.append((float(d.score[0]), np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height])))
+    return out
 
 
 def _tiles(width: int, height: int, side: int, overlap: float) -> list[tuple[int, int, int]]:
