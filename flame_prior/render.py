@@ -74,6 +74,7 @@ __all__ = [
     "rasterize",
     "interpolate",
     "texture",
+    "texture_adjoint",
     "vertex_normals",
     "edge_topology",
     "antialias",
@@ -459,10 +460,29 @@ def texture(tex: Tensor, uv: Tensor, filter_mode: Literal["bilinear", "nearest"]
     if tex.dim() == 3:
         tex = tex[None].expand(B, -1, -1, -1)
     check_shape(tex, [B, "Ht", "Wt", "C"], "tex")
-    grid = torch.stack([2.0 * uv[..., 0] - 1.0, 1.0 - 2.0 * uv[..., 1]], -1).to(tex.dtype)
-    out = F_.grid_sample(tex.permute(0, 3, 1, 2), grid, mode=filter_mode, padding_mode=boundary_mode,
-                         align_corners=False)
+    out = F_.grid_sample(tex.permute(0, 3, 1, 2), _texture_grid(uv, tex.dtype), mode=filter_mode,
+                         padding_mode=boundary_mode, align_corners=False)
     return out.permute(0, 2, 3, 1)
+
+
+def texture_adjoint(shape: tuple[int, int, int], uv: Tensor, g: Tensor) -> Tensor:
+    """The adjoint of :func:`texture` (bilinear, border) in the texture: ``A^T g`` ``(Ht, Wt, C)`` for ``A``
+    the sampling of a ``shape = (Ht, Wt, C)`` texture at ``uv (1, H, W, 2)``, ``g (1, H, W, C)``; i.e. the
+    texture's gradient of ``sum(texture(tex, uv) * g)`` (``texture`` is linear in the texture), bit for bit.
+
+    Straight from grid_sample's backward kernel: autograd would first sample a zero texture forward
+    (a third of the cost in the closed-form appearance solve that uses this)."""
+    tex = torch.zeros((1, shape[2], shape[0], shape[1]), dtype=g.dtype, device=g.device)
+    bilinear, border = 0, 1  # GridSamplerInterpolation::Bilinear, GridSamplerPadding::Border
+    grad, _ = torch.ops.aten.grid_sampler_2d_backward(g.permute(0, 3, 1, 2), tex, _texture_grid(uv, g.dtype),
+                                                      bilinear, border, False, [True, False])
+    return grad[0].permute(1, 2, 0)
+
+
+def _texture_grid(uv: Tensor, dtype: torch.dtype) -> Tensor:
+    """grid_sample's grid (x right, y down in [-1, 1], align_corners False) of texture coordinates ``uv``
+    (module docstring: ``(0, 0)`` the bottom-left corner, texel centres at ``(i + .5) / W``)."""
+    return torch.stack([2.0 * uv[..., 0] - 1.0, 1.0 - 2.0 * uv[..., 1]], -1).to(dtype)
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor, eps: float = 1e-12) -> Tensor:

@@ -214,14 +214,14 @@ def test_texture_adjoint_and_window_means_match_their_definitions():
     autograd's gradient of render.texture (bit for bit, texels at the border included), and the
     occlusion window means are avg_pool2d's (count_include_pad=False) on 0/1 masks."""
     from flame_prior import render
-    from flame_prior.fit.photometric import _box_mean, _sample_adjoint
+    from flame_prior.fit.photometric import _box_mean
 
     gen = torch.Generator().manual_seed(3)
     uv = torch.rand(1, 1, 5000, 2, generator=gen) * 1.2 - 0.1  # some outside [0, 1]: border clamping
     g = torch.randn(1, 1, 5000, 3, generator=gen)
     tex = torch.zeros(16, 24, 3, requires_grad=True)
     (expected,) = torch.autograd.grad((render.texture(tex, uv) * g).sum(), tex)
-    got = _sample_adjoint((16, 24, 3), uv, g)
+    got = render.texture_adjoint((16, 24, 3), uv, g)
     assert got.abs().max() > 0 and torch.equal(got, expected)
     mask = (torch.rand(4, 40, 33, generator=gen) > 0.6).float()
     for k in (3, 9, 41):  # 41: wider than the image

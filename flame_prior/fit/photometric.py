@@ -414,21 +414,6 @@ def _push_pull(tex: Tensor, conf: Tensor, levels: int = 5) -> Tensor:
     return out[0].permute(1, 2, 0).contiguous()
 
 
-def _sample_adjoint(shape: tuple[int, ...], uv: Tensor, g: Tensor) -> Tensor:
-    """``A^T g`` for ``A`` = :func:`render.texture` sampling (bilinear, border) of a ``shape`` ``(H, W, C)``
-    texture at ``uv (1, 1, P, 2)``, ``g (1, 1, P, C)``: the texture's gradient of ``sum(texture(tex, uv) * g)``.
-
-    Straight from grid_sample's backward kernel (the gradient autograd computes, bit for bit; the
-    forward sampling of a zero texture it needed first was a third of the cost). The grid is
-    :func:`render.texture`'s (u right, v up, texel centres at ``(i + .5) / W``; align_corners False)."""
-    grid = torch.stack([2.0 * uv[..., 0] - 1.0, 1.0 - 2.0 * uv[..., 1]], -1).to(g.dtype)
-    tex = torch.zeros((1, shape[2], shape[0], shape[1]), dtype=g.dtype, device=g.device)
-    bilinear, border = 0, 1  # GridSamplerInterpolation::Bilinear, GridSamplerPadding::Border
-    grad, _ = torch.ops.aten.grid_sampler_2d_backward(g.permute(0, 3, 1, 2), tex, grid, bilinear, border, False,
-                                                      [True, False])
-    return grad[0].permute(1, 2, 0)
-
-
 def occlusion_weights(crops: FaceCrops, tg: LandmarkTargets, fit: AppearanceFit, cfg: FitterConfig) -> Tensor:
     """``(N, L)`` weights in [0, 1] of the landmarks by the photo evidence of an occluder over them.
 
@@ -532,11 +517,11 @@ class Appearance:
         (all ``(N, S, S, ...)``), a weak pull towards the initial colour (texels few pixels see)."""
         ws = w[..., None] * shading
         if self.map is not None:
-            den = _sample_adjoint(self.map.shape, uv, ws * shading)
+            den = render.texture_adjoint(self.map.shape, uv, ws * shading)
             lam = 1e-3 * float(den.max().clamp_min(1e-6))
             m = self.map
             for _ in range(iterations):  # majorise-minimise: monotone, converging to the least squares
-                r = _sample_adjoint(self.map.shape, uv, ws * (image - render.texture(m, uv) * shading))
+                r = render.texture_adjoint(self.map.shape, uv, ws * (image - render.texture(m, uv) * shading))
                 m = (m + (r + lam * (self.init_color - m)) / (den + lam)).clamp(0.0, 1.0)
             self.map = _push_pull(m, den)
             return
