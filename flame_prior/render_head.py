@@ -14,7 +14,7 @@ from flame_prior import render
 from flame_prior.flame.appearance import shade_sh
 from flame_prior.geometry import PinholeCameras
 
-__all__ = ["render_head", "head_surface", "head_clip", "surface_at"]
+__all__ = ["render_head", "head_surface", "head_clip", "surface_at", "normals_at"]
 
 
 def render_head(verts: Tensor, faces: Tensor, cameras: PinholeCameras, uvs: Tensor, uv_faces: Tensor,
@@ -80,6 +80,10 @@ def surface_at(verts: Tensor, faces: Tensor, rast: Tensor, uvs: Tensor, uv_faces
     crops interpolates, normalises and differentiates nothing else."""
     if vertex_normals is None:
         vertex_normals = render.vertex_normals(verts, faces)
-    uv = render.interpolate(uvs, rast, uv_faces, pixels)
-    normals = render.interpolate(vertex_normals[0], rast, faces, pixels)  # world-frame: shared by the views
-    return uv, torch.nn.functional.normalize(normals, dim=-1)
+    return render.interpolate(uvs, rast, uv_faces, pixels), normals_at(vertex_normals, faces, rast, pixels)
+
+
+def normals_at(vertex_normals: Tensor, faces: Tensor, rast: Tensor, pixels: Tensor) -> Tensor:
+    """Unit normals ``(P, 3)`` at the covered ``pixels`` of ``rast``, interpolated from the world-frame
+    vertex normals ``(1, V, 3)`` that every view shares."""
+    return torch.nn.functional.normalize(render.interpolate(vertex_normals[0], rast, faces, pixels), dim=-1)

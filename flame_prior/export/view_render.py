@@ -16,7 +16,7 @@ import torch
 
 from flame_prior import render
 from flame_prior.geometry import PinholeCameras
-from flame_prior.render_head import head_clip, surface_at
+from flame_prior.render_head import head_clip, normals_at, surface_at
 
 __all__ = ["ViewMesh", "ViewSurface", "view_surface", "SmallSurfaces", "small_size", "SMALL_SIDE"]
 
@@ -81,7 +81,7 @@ def view_surface(mesh: ViewMesh, i: int, size: tuple[int, int], texture_coords: 
         uv, normals = surface_at(mesh.verts, mesh.faces, rast, mesh.uvs, mesh.uv_faces, pixels, mesh.normals)
     else:
         uv = None
-        normals = torch.nn.functional.normalize(render.interpolate(mesh.normals, rast, mesh.faces, pixels), dim=-1)
+        normals = normals_at(mesh.normals, mesh.faces, rast, pixels)
     return ViewSurface((w, h), cam, clip, rast, pixels, uv, normals)
 
 
