@@ -28,6 +28,12 @@ fi
 stamp "apt"
 
 rm -rf "$VENV"
+# The environment takes ~8.2 GB (the CUDA build of torch); say so before pip runs out of room mid-install.
+AVAIL_KB=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "[ci_nerfstudio] free disk: $((AVAIL_KB / 1024 / 1024)) GB (the environment needs ~9 GB while it installs)"
+if [ "$AVAIL_KB" -lt $((9 * 1024 * 1024)) ]; then
+    echo "[ci_nerfstudio] warning: less than 9 GB free here; the install may fail with 'No space left on device'" >&2
+fi
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first: the CUDA build 2.14.1 and its torchvision, which nerfstudio needs.
