@@ -97,6 +97,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -311,9 +312,21 @@ def case_synthetic(device: str, threads: int | None, views: int, fitter: dict, u
 
 
 def _scratch() -> str:
+    """The benchmark's scratch folder, kept between runs for what is worth reusing (the scan rigs'
+    renders, the synthetic clips); everything else goes in :func:`_run_dir` folders."""
     d = Path(tempfile.gettempdir()) / "bench"
     d.mkdir(parents=True, exist_ok=True)
     return str(d)
+
+
+def _run_dir(prefix: str) -> Path:
+    """A new folder in the scratch folder, removed when this process exits (a detection cache, an
+    output tree): runs must not pile up hundreds of MB in ``/tmp/bench``."""
+    import atexit
+
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch()))
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def case_real(device: str, threads: int | None, data: str, fitter: dict, cache_dir: str, colmap: bool = True,
@@ -567,7 +580,7 @@ def case_dynamic_real(device: str, threads: int | None, data: str, timesteps: in
     order = list(range(len(images))) + list(range(len(images) - 2, 0, -1))
     frames = [images[order[i % len(order)]].pixels for i in range(timesteps)]
     clip = encode_clip(Path(_scratch()) / f"turn_{timesteps}.mp4", frames, fps=30, crf=18, gop=60)
-    out = Path(tempfile.mkdtemp(prefix="dyn-", dir=_scratch())) / "out"
+    out = _run_dir("dyn-") / "out"
     cfg = FitConfig(data=clip, output_dir=out, video=VideoConfig(sequence="dynamic", frame_rate=30),
                     detect=DetectConfig(cache_dir=Path(cache_dir)), intrinsics=IntrinsicsConfig(use_colmap=False),
                     fitter=FitterConfig(photometric_steps=photometric_steps))
@@ -575,6 +588,7 @@ def case_dynamic_real(device: str, threads: int | None, data: str, timesteps: in
     run(cfg, console=Console(quiet=True))
     total = time.perf_counter() - t0
     summary = json.loads((out / "fit_summary.json").read_text())
+    shutil.rmtree(out.parent, ignore_errors=True)  # ~240 MB of outputs; a spawned case's atexit may not run
     seq = summary["sequence"]
     return {"timesteps": seq["timesteps"], "seconds": {"end_to_end": total, **summary["timings"]},
             "timesteps_per_second": seq["timesteps_per_second"],
@@ -712,7 +726,7 @@ def batch_section(shared: Path, n_images: int, log) -> dict:
     if not ffhq.exists():
         return {"error": f"FFHQ images missing: {ffhq}"}
     out: dict = {"images": n_images, "machine_note": "2 shared CPU cores; compare ratios taken in this run only"}
-    cache = Path(tempfile.mkdtemp(prefix="detcache-", dir=_scratch()))
+    cache = _run_dir("detcache-")
     log("batch: fast vs full single-image schedule on the 5 FFHQ images (NME vs FAN)")
     out["fast_accuracy"] = run_case(case_fast_accuracy, device="cpu", threads=1,
                                     images=[str(p) for p in sorted(ffhq.glob("0000[0-4].png"))], cache_dir=str(cache))
@@ -895,7 +909,7 @@ def main(argv=None) -> int:
 
     if not a.skip_scan and not a.only_video and (shared / SCAN_RELATIVE_PATH).exists():
         scan_dir = Path(_scratch()) / "scan_rigs"
-        scan_cache = Path(tempfile.mkdtemp(prefix="detcache-", dir=_scratch()))
+        scan_cache = _run_dir("detcache-")
         for name in a.scan_rigs or RIG_NAMES:
             log(f"scan rig {name}: render, whole tool, camera errors")
             report["scan_rigs"][name] = run_case(case_scan_rig, **common, rig=name, shared=str(shared),
@@ -932,8 +946,7 @@ def main(argv=None) -> int:
             log(f"dynamic sequence end to end on a real {n_t}-frame clip (detection included)")
             report["cases_video"]["dynamic_real"] = run_case(case_dynamic_real, **common, data=str(multiview),
                                                              timesteps=n_t, photometric_steps=min(psteps, 30),
-                                                             cache_dir=str(Path(tempfile.mkdtemp(prefix="detcache-",
-                                                                                                 dir=_scratch()))))
+                                                             cache_dir=str(_run_dir("detcache-")))
             save()
 
     if a.only_video:
@@ -959,7 +972,7 @@ def main(argv=None) -> int:
     # ---- real scenes
     multiview = shared / "data" / "multiview" / "2-346" / "images"
     ffhq = shared / "data" / "singleview" / "ffhq" / "00000.png"
-    cache_dir = Path(tempfile.mkdtemp(prefix="detcache-", dir=_scratch()))
+    cache_dir = _run_dir("detcache-")
     if not a.skip_real:
         if multiview.exists():
             log("real multi-view scene (30 views): detection cold + cached, COLMAP, fit, export")

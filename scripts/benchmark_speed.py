@@ -72,7 +72,8 @@ def case_startup(shared: Path, scratch: Path, repeats: int = 5) -> dict:
 
     photo = shared / "data" / "singleview" / "ffhq" / "00000.png"
     if photo.exists():
-        dest = Path(tempfile.mkdtemp(prefix="startup-", dir=scratch)) / "out"
+        tmp = tempfile.TemporaryDirectory(prefix="startup-", dir=scratch)  # removed below, whatever the fit wrote
+        dest = Path(tmp.name) / "out"
         t0 = time.perf_counter()
         proc = subprocess.Popen(_cli() + ["fit", "--data", str(photo), "--output-dir", str(dest)],
                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -85,6 +86,7 @@ def case_startup(shared: Path, scratch: Path, repeats: int = 5) -> dict:
                 break
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+        tmp.cleanup()
         if first:
             out["fit_first_progress_s"], out["fit_first_progress_line"] = first
         if stage:
