@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,17 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _run_folders() -> set[str]:
+    """The benchmark's per-run folders in its scratch folder (``scripts/benchmark.py``: ``_run_dir``)."""
+    scratch = Path(tempfile.gettempdir()) / "bench"
+    prefixes = ("detcache-", "dyn-", "startup-")
+    return {p.name for p in scratch.iterdir() if p.name.startswith(prefixes)} if scratch.is_dir() else set()
+
+
 @pytest.mark.slow
 def test_benchmark_quick_smoke(tmp_path):
     out = tmp_path / "b.json"
+    before = _run_folders()
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--skip-real", "--device", "cpu",
            "--repeats", "1", "--photometric-steps", "2", "--sweep-views", "1", "--sweep-sizes", "128",
            "--sweep-steps", "1", "--baseline-iters", "10", "2", "--no-profile", "--video-seconds", "2",
@@ -29,6 +38,7 @@ def test_benchmark_quick_smoke(tmp_path):
     # tests/test_scan_rigs.py runs their code. The limit only catches a hang.
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _run_folders() <= before, f"the run left folders in the scratch folder: {_run_folders() - before}"
     rep = json.loads(out.read_text())
     assert {"meta", "cases", "scaling", "baseline", "targets"} <= set(rep)
     meta = rep["meta"]
