@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -220,13 +221,14 @@ def parallel_imap(fn: Callable[[T], R], items: Iterable[T], workers: int | None 
     For work that releases the GIL: image encoding (PIL, cv2), file writes, torch ops. ``workers``:
     default one per available core (these threads block, they never spin, so a busy core only
     time-slices them). Each torch op inside runs on one thread (:func:`torch_threads`), so the pool
-    is the only parallelism."""
+    is the only parallelism; without torch loaded (image decoding at intake) torch is left unloaded."""
     items = list(items)
     workers = min(len(items), workers or available_cores())
     if workers <= 1:
         yield from (fn(x) for x in items)
         return
-    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flame-prior") as pool:
+    one_torch_thread = torch_threads(1) if "torch" in sys.modules else contextlib.nullcontext()
+    with one_torch_thread, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flame-prior") as pool:
         yield from pool.map(fn, items)
 
 

@@ -45,6 +45,21 @@ def test_the_check_sees_a_heavy_import():
     assert "torch" in json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def test_reading_images_does_not_import_torch(tmp_path):
+    """The intake decodes on the shared thread pool (threads.parallel_map), which leaves torch unloaded
+    when nobody loaded it: reading a folder of photos costs no torch import."""
+    import numpy as np
+    from PIL import Image
+
+    for k in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, dtype=np.uint8)).save(tmp_path / f"{k}.png")
+    code = ("import sys\nfrom pathlib import Path\nfrom flame_prior.images import load_images\n"
+            "images, _ = load_images(Path(sys.argv[1]))\nassert len(images) == 3, images\n" + LOADED)
+    p = _python(code, str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "torch" not in json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["batch", "--help"]])
 def test_help_does_not_import_torch(argv):
     """``flame-prior --help`` (parsing included, not only the import) runs without torch, and is complete."""
