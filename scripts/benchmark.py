@@ -843,6 +843,9 @@ def main(argv=None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     common = {"device": device, "threads": a.threads}
     fitter = {"photometric_steps": psteps}
+    if a.photometric_steps is not None or quick:  # asked for: on CUDA too (else each device's own schedule)
+        fitter["photometric_steps_cuda"] = psteps
+    schedules = {n: FitterConfig(**fitter).for_device(dev, n) for n in (8, 30)}  # photometric steps x views
 
     meta = {
         "device": device,
@@ -850,6 +853,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(), "torch_threads": a.threads or torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "quick": quick, "repeats": repeats,
         "photometric_steps": psteps, "sweep_photometric_steps": sweep_steps,
+        "photometric_schedule": {f"{n}_views": [c.photometric_steps, c.photometric_views] for n, c in schedules.items()},
         "baseline_schedule_run": [b_rigid, b_joint], "baseline_schedule_full": [3000, 2000],
         "baseline_max_seconds": b_max, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "notes": [],
@@ -992,7 +996,8 @@ def main(argv=None) -> int:
 
     # ---- scaling
     # Every point runs the same photometric steps, one view included (fit's one-view rule would skip them).
-    sweep_fitter = {"photometric_steps": sweep_steps, "photometric_steps_one_view": sweep_steps, "early_stop": -1e9}
+    sweep_fitter = {"photometric_steps": sweep_steps, "photometric_steps_cuda": sweep_steps,
+                    "photometric_steps_one_view": sweep_steps, "early_stop": -1e9}
     report["scaling"] = {"photometric_steps": sweep_steps, "early_stop": "off", "views": [], "render_size": []}
     for n in a.sweep_views:
         log(f"scaling: {n} views")

@@ -2,7 +2,8 @@
 # The GPU check of README *Measured* ("On a GPU"), in one go on a CUDA machine with flame-prior installed:
 # the CUDA variants of the tests, the 30-view fit three times and one image twice with --fitter.device cuda
 # (then once on the CPU for the same machine's comparison), the demo on both, and the benchmark's synthetic
-# cases on CUDA (the issue-16 GPU row). Prints each run's `time:` line and /usr/bin/time's wall and memory.
+# cases on CUDA (the issue-16 GPU row), then the CUDA photometric schedule against the CPU's on the card
+# (scripts/schedule_sweep.py). Prints each run's `time:` line and /usr/bin/time's wall and memory.
 #
 #   bash scripts/gpu_check.sh SCENE_DIR IMAGE_DIR [OUT_DIR]
 #
@@ -31,4 +32,6 @@ job "demo, cpu" demo --output-dir "$OUT_DIR/demo_cpu" --fitter.device cpu
 "$PY" scripts/benchmark.py --device cuda --skip-real --skip-scan --skip-batch --skip-speed --repeats 3 \
     --sweep-views 1 8 30 --sweep-sizes 256 512 --baseline-iters 300 100 --baseline-max-seconds 60 --no-profile \
     --video-seconds 2 --track-timesteps 30 --output "$OUT_DIR/benchmark_cuda.json"
+# The CUDA photometric schedule (FitterConfig.photometric_steps_cuda) against the CPU's on the same card: time.
+"$PY" scripts/schedule_sweep.py --device cuda --views 8 30 --seeds 0 1 --output "$OUT_DIR/schedule_sweep_cuda.json"
 echo "outputs in $OUT_DIR"

@@ -83,3 +83,21 @@ def test_benchmark_quick_smoke(tmp_path):
     assert track["timesteps"] == 6 and _finite(track["accuracy"]["jaw_open_error_deg_max"])
     assert {t["target"] for t in rep["targets"]} >= {"decode + frame selection, 60 s 1080p clip",
                                                       "dynamic tracking after detection"}
+
+
+def test_schedule_sweep_smoke(tmp_path):
+    """``scripts/schedule_sweep.py`` fits each named schedule on each scene and writes rows and per-config means
+    whose step counts are the schedules asked for."""
+    out = tmp_path / "sweep.json"
+    cmd = [sys.executable, "scripts/schedule_sweep.py", "--device", "cpu", "--views", "3", "--seeds", "0", "1",
+           "--config", 'two={"photometric_steps": 2, "early_stop": -1e9}',
+           "--config", 'three={"photometric_steps": 3, "early_stop": -1e9}', "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(r["config"], r["seed"], r["photometric_steps"]) for r in report["rows"]] == \
+        [("two", 0, 2), ("two", 1, 2), ("three", 0, 3), ("three", 1, 3)]
+    assert [(m["config"], m["seeds"]) for m in report["means"]] == [("two", 2), ("three", 2)]
+    for m in report["means"]:
+        assert 0 < m["rotation_deg_median"] <= m["rotation_deg_max"] < 5 and m["fit_s"] > m["photometric_s"] > 0
+    assert "MEAN views=3 'three'" in proc.stdout

@@ -119,6 +119,24 @@ def test_one_view_rule(scene):
     assert FitterConfig(photometric_steps=0).for_views(1).photometric_steps == 0  # 0: no photometric stage at all
 
 
+def test_cuda_schedule():
+    """On CUDA every photometric step renders all views, and the stage renders at least as many views as the
+    CPU's schedule in at least ``photometric_steps_cuda`` steps; the CPU keeps its own, and a skipped stage
+    stays skipped on either device."""
+    cfg = FitterConfig(photometric_steps=50, photometric_views=6, photometric_steps_cuda=12, photometric_views_cuda=25)
+    assert cfg.for_device("cpu", 30) is cfg and cfg.for_device(torch.device("cpu"), 30) is cfg
+    steps = lambda n: (lambda c: (c.photometric_steps, c.photometric_views))(cfg.for_device(torch.device("cuda", 0), n))  # noqa: E731
+    assert steps(4) == (50, 4)  # fewer views than a CPU step: the CPU's schedule
+    assert steps(6) == (50, 6)
+    assert steps(10) == (30, 10)  # 50 x 6 = 300 views rendered
+    assert steps(25) == (12, 25)  # 300 / 25 = 12
+    assert steps(40) == (12, 25)  # at least 12 steps; at most 25 views a step
+    assert steps(100) == (12, 25)
+    gpu = cfg.for_device("cuda", 25)
+    assert gpu.for_device("cuda", 25) == gpu  # applied twice (a refit after a failed view): the same
+    assert FitterConfig(photometric_steps=0).for_device("cuda", 30).photometric_steps == 0
+
+
 def test_deterministic(scene):
     """Same seed, same result (to float32 round-off: multi-threaded scatter-adds in the renderer's
     backward may sum in another order)."""
@@ -149,7 +167,9 @@ def test_degenerate_observations_are_refused(scene):
 def test_fit_on_device(scene, device):
     """The same fit runs on CPU and (when present) CUDA; on CUDA it agrees with the CPU fit."""
     model, emb, ts, sc = scene
-    cfg = FitterConfig(photometric_steps=5, device=device.type)
+    # The same schedule on both devices (CUDA's own, fewer steps of every view, would not compare).
+    cfg = FitterConfig(photometric_steps=5, photometric_steps_cuda=5, photometric_views_cuda=FitterConfig.photometric_views,
+                       device=device.type)
     m = model.to(device)
     try:
         result = fit_flame(m, emb, sc.views, _intrinsics(sc, False), cfg, texture_space=ts)

@@ -169,6 +169,23 @@ def test_report_overlay_draws_occluded_landmarks_as_grey_rings(scene, landmark_f
     assert d.max() < 6.0, d.max()
 
 
+def test_crop_cameras_are_the_cropped_and_scaled_cameras(scene, landmark_fit):
+    """``FaceCrops.cameras`` (built without reading sizes back from the device) is ``subset``, ``cropped`` and
+    ``scaled`` of the views' cameras, bit for bit, with the crop's size as the image size."""
+    model, emb, ts, sc, intr = scene
+    st, tg = _state(scene, landmark_fit)
+    crops = make_crops(sc.views, tg, 64, "cpu", torch.float32)
+    cams = st.cameras()
+    idx = torch.tensor([0, 2, 3])
+    box = crops.box[idx]
+    ref = cams.subset(idx).cropped(torch.cat([box[:, :2], box[:, 2:3], box[:, 2:3]], 1)).scaled(64 / box[:, 2])
+    got = crops.cameras(cams, idx)
+    for k in ("R", "t", "fx", "fy", "cx", "cy"):
+        assert torch.equal(getattr(got, k), getattr(ref, k)), k
+    assert got.width == got.height == [64] * 3
+    assert all(abs(w - 64) <= 1 for w in ref.width)  # the composition rounds the crop's side twice
+
+
 def test_adam_is_torchs_update():
     """The stage's own Adam (it avoids torch.optim's import of torch._dynamo) takes torch.optim.Adam's
     steps, per-tensor rates included; a factor on the rates (the warm-up) scales each step."""

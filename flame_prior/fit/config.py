@@ -24,7 +24,21 @@ class FitterConfig:
     landmark_steps: int = 30
     """Levenberg-Marquardt steps of the landmark stage."""
     photometric_steps: int = 60
-    """Adam iterations (geometry and cameras) of the photometric stage (0 skips it and the occlusion stage)."""
+    """Adam iterations (geometry and cameras) of the photometric stage (0 skips it and the occlusion stage).
+    A CUDA device runs its own schedule: ``photometric_steps_cuda``."""
+    photometric_steps_cuda: int = 20
+    """Fewest Adam iterations of the photometric stage on a CUDA device. There a step costs about the same
+    for 1 or 30 views (launch-bound: 38-40 ms on an H200, README *Measured*), so each step renders every
+    view (up to ``photometric_views_cuda``) and the stage takes as many steps as render the CPU schedule's
+    ``photometric_steps x photometric_views`` views, but at least this many (8 views: 60 steps, as on the
+    CPU; 16: 30; 30: 20). Synthetic demo scenes, rotation error median / max in degrees, mean of 3 seeds
+    (CPU runs: the schedule, not the device, decides these; docs/measurements/schedule_sweep_cpu_2026-11-28.json,
+    ``scripts/schedule_sweep.py``): 30 views, 60 steps of 8 (the CPU's) 0.224 / 0.421; 20 of all 0.196 /
+    0.349; 30 of all 0.168 / 0.271; 40 of all 0.151 / 0.262. 16 views, 60 of 8 0.193 / 0.378; 30 of all
+    0.176 / 0.362. 8 views, 60 steps 0.205 / 0.291, 30 steps 0.276 / 0.518: fewer steps of the same views
+    lose, hence the rule. Its GPU time is not measured yet (no device lent since it was written)."""
+    photometric_views_cuda: int = 30
+    """Views rendered per photometric step on a CUDA device (``photometric_views`` on the CPU)."""
     photometric_steps_one_view: int = 0
     """Adam iterations of the photometric stage when the scene has ONE view (``photometric_steps`` is
     for two or more; with ``photometric_steps`` 0 neither stage runs). The occlusion stage (the
@@ -153,12 +167,12 @@ class FitterConfig:
 
     def check(self, prefix: str = "fitter.") -> None:
         """Refuse impossible values before any work (:func:`flame_prior.errors.check_option`)."""
-        for name in ("rigid_steps", "landmark_steps", "photometric_steps", "photometric_steps_one_view",
-                     "photometric_steps_pinned", "photometric_warmup"):
+        for name in ("rigid_steps", "landmark_steps", "photometric_steps", "photometric_steps_cuda",
+                     "photometric_steps_one_view", "photometric_steps_pinned", "photometric_warmup"):
             check_option(getattr(self, name) >= 0, prefix + name, getattr(self, name), "0 or more")
         check_option(self.render_size >= 16, prefix + "render_size", self.render_size, "at least 16 pixels")
         check_option(self.texture_size >= 2, prefix + "texture_size", self.texture_size, "at least 2 pixels")
-        for name in ("photometric_views", "photometric_views_pinned"):
+        for name in ("photometric_views", "photometric_views_cuda", "photometric_views_pinned"):
             check_option(getattr(self, name) >= 1, prefix + name, getattr(self, name), "at least 1")
         check_option(0 <= self.photometric_lr_final <= 1, prefix + "photometric_lr_final", self.photometric_lr_final,
                      "a fraction in [0, 1]")
@@ -182,6 +196,18 @@ class FitterConfig:
         return dataclasses.replace(self, photometric_steps=self.photometric_steps_pinned,
                                    photometric_views=self.photometric_views_pinned,
                                    geometry_lr_scale=self.photometric_lr_scale_pinned)
+
+    def for_device(self, device: torch.device | str, n_views: int) -> FitterConfig:
+        """This schedule for ``n_views`` views on ``device``: on CUDA every step renders all views (at most
+        ``photometric_views_cuda``) and the stage takes ``photometric_steps_cuda`` steps or more
+        (that option says why and how many); on the CPU, or with the stage skipped
+        (``photometric_steps`` 0), itself."""
+        if str(device).split(":")[0] != "cuda" or self.photometric_steps == 0:
+            return self
+        per_step = max(1, min(n_views, self.photometric_views_cuda))
+        cpu_views = self.photometric_steps * min(n_views, self.photometric_views)  # views the CPU's schedule renders
+        steps = max(self.photometric_steps_cuda, math.ceil(cpu_views / per_step))
+        return dataclasses.replace(self, photometric_steps=steps, photometric_views=per_step)
 
     def for_views(self, n_views: int) -> FitterConfig:
         """This schedule for a scene of ``n_views`` views: the one-view rule

@@ -144,6 +144,7 @@ def fit_flame(
     if frozen_cameras is not None:
         frozen_cameras = torch.as_tensor(np.asarray(frozen_cameras, dtype=bool))
     device = model.faces.device
+    config = config.for_device(device, len(views))  # on CUDA: fewer photometric steps, each of every view
     dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
     n = len(views)
     tg = landmark_targets(views, embedding, device, dtype)

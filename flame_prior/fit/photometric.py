@@ -58,10 +58,18 @@ class FaceCrops:
                          self.box, self.size // 2, occluded)
 
     def cameras(self, cameras: PinholeCameras, idx: Tensor) -> PinholeCameras:
-        """Views ``idx`` of ``cameras`` (original pixel grids) as they see the ``size``-pixel crops."""
+        """Views ``idx`` of ``cameras`` (original pixel grids) as they see the ``size``-pixel crops.
+
+        ``cameras.subset(idx).cropped(box).scaled(size / side)``, the same arithmetic, without their
+        host reads (a crop is ``size`` pixels square by construction): those read each view's image size
+        from the device, 4 waits per view and step on a GPU."""
         box = self.box[idx]
-        rect = torch.cat([box[:, :2], box[:, 2:3], box[:, 2:3]], 1)
-        return cameras.subset(idx).cropped(rect).scaled(self.size / box[:, 2])
+        s = self.size / box[:, 2]
+        n = int(idx.shape[0])
+        return PinholeCameras(cameras.R[idx], cameras.t[idx], cameras.fx[idx] * s, cameras.fy[idx] * s,
+                              (cameras.cx[idx] - box[:, 0]) * s, (cameras.cy[idx] - box[:, 1]) * s,
+                              [self.size] * n, [self.size] * n,
+                              None if cameras.distortion is None else cameras.distortion[idx])
 
 
 def make_crops(views: list[ViewObservation], tg: LandmarkTargets, size: int, device, dtype) -> FaceCrops:
