@@ -133,7 +133,7 @@ def test_cuda_schedule():
     assert steps(40) == (12, 25)  # at least 12 steps; at most 25 views a step
     assert steps(100) == (12, 25)
     gpu = cfg.for_device("cuda", 25)
-    assert gpu.for_device("cuda", 25) == gpu  # applied twice (a refit after a failed view): the same
+    assert gpu.for_device("cuda", 25) == gpu  # applied twice: the same
     assert FitterConfig(photometric_steps=0).for_device("cuda", 30).photometric_steps == 0
 
 

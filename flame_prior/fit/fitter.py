@@ -144,7 +144,7 @@ def fit_flame(
     if frozen_cameras is not None:
         frozen_cameras = torch.as_tensor(np.asarray(frozen_cameras, dtype=bool))
     device = model.faces.device
-    config = config.for_device(device, len(views))  # on CUDA: fewer photometric steps, each of every view
+    requested, config = config, config.for_device(device, len(views))  # CUDA: fewer photometric steps, all views each
     dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), torch.float32)
     n = len(views)
     tg = landmark_targets(views, embedding, device, dtype)
@@ -201,7 +201,7 @@ def fit_flame(
             if not keep:
                 raise FitError(f"no view got a camera ({e}).",
                                hint="Check that the images show one face each and that the focal length is plausible.")
-            result = fit_flame(model, embedding, [views[i] for i in keep], _subset_intrinsics(intrinsics, keep), config,
+            result = fit_flame(model, embedding, [views[i] for i in keep], _subset_intrinsics(intrinsics, keep), requested,
                                texture_space=texture_space, uv_layout=uv_layout, progress=progress,
                                frozen_cameras=None if frozen_cameras is None else frozen_cameras.numpy()[keep])
             result.left_out = [SkippedInput(views[i].image.path, r) for i, r in e.failed.items()] + result.left_out
