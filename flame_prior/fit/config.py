@@ -27,16 +27,17 @@ class FitterConfig:
     """Adam iterations (geometry and cameras) of the photometric stage (0 skips it and the occlusion stage).
     A CUDA device runs its own schedule: ``photometric_steps_cuda``."""
     photometric_steps_cuda: int = 20
-    """Fewest Adam iterations of the photometric stage on a CUDA device. There a step costs about the same
-    for 1 or 30 views (launch-bound: 38-40 ms on an H200, README *Measured*), so each step renders every
-    view (up to ``photometric_views_cuda``) and the stage takes as many steps as render the CPU schedule's
-    ``photometric_steps x photometric_views`` views, but at least this many (8 views: 60 steps, as on the
-    CPU; 16: 30; 30: 20). Synthetic demo scenes, rotation error median / max in degrees, mean of 3 seeds
-    (CPU runs: the schedule, not the device, decides these; docs/measurements/schedule_sweep_cpu_2026-11-28.json,
-    ``scripts/schedule_sweep.py``): 30 views, 60 steps of 8 (the CPU's) 0.224 / 0.421; 20 of all 0.196 /
-    0.349; 30 of all 0.168 / 0.271; 40 of all 0.151 / 0.262. 16 views, 60 of 8 0.193 / 0.378; 30 of all
-    0.176 / 0.362. 8 views, 60 steps 0.205 / 0.291, 30 steps 0.276 / 0.518: fewer steps of the same views
-    lose, hence the rule. Its GPU time is not measured yet (no device lent since it was written)."""
+    """Fewest Adam iterations of the photometric stage on a CUDA device. There a step costs about the same for 1
+    or 8 views (launch-bound: 38-40 ms on an H200; 48 ms for 8 views at 512 px, README *Measured*), so each step
+    renders every view (up to ``photometric_views_cuda``) and the stage takes as many steps as render the CPU
+    schedule's ``photometric_steps x photometric_views`` views, but at least this many (8 views: 60 steps, as on
+    the CPU; 16: 30; 30: 20). Synthetic demo scenes, rotation error median / max in degrees, mean of 3 seeds
+    (CPU runs: the schedule, not the device, decides these;
+    docs/measurements/schedule_sweep_cpu_2026-11-28.json, ``scripts/schedule_sweep.py``): 30 views, 60 steps of
+    8 (the CPU's) 0.224 / 0.421; 20 of all 0.196 / 0.349; 30 of all 0.168 / 0.271; 40 of all 0.151 / 0.262. 16
+    views, 60 of 8 0.193 / 0.378; 30 of all 0.176 / 0.362. 8 views, 60 steps 0.205 / 0.291, 30 steps 0.276 /
+    0.518: fewer steps of the same views lose, hence the rule. Its GPU time is not measured yet (no device lent
+    since it was written)."""
     photometric_views_cuda: int = 30
     """Views rendered per photometric step on a CUDA device (``photometric_views`` on the CPU)."""
     photometric_steps_one_view: int = 0
