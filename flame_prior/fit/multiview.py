@@ -17,7 +17,13 @@ with COLMAP pose ``(R_c, t_c)`` the camera in FLAME's frame is then
    camera beyond the threshold keeps its landmark camera and is reported.
 2. **Joint refinement**: the 7 similarity parameters, the FLAME parameters and the cameras of the
    views without a COLMAP pose together on the robust landmark energy (L-BFGS), so that the tracks
-   give the relative geometry and FLAME gives the frame, the scale and the head. Then a view whose
+   give the relative geometry and FLAME gives the frame, the scale and the head. Each of its two
+   rounds starts with the similarity alone solved for the head as it is
+   (:func:`similarity_gauss_newton`: Levenberg-Marquardt on 7 parameters in float64, milliseconds):
+   the closed-form start has the landmark cameras' weak depth, 10-35x the refined energy on the scan
+   rigs and the shared scene, which first-order steps on everything took ~50 evaluations of FLAME and
+   the camera chain to remove, and did not always (a per-view COLMAP model of the small-faces rig
+   stopped at 5x its optimum). Then a view whose
    landmarks the COLMAP camera cannot explain (landmark error far above the others') is released
    to its landmark camera and the refinement repeats.
 
@@ -117,6 +123,98 @@ def similarity_from_cameras(R: np.ndarray, t: np.ndarray, colmap_w2c: np.ndarray
     return A, b / s, 1.0 / s, inlier, err
 
 
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(w))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = w / theta
+    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * K @ K
+
+
+def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np.ndarray, c: np.ndarray,
+                            targets: np.ndarray, weight: np.ndarray, scale: np.ndarray, robust_scale: float,
+                            A: np.ndarray, d: np.ndarray, log_k: float, iterations: int = 15,
+                            ) -> tuple[np.ndarray, np.ndarray, float, list[float]]:
+    """The similarity ``(A, d, log_k)`` (module docstring) that minimises the robust landmark energy of
+    :func:`flame_prior.fit.state.landmark_energy` with the head held: Levenberg-Marquardt on its 7
+    parameters, the robust kernel by reweighting (IRLS), in float64 with the analytic Jacobian.
+
+    Why: the closed-form start puts the cameras' depth and scale where the landmark cameras had them (their
+    weak axis), ~30x the refined energy on the shared scene; first-order steps on the joint problem spent
+    ~50 evaluations of FLAME and the camera chain to remove that, this costs a few milliseconds. The joint
+    refinement that follows starts at the similarity's optimum for the current head.
+
+    Args:
+        X: ``(V, L, 3)`` world landmarks (FLAME frame) of the V views that follow COLMAP.
+        Rc, tc: ``(V, 3, 3)``, ``(V, 3)`` their COLMAP world-to-camera poses.
+        f, c: ``(V, 2)`` focal lengths and principal points, pixels.
+        targets: ``(V, L, 2)`` detected landmarks, pixels; ``weight`` ``(V, L)`` their weights
+            (``LandmarkTargets.view_weight``); ``scale`` ``(V,)`` face sizes, pixels.
+        robust_scale: ``c`` of the Geman-McClure kernel, in face sizes.
+        A, d, log_k: the start.
+
+    Returns:
+        ``A``, ``d``, ``log_k`` and the energy before and after each accepted step.
+    """
+    c2 = robust_scale ** 2
+
+    def residuals(A, d, log_k):
+        Y = X @ A.T  # (V, L, 3)
+        P = np.einsum("vij,vlj->vli", Rc, Y + d) + np.exp(log_k) * tc[:, None, :]
+        z = np.where(np.abs(P[..., 2]) < 1e-9, 1e-9, P[..., 2])
+        uv = f[:, None, :] * P[..., :2] / z[..., None] + c[:, None, :]
+        e = (uv - targets) / scale[:, None, None]
+        return Y, P, z, e
+
+    def energy(e):
+        q = (e ** 2).sum(-1)
+        return float((weight * q / (q + c2)).sum())
+
+    Y, P, z, e = residuals(A, d, log_k)
+    history = [energy(e)]
+    lam = 1e-3
+    for _ in range(iterations):
+        q = (e ** 2).sum(-1)
+        w = weight * c2 / (q + c2) ** 2  # rho'(q): the IRLS weight of the kernel
+        # dP / d(omega, d, log_k), omega a left increment of A: d(exp(w) Y)/dw = -[Y]x.
+        Yx = np.zeros(Y.shape + (3,))
+        Yx[..., 0, 1], Yx[..., 0, 2] = -Y[..., 2], Y[..., 1]
+        Yx[..., 1, 0], Yx[..., 1, 2] = Y[..., 2], -Y[..., 0]
+        Yx[..., 2, 0], Yx[..., 2, 1] = -Y[..., 1], Y[..., 0]
+        dP = np.concatenate([-np.einsum("vij,vljk->vlik", Rc, Yx),
+                             np.broadcast_to(Rc[:, None], Y.shape + (3,)),
+                             np.broadcast_to((np.exp(log_k) * tc)[:, None, :, None], Y.shape + (1,))], -1)
+        # d uv / dP, over the face size.
+        J_proj = np.zeros(Y.shape[:2] + (2, 3))
+        J_proj[..., 0, 0] = f[:, None, 0] / z
+        J_proj[..., 1, 1] = f[:, None, 1] / z
+        J_proj[..., :, 2] = -f[:, None, :] * P[..., :2] / (z ** 2)[..., None]
+        J = np.einsum("vlab,vlbk->vlak", J_proj, dP) / scale[:, None, None, None]  # (V, L, 2, 7)
+        H = np.einsum("vl,vlak,vlam->km", w, J, J)
+        g = np.einsum("vl,vlak,vla->k", w, J, e)
+        improved = False
+        for _ in range(8):
+            try:
+                step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
+            except np.linalg.LinAlgError:
+                lam *= 10.0
+                continue
+            A_new, d_new, lk_new = _rodrigues(step[:3]) @ A, d + step[3:6], log_k + float(step[6])
+            Y_new, P_new, z_new, e_new = residuals(A_new, d_new, lk_new)
+            E_new = energy(e_new)
+            if np.isfinite(E_new) and E_new < history[-1]:
+                A, d, log_k, Y, P, z, e = A_new, d_new, lk_new, Y_new, P_new, z_new, e_new
+                lam = max(lam / 3.0, 1e-9)
+                improved = history[-1] - E_new > 1e-10 * history[-1]
+                history.append(E_new)
+                break
+            lam *= 4.0
+        if not improved:
+            break
+    return A, d, log_k, history
+
+
 def _colmap_cameras(Rc: Tensor, tc: Tensor, omega: Tensor, A0: Tensor, d: Tensor, log_k: Tensor):
     """``(M, 3, 3)``, ``(M, 3)`` FLAME-frame cameras of COLMAP poses ``Rc, tc`` under the similarity
     ``A = exp([omega]x) A0``, ``d``, ``k = exp(log_k)``."""
@@ -128,8 +226,12 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
             Rc: Tensor, tc: Tensor, A0: Tensor, d0: Tensor, log_k0: Tensor, steps: int, tick):
     """L-BFGS on the similarity, the FLAME parameters ``names`` and the cameras of views not in ``use``.
 
+    Each of the two rounds (the jaw contour re-chosen by each view's yaw) first solves the similarity alone
+    with the head held (:func:`similarity_gauss_newton`), then L-BFGS refines everything together.
+
     Returns the state with every camera written (``use`` views from the similarity), the refined
-    ``(A, d, log_k)`` and the energy history."""
+    ``(A, d, log_k)``, the L-BFGS energy history and each round's similarity pre-solve (landmark energy
+    before and after, steps)."""
     dtype, device = st.cam_t.dtype, st.cam_t.device
     use_t = torch.as_tensor(use, device=device)
     free_views = torch.as_tensor(~use, device=device)
@@ -153,10 +255,26 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
         return st.replace(cam_rot=rotation_matrix_to_axis_angle(R), cam_t=t, **flame), R
 
     history: list[float] = []
+    presolves: list[dict] = []
     for _ in range(2):  # the jaw-contour landmarks follow each view's yaw: re-chosen once
         with torch.no_grad():
             _, R = assemble(omega, d, log_k, cam_rot, cam_t)
             yaw = head_yaw_deg(R)
+            # The similarity to its optimum for this head first (Levenberg-Marquardt, milliseconds): the
+            # L-BFGS below then starts at the scale and offset the tracks and the head agree on.
+            A_cur = axis_angle_to_rotation_matrix(omega) @ A0
+            X = st.replace(**flame).landmarks3d(yaw)[use_t]
+            f = torch.stack([st.fx0, st.fy0], -1) * torch.exp(st.log_focal)
+            c = torch.stack([st.cx, st.cy], -1)
+            A_np, d_np, lk, h = similarity_gauss_newton(
+                *(a.double().cpu().numpy() for a in (X, Rc[use_t], tc[use_t], f[use_t], c[use_t], tg.points[use_t],
+                                                     tg.view_weight[use_t], tg.scale[use_t])),
+                cfg.robust_scale, A_cur.double().cpu().numpy(), d.double().cpu().numpy(), float(log_k))
+            presolves.append({"energy_before": h[0], "energy_after": h[-1], "steps": len(h) - 1})
+            A0 = torch.as_tensor(A_np, dtype=dtype, device=device)
+            omega.zero_()
+            d.copy_(torch.as_tensor(d_np, dtype=dtype, device=device))
+            log_k.fill_(lk)
 
         def energy(s: FitState) -> Tensor:
             return landmark_energy(s.project(s.landmarks3d(yaw)), tg, cfg.robust_scale) + prior_energy(s, cfg)
@@ -166,7 +284,7 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
         new, _ = assemble(omega, d, log_k, cam_rot, cam_t)
         A = axis_angle_to_rotation_matrix(omega) @ A0
     new = new.replace(**{k: getattr(new, k).detach() for k in ("cam_rot", "cam_t", *names)})
-    return new, (A.detach(), d.detach(), log_k.detach()), history
+    return new, (A.detach(), d.detach(), log_k.detach()), history, presolves
 
 
 def minimise_lbfgs(energy: Callable[[], Tensor], params: list[Tensor], steps: int, tick: Callable[[], None]) -> list[float]:
@@ -268,6 +386,7 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
     Rc, tc = T(np.nan_to_num(w2c[:, :3, :3])), T(np.nan_to_num(w2c[:, :3, 3]))
     flame_names = [k for k in free_parameters(cfg, st.model, False) if k in _FLAME_NAMES]
     history: list[float] = []
+    presolves: list[dict] = []
     sim = (T(A), T(d), T([np.log(k)]))
     new = st
     for attempt in range(3):
@@ -275,8 +394,9 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
         if use.sum() < 1:
             notes.append("multi-view: no COLMAP camera agrees with the landmark cameras; landmark cameras kept")
             return st, stage_log("multiview", st, tg, started, 0, [], notes)
-        new, sim, h = _refine(st, tg, cfg, flame_names, use, Rc, tc, *sim, steps=cfg.multiview_steps, tick=tick)
+        new, sim, h, pre = _refine(st, tg, cfg, flame_names, use, Rc, tc, *sim, steps=cfg.multiview_steps, tick=tick)
         history += h
+        presolves += pre
         # A COLMAP camera the landmarks cannot follow at all is a wrong registration: release it.
         with torch.no_grad():
             err = per_view_error_px(new.project(new.landmarks3d(new.yaw())), tg) / tg.scale.cpu().numpy()
@@ -318,6 +438,7 @@ def multiview_stage(st: FitState, tg: LandmarkTargets, poses: ColmapPoses, names
         "similarity": {"A": A_t.double().cpu().numpy().tolist(), "d": d_t.double().cpu().numpy().tolist(),
                        "scale_colmap_per_metre": float(torch.exp(-log_k).item())},
         "rotation_change_deg": {"median": float(np.median(moved)), "max": float(np.max(moved))},
+        "similarity_presolve": presolves,  # per refinement round: landmark energy before / after, LM steps
         "median_landmark_error_rel": typical,  # of the views that follow COLMAP, in face sizes (the rule above)
     })
     notes.append(f"multi-view: {int(use.sum())} of {n} cameras follow COLMAP's relative poses ({poses.scene_kind}), "
