@@ -161,7 +161,7 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
 
     def residuals(A, d, log_k):
         Y = X @ A.T  # (V, L, 3)
-        P = np.einsum("vij,vlj->vli", Rc, Y + d) + np.exp(log_k) * tc[:, None, :]
+        P = (Y + d) @ Rc.transpose(0, 2, 1) + np.exp(log_k) * tc[:, None, :]
         z = np.where(np.abs(P[..., 2]) < 1e-9, 1e-9, P[..., 2])
         uv = f[:, None, :] * P[..., :2] / z[..., None] + c[:, None, :]
         e = (uv - targets) / scale[:, None, None]
@@ -182,7 +182,7 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
         Yx[..., 0, 1], Yx[..., 0, 2] = -Y[..., 2], Y[..., 1]
         Yx[..., 1, 0], Yx[..., 1, 2] = Y[..., 2], -Y[..., 0]
         Yx[..., 2, 0], Yx[..., 2, 1] = -Y[..., 1], Y[..., 0]
-        dP = np.concatenate([-np.einsum("vij,vljk->vlik", Rc, Yx),
+        dP = np.concatenate([-(Rc[:, None] @ Yx),
                              np.broadcast_to(Rc[:, None], Y.shape + (3,)),
                              np.broadcast_to((np.exp(log_k) * tc)[:, None, :, None], Y.shape + (1,))], -1)
         # d uv / dP, over the face size.
@@ -190,9 +190,9 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
         J_proj[..., 0, 0] = f[:, None, 0] / z
         J_proj[..., 1, 1] = f[:, None, 1] / z
         J_proj[..., :, 2] = -f[:, None, :] * P[..., :2] / (z ** 2)[..., None]
-        J = np.einsum("vlab,vlbk->vlak", J_proj, dP) / scale[:, None, None, None]  # (V, L, 2, 7)
-        H = np.einsum("vl,vlak,vlam->km", w, J, J)
-        g = np.einsum("vl,vlak,vla->k", w, J, e)
+        J = (J_proj @ dP / scale[:, None, None, None]).reshape(-1, 7)  # (V L 2, 7)
+        wJ = J * np.repeat(w.reshape(-1), 2)[:, None]
+        H, g = wJ.T @ J, wJ.T @ e.reshape(-1)
         improved = False
         for _ in range(8):
             try:
