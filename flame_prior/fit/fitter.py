@@ -158,7 +158,7 @@ def fit_flame(
     ]
     if config.multiview and intrinsics.poses is not None:
         names = [v.image.name for v in views]
-        stages.append(("multiview", 2 * config.multiview_steps,
+        stages.append(("multiview", 2 * int(config.multiview_steps * 1.25),  # ticks: evaluations, L-BFGS's cap in 2 rounds
                        lambda st, tick: multiview_stage(st, tg, intrinsics.poses, names, config, tick)))
     occluded = torch.zeros(tg.weight.shape, dtype=torch.bool, device=device)
     schedule = config.for_views(n)  # one view: photometric_steps_one_view Adam steps (FitterConfig)
