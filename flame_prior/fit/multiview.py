@@ -123,15 +123,6 @@ def similarity_from_cameras(R: np.ndarray, t: np.ndarray, colmap_w2c: np.ndarray
     return A, b / s, 1.0 / s, inlier, err
 
 
-def _rodrigues(w: np.ndarray) -> np.ndarray:
-    theta = float(np.linalg.norm(w))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = w / theta
-    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * K @ K
-
-
 def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np.ndarray, c: np.ndarray,
                             targets: np.ndarray, weight: np.ndarray, scale: np.ndarray, robust_scale: float,
                             A: np.ndarray, d: np.ndarray, log_k: float, iterations: int = 15,
@@ -177,7 +168,7 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
     for _ in range(iterations):
         q = (e ** 2).sum(-1)
         w = weight * c2 / (q + c2) ** 2  # rho'(q): the IRLS weight of the kernel
-        # dP / d(omega, d, log_k), omega a left increment of A: d(exp(w) Y)/dw = -[Y]x.
+        # dP / d(omega, d, log_k), omega a left increment of A: d(exp([omega]x) Y) / d omega = -[Y]x at 0.
         Yx = np.zeros(Y.shape + (3,))
         Yx[..., 0, 1], Yx[..., 0, 2] = -Y[..., 2], Y[..., 1]
         Yx[..., 1, 0], Yx[..., 1, 2] = Y[..., 2], -Y[..., 0]
@@ -200,7 +191,8 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
             except np.linalg.LinAlgError:
                 lam *= 10.0
                 continue
-            A_new, d_new, lk_new = _rodrigues(step[:3]) @ A, d + step[3:6], log_k + float(step[6])
+            turn = axis_angle_to_rotation_matrix(torch.from_numpy(step[:3])).numpy()
+            A_new, d_new, lk_new = turn @ A, d + step[3:6], log_k + float(step[6])
             Y_new, P_new, z_new, e_new = residuals(A_new, d_new, lk_new)
             E_new = energy(e_new)
             if np.isfinite(E_new) and E_new < history[-1]:
