@@ -163,8 +163,8 @@ class FitterConfig:
     rejected after the joint refinement."""
     multiview_steps: int = 10
     """L-BFGS iterations of the multi-view refinement per yaw round, after each round's similarity pre-solve
-    (flame_prior.fit.multiview). 10 since the pre-solve (0.9 s of the shared 30-view fit's multi-view stage,
-    1.8 s at 40): on the six scan rigs and the shared scene the same cameras as 20 and 40 (rotation medians
+    (flame_prior.fit.multiview). 10 since the pre-solve (the shared 30-view fit's multi-view stage 1.0-1.2 s,
+    1.5-1.8 s at 40 without it): on the six scan rigs and the shared scene the same cameras as 20 and 40 (rotation medians
     within 0.02 deg, centres within 0.01 %, the same views used and released) and the joint energy within
     0.3 % of 40's. Without the pre-solve 20 and 30 released a camera of the moving_camera rig and 10 left the
     ring rig 124 px off its landmarks: the L-BFGS had the similarity's scale and offset still to find."""
