@@ -259,7 +259,9 @@ def test_colmap_one_camera_per_view(tmp_path):
     intr = estimate_intrinsics(views, IntrinsicsConfig(cache_dir=tmp_path / "colmap", colmap_cameras="per_view"))
     assert intr.source == "colmap", intr.notes
     assert any("one camera per view" in n for n in intr.notes), intr.notes
-    assert intr.colmap["cameras"] == len(views) and intr.colmap["registered"] >= 6, intr.colmap
+    # A camera for each registered view (COLMAP's model keeps only the cameras of the images it registered:
+    # one run of 8 left one view out and had 7 cameras).
+    assert intr.colmap["cameras"] == intr.colmap["registered"] >= 6, intr.colmap
     assert len(set(np.round(intr.fx, 3))) >= intr.colmap["registered"]  # a focal per view, not one shared
     # One view's own focal is weakly determined at this 14 deg field of view and COLMAP's threaded run is
     # not repeatable: spreads of 17 % (full resolution), 32 % and 46 % (1024 px) were measured, and once
