@@ -50,7 +50,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ROTATION_SIGMA_MAX_DEG", "YAW_MAX_DEG", "EYE_MIN_PX", "REL_ERROR_MAX", "TRACK_REL_ERROR_MAX", "pose_covariance", "pose_uncertainty",
+__all__ = ["ROTATION_SIGMA_MAX_DEG", "YAW_MAX_DEG", "EYE_MIN_PX", "REL_ERROR_MAX", "TRACK_REL_ERROR_MAX", "cross_matrix", "pinhole_jacobian", "pose_covariance", "pose_uncertainty",
            "track_pose_covariance", "similarity_covariance", "track_uncertainty", "trust_flags"]
 
 ROTATION_SIGMA_MAX_DEG = 0.45
@@ -60,8 +60,21 @@ REL_ERROR_MAX = 0.06
 TRACK_REL_ERROR_MAX = 0.25
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+def cross_matrix(v: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` vectors to ``(..., 3, 3)`` matrices ``[v]_x`` with ``[v]_x u = v x u``."""
+    K = np.zeros(v.shape + (3,))
+    K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    return K - np.swapaxes(K, -1, -2)
+
+
+def pinhole_jacobian(pc: np.ndarray, fx, fy) -> np.ndarray:
+    """``(..., 2, 3)``: d(u, v) / d(pc) of the pinhole ``u = fx x / z + cx``, ``v = fy y / z + cy`` at camera-frame
+    points ``pc (..., 3)``; ``fx``, ``fy`` broadcast against ``pc[..., 0]``."""
+    x, y, z = pc[..., 0], pc[..., 1], pc[..., 2]
+    du = np.zeros(pc.shape[:-1] + (2, 3))
+    du[..., 0, 0], du[..., 0, 2] = fx / z, -fx * x / z ** 2
+    du[..., 1, 1], du[..., 1, 2] = fy / z, -fy * y / z ** 2
+    return du
 
 
 def _pose_covariance(RX: np.ndarray, pc: np.ndarray, r: np.ndarray, w: np.ndarray, fx: float, fy: float,
@@ -72,16 +85,9 @@ def _pose_covariance(RX: np.ndarray, pc: np.ndarray, r: np.ndarray, w: np.ndarra
     m = 2 * len(pc)
     if m < 8:
         return None
-    Z = pc[:, 2]
     # d(uv)/d(pc) (L, 2, 3); d(pc)/d(omega) = -[R X]_x, d(pc)/dt = I.
-    du = np.zeros((len(pc), 2, 3))
-    du[:, 0, 0], du[:, 0, 2] = fx / Z, -fx * pc[:, 0] / Z ** 2
-    du[:, 1, 1], du[:, 1, 2] = fy / Z, -fy * pc[:, 1] / Z ** 2
-    skew = np.zeros((len(pc), 3, 3))
-    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -RX[:, 2], RX[:, 1], -RX[:, 0]
-    skew -= skew.transpose(0, 2, 1)
-    dpc = np.concatenate([-skew, np.broadcast_to(np.eye(3), (len(pc), 3, 3))], 2)
-    J = (du @ dpc).reshape(-1, 6)
+    dpc = np.concatenate([-cross_matrix(RX), np.broadcast_to(np.eye(3), (len(pc), 3, 3))], 2)
+    J = (pinhole_jacobian(pc, fx, fy) @ dpc).reshape(-1, 6)
     W = np.repeat(w, 2)
     s2 = float((W * r.reshape(-1) ** 2).sum() / max(m - 6, 1))
     try:
@@ -128,7 +134,7 @@ def track_pose_covariance(points: np.ndarray, residuals: np.ndarray, R: np.ndarr
 
 def _centre_covariance(cov: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Covariance of the camera centre ``C = -R^T t`` (world frame) from the pose covariance."""
-    JC = np.concatenate([-R.T @ _skew(t), -R.T], 1)  # dC/domega = -R^T [t]_x, dC/dt = -R^T
+    JC = np.concatenate([-R.T @ cross_matrix(t), -R.T], 1)  # dC/domega = -R^T [t]_x, dC/dt = -R^T
     return JC @ cov @ JC.T
 
 
@@ -195,7 +201,7 @@ def track_uncertainty(track_cov: np.ndarray, colmap_w2c: np.ndarray, metres_per_
     if similarity is not None:
         sim_rot, sim_centre = similarity
         rot_cov = rot_cov + R @ sim_rot @ R.T  # a frame rotation a (world) turns the camera by R a
-        centre_cov = centre_cov + sim_centre + _skew(C) @ sim_rot @ _skew(C).T
+        centre_cov = centre_cov + sim_centre + cross_matrix(C) @ sim_rot @ cross_matrix(C).T
     return _sigmas(rot_cov, centre_cov, float(np.linalg.norm(C)))
 
 

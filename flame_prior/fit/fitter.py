@@ -52,7 +52,7 @@ from flame_prior.distortion import has_distortion, ideal_pinhole_view
 from flame_prior.errors import FitError
 from flame_prior.fit.config import FitterConfig
 from flame_prior.fit.landmarks import ViewsNotInitialised, landmark_stage, rigid_stage
-from flame_prior.fit.multiview import multiview_stage
+from flame_prior.fit.multiview import lbfgs_evaluations, multiview_stage
 from flame_prior.fit.photometric import Appearance, initial_albedo_color, make_crops, occlusion_stage, photometric_stage
 from flame_prior.fit.result import FitResult, ViewFit
 from flame_prior.fit.state import FitState, LandmarkTargets, StageLog, landmark_targets, per_view_error_px, stage_log
@@ -158,7 +158,7 @@ def fit_flame(
     ]
     if config.multiview and intrinsics.poses is not None:
         names = [v.image.name for v in views]
-        stages.append(("multiview", 2 * int(config.multiview_steps * 1.25),  # ticks: evaluations, L-BFGS's cap in 2 rounds
+        stages.append(("multiview", 2 * lbfgs_evaluations(config.multiview_steps),  # ticks: evaluations, 2 rounds
                        lambda st, tick: multiview_stage(st, tg, intrinsics.poses, names, config, tick)))
     occluded = torch.zeros(tg.weight.shape, dtype=torch.bool, device=device)
     schedule = config.for_views(n)  # one view: photometric_steps_one_view Adam steps (FitterConfig)

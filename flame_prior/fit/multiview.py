@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flame_prior.camera_trust import cross_matrix, pinhole_jacobian
 from flame_prior.fit.config import FitterConfig
 from flame_prior.fit.state import (FitState, LandmarkTargets, StageLog, free_parameters, landmark_energy,
                                    per_view_error_px, prior_energy, stage_log)
@@ -53,7 +54,7 @@ from flame_prior.flame import head_yaw_deg
 from flame_prior.geometry import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 from flame_prior.intrinsics import ColmapPoses, FacelessCameras
 
-__all__ = ["multiview_stage", "similarity_from_cameras", "faceless_cameras", "FACELESS_FLAG"]
+__all__ = ["multiview_stage", "lbfgs_evaluations", "similarity_from_cameras", "similarity_gauss_newton", "faceless_cameras", "FACELESS_FLAG"]
 
 _FLAME_NAMES = ("shape", "expression", "jaw", "eyes", "neck")
 
@@ -153,35 +154,27 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
     def residuals(A, d, log_k):
         Y = X @ A.T  # (V, L, 3)
         P = (Y + d) @ Rc.transpose(0, 2, 1) + np.exp(log_k) * tc[:, None, :]
-        z = np.where(np.abs(P[..., 2]) < 1e-9, 1e-9, P[..., 2])
-        uv = f[:, None, :] * P[..., :2] / z[..., None] + c[:, None, :]
+        P[..., 2] = np.where(np.abs(P[..., 2]) < 1e-9, 1e-9, P[..., 2])  # as project_points
+        uv = f[:, None, :] * P[..., :2] / P[..., 2:] + c[:, None, :]
         e = (uv - targets) / scale[:, None, None]
-        return Y, P, z, e
+        return Y, P, e
 
     def energy(e):
         q = (e ** 2).sum(-1)
         return float((weight * q / (q + c2)).sum())
 
-    Y, P, z, e = residuals(A, d, log_k)
+    Y, P, e = residuals(A, d, log_k)
     history = [energy(e)]
     lam = 1e-3
     for _ in range(iterations):
         q = (e ** 2).sum(-1)
         w = weight * c2 / (q + c2) ** 2  # rho'(q): the IRLS weight of the kernel
         # dP / d(omega, d, log_k), omega a left increment of A: d(exp([omega]x) Y) / d omega = -[Y]x at 0.
-        Yx = np.zeros(Y.shape + (3,))
-        Yx[..., 0, 1], Yx[..., 0, 2] = -Y[..., 2], Y[..., 1]
-        Yx[..., 1, 0], Yx[..., 1, 2] = Y[..., 2], -Y[..., 0]
-        Yx[..., 2, 0], Yx[..., 2, 1] = -Y[..., 1], Y[..., 0]
-        dP = np.concatenate([-(Rc[:, None] @ Yx),
+        dP = np.concatenate([-(Rc[:, None] @ cross_matrix(Y)),
                              np.broadcast_to(Rc[:, None], Y.shape + (3,)),
                              np.broadcast_to((np.exp(log_k) * tc)[:, None, :, None], Y.shape + (1,))], -1)
-        # d uv / dP, over the face size.
-        J_proj = np.zeros(Y.shape[:2] + (2, 3))
-        J_proj[..., 0, 0] = f[:, None, 0] / z
-        J_proj[..., 1, 1] = f[:, None, 1] / z
-        J_proj[..., :, 2] = -f[:, None, :] * P[..., :2] / (z ** 2)[..., None]
-        J = (J_proj @ dP / scale[:, None, None, None]).reshape(-1, 7)  # (V L 2, 7)
+        J_proj = pinhole_jacobian(P, f[:, None, 0], f[:, None, 1])  # d uv / dP
+        J = (J_proj @ dP / scale[:, None, None, None]).reshape(-1, 7)  # (V L 2, 7), over the face size
         wJ = J * np.repeat(w.reshape(-1), 2)[:, None]
         H, g = wJ.T @ J, wJ.T @ e.reshape(-1)
         improved = False
@@ -193,10 +186,10 @@ def similarity_gauss_newton(X: np.ndarray, Rc: np.ndarray, tc: np.ndarray, f: np
                 continue
             turn = axis_angle_to_rotation_matrix(torch.from_numpy(step[:3])).numpy()
             A_new, d_new, lk_new = turn @ A, d + step[3:6], log_k + float(step[6])
-            Y_new, P_new, z_new, e_new = residuals(A_new, d_new, lk_new)
+            Y_new, P_new, e_new = residuals(A_new, d_new, lk_new)
             E_new = energy(e_new)
             if np.isfinite(E_new) and E_new < history[-1]:
-                A, d, log_k, Y, P, z, e = A_new, d_new, lk_new, Y_new, P_new, z_new, e_new
+                A, d, log_k, Y, P, e = A_new, d_new, lk_new, Y_new, P_new, e_new
                 lam = max(lam / 3.0, 1e-9)
                 improved = history[-1] - E_new > 1e-10 * history[-1]
                 history.append(E_new)
@@ -256,8 +249,8 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
             # L-BFGS below then starts at the scale and offset the tracks and the head agree on.
             A_cur = axis_angle_to_rotation_matrix(omega) @ A0
             X = st.replace(**flame).landmarks3d(yaw)[use_t]
-            f = torch.stack([st.fx0, st.fy0], -1) * torch.exp(st.log_focal)
-            c = torch.stack([st.cx, st.cy], -1)
+            cams = st.cameras()
+            f, c = torch.stack([cams.fx, cams.fy], -1), torch.stack([cams.cx, cams.cy], -1)
             A_np, d_np, lk, h = similarity_gauss_newton(
                 *(a.double().cpu().numpy() for a in (X, Rc[use_t], tc[use_t], f[use_t], c[use_t], tg.points[use_t],
                                                      tg.view_weight[use_t], tg.scale[use_t])),
@@ -277,6 +270,11 @@ def _refine(st: FitState, tg: LandmarkTargets, cfg: FitterConfig, names: list[st
         A = axis_angle_to_rotation_matrix(omega) @ A0
     new = new.replace(**{k: getattr(new, k).detach() for k in ("cam_rot", "cam_t", *names)})
     return new, (A.detach(), d.detach(), log_k.detach()), history, presolves
+
+
+def lbfgs_evaluations(steps: int) -> int:
+    """The most energy evaluations :func:`minimise_lbfgs` makes in ``steps`` iterations (torch's LBFGS default)."""
+    return int(steps * 1.25)
 
 
 def minimise_lbfgs(energy: Callable[[], Tensor], params: list[Tensor], steps: int, tick: Callable[[], None]) -> list[float]:
@@ -307,7 +305,8 @@ def minimise_lbfgs(energy: Callable[[], Tensor], params: list[Tensor], steps: in
 
     x0 = torch.cat([p.detach().reshape(-1) for p in params]).cpu().double().numpy()
     res = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": steps, "maxfun": int(steps * 1.25), "maxcor": 20, "ftol": 1e-12, "gtol": 1e-10})
+                   options={"maxiter": steps, "maxfun": lbfgs_evaluations(steps), "maxcor": 20, "ftol": 1e-12,
+                            "gtol": 1e-10})
     load(res.x)
     return history
 
